@@ -1,0 +1,7 @@
+//! Where episodes come from: the SO-101 arm in MuJoCo and on its Feetech bus, behind a Gymnasium-style
+//! API, and LeRobotDataset folders (v2.1 and v3.0 read, v3.0 written) so users' recorded data works as is.
+//!
+//! Episodes are plain data (frames, states, actions, instruction). This crate depends on no other toprl crate.
+
+pub mod assets;
+pub mod so101;

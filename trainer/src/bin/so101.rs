@@ -1,0 +1,49 @@
+//! `so101`: the SO-101 arm in simulation and on hardware, and LeRobotDataset tools.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use toprl_envs::{assets, so101};
+
+/// SO-101 tools: simulation, datasets and the real arm.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+    /// Log at debug level.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show where the MuJoCo library and SO-101 assets are and the arm's joints.
+    Assets,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    toprl_trainer::cli::init_logging(args.verbose);
+    match args.command {
+        Command::Assets => {
+            let mut ok = true;
+            for (name, found) in [
+                ("mujoco", assets::mujoco_lib_dir()),
+                ("so101 mjcf", assets::so101_assets_dir()),
+            ] {
+                match found {
+                    Ok(path) => println!("{name:<12} {}", path.display()),
+                    Err(err) => {
+                        ok = false;
+                        println!("{name:<12} missing: {err}");
+                    }
+                }
+            }
+            for (motor, (lo, hi)) in so101::MOTOR_NAMES.iter().zip(so101::JOINT_RANGES_RAD) {
+                println!("joint {motor:<14} [{lo:+.3}, {hi:+.3}] rad");
+            }
+            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+    }
+}

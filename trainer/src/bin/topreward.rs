@@ -1,0 +1,43 @@
+//! `topreward`: score robot episodes with TOPReward and compute the metrics built on it.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// TOPReward tools: token-probability progress rewards from a video VLM (arXiv 2602.19313).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+    /// Log at debug level.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Value-order correlation (Spearman against time order) of a sequence of values.
+    Voc {
+        /// Values in time order, e.g. `topreward voc -- -2.1 -1.7 -0.4`.
+        #[arg(required = true, allow_negative_numbers = true)]
+        values: Vec<f64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    toprl_trainer::cli::init_logging(args.verbose);
+    match args.command {
+        Command::Voc { values } => match toprl_rewards::metrics::voc(&values) {
+            Some(v) => {
+                println!("{v:.6}");
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("error: VOC is undefined for constant values or fewer than two points");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,425 @@
+//! Experiment configuration: one TOML file describes a whole comparison (data, policy, reward arms,
+//! algorithm, seeds, evaluation). Every table rejects unknown keys so a typo never silently falls back
+//! to a default; every default is documented here.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a config could not be used. Messages name the file and, for TOML errors, line, column and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read experiment config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid experiment config {path}:\n{source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid experiment config {path}: field `{field}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+/// A whole experiment: every arm is trained for every seed and evaluated the same way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Human-readable name, used in logs and the results table. Default: the config file's stem.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Seeds; each arm runs once per seed. Default: [0].
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// The simulated task used for demonstrations (when `data.source = "sim"`) and evaluation.
+    pub task: TaskConfig,
+    /// Where demonstrations come from.
+    pub data: DataConfig,
+    /// The policy trained in every arm.
+    pub policy: PolicyConfig,
+    /// The reward model used by `topreward` arms. Optional when no arm uses it.
+    #[serde(default)]
+    pub reward_model: Option<RewardModelConfig>,
+    /// Optimisation settings shared by every arm.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Evaluation in simulation.
+    #[serde(default)]
+    pub eval: EvalConfig,
+    /// The arms to compare (at least one).
+    pub arms: Vec<ArmConfig>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// The simulated SO-101 task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// One of `reach`, `push_cube`, `pick_cube`, `pick_place`.
+    pub name: String,
+    /// Square camera image size in pixels. Default: 128.
+    #[serde(default = "default_image_size")]
+    pub image_size: u32,
+    /// Episode length limit in control steps at 30 Hz. Default: 300 (10 s).
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
+}
+
+fn default_image_size() -> u32 {
+    128
+}
+fn default_max_steps() -> u32 {
+    300
+}
+
+/// Demonstration source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "source", rename_all = "snake_case")]
+pub enum DataConfig {
+    /// Scripted experts in simulation at mixed skill.
+    Sim {
+        /// Number of demonstration episodes.
+        episodes: u32,
+        /// Expert noise levels (0 = clean); episodes cycle through them, giving mixed-quality data.
+        #[serde(default = "default_noise_levels")]
+        noise_levels: Vec<f64>,
+    },
+    /// An existing LeRobotDataset (v2.1 or v3.0) folder or hub id.
+    Lerobot {
+        /// Local folder or hub repo id.
+        path: String,
+        /// Camera key fed to the reward model and image policies. Default: `observation.images.front`.
+        #[serde(default = "default_camera")]
+        camera: String,
+    },
+}
+
+fn default_noise_levels() -> Vec<f64> {
+    vec![0.0, 0.5, 1.0]
+}
+fn default_camera() -> String {
+    "observation.images.front".to_string()
+}
+
+/// The policy architecture and its initial weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// One of `mlp` (Gaussian MLP on state), `act` (ACT-style), `flow` (flow-matching action chunks).
+    pub kind: String,
+    /// Checkpoint directory to fine-tune from. Default: random initialisation.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// Actions predicted per step. Default: 10.
+    #[serde(default = "default_chunk")]
+    pub chunk: usize,
+    /// Width of hidden layers. Default: 256.
+    #[serde(default = "default_hidden")]
+    pub hidden: usize,
+}
+
+fn default_chunk() -> usize {
+    10
+}
+fn default_hidden() -> usize {
+    256
+}
+
+/// TOPReward settings for `topreward` arms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardModelConfig {
+    /// Local checkpoint directory or Hugging Face hub id (e.g. `Qwen/Qwen3-VL-8B-Instruct`).
+    pub model: String,
+    /// `exact` (re-encode every prefix, as the reference) or `incremental` (KV-cache reuse). Default: incremental.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Frame rate the episode is sampled at before scoring. Default: 2.0 (the paper's).
+    #[serde(default = "default_fps")]
+    pub fps: f64,
+    /// Camera key scored. Default: `observation.images.front`.
+    #[serde(default = "default_camera")]
+    pub camera: String,
+}
+
+fn default_mode() -> String {
+    "incremental".to_string()
+}
+fn default_fps() -> f64 {
+    2.0
+}
+
+/// Optimisation settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Gradient steps per arm and seed. Default: 2000.
+    #[serde(default = "default_steps")]
+    pub steps: u32,
+    /// Mini-batch size. Default: 64.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Adam learning rate. Default: 1e-3.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Paper Eq. 3 scale. Default: 2.0.
+    #[serde(default = "default_tau")]
+    pub tau: f64,
+    /// Paper Eq. 3 upper clip. Default: 2.0.
+    #[serde(default = "default_tau")]
+    pub delta_max: f64,
+    /// Evaluate every this many steps. Default: 500.
+    #[serde(default = "default_eval_every")]
+    pub eval_every: u32,
+}
+
+fn default_steps() -> u32 {
+    2000
+}
+fn default_batch_size() -> usize {
+    64
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_tau() -> f64 {
+    2.0
+}
+fn default_eval_every() -> u32 {
+    500
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: default_steps(),
+            batch_size: default_batch_size(),
+            lr: default_lr(),
+            tau: default_tau(),
+            delta_max: default_tau(),
+            eval_every: default_eval_every(),
+        }
+    }
+}
+
+/// Evaluation in simulation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Evaluation episodes per checkpoint. Default: 20.
+    #[serde(default = "default_eval_episodes")]
+    pub episodes: u32,
+}
+
+fn default_eval_episodes() -> u32 {
+    20
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            episodes: default_eval_episodes(),
+        }
+    }
+}
+
+/// Which signal weights the demonstrations in an arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardSource {
+    /// Plain behaviour cloning: every sample weighs 1.
+    None,
+    /// Episode success only.
+    Sparse,
+    /// TOPReward progress through paper Eq. 3.
+    Topreward,
+    /// The simulator's ground-truth progress through the same Eq. 3 (an upper bound).
+    Oracle,
+}
+
+/// How an arm updates the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Offline reward-aligned behaviour cloning (weighted imitation on the demonstrations).
+    RewardAlignedBc,
+    /// Online advantage-weighted regression: roll out, score, regress with a learned value baseline.
+    Awr,
+}
+
+/// One arm of the comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmConfig {
+    /// Name in the results table.
+    pub name: String,
+    /// Reward signal.
+    pub reward: RewardSource,
+    /// Update rule. Default: `reward_aligned_bc`.
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Algorithm,
+}
+
+fn default_algorithm() -> Algorithm {
+    Algorithm::RewardAlignedBc
+}
+
+impl ExperimentConfig {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and validate config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        if config.name.is_none() {
+            config.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        }
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: field.to_string(),
+            message,
+        };
+        const TASKS: [&str; 4] = ["reach", "push_cube", "pick_cube", "pick_place"];
+        if !TASKS.contains(&self.task.name.as_str()) {
+            return Err(invalid(
+                "task.name",
+                format!("unknown task `{}`, expected one of {TASKS:?}", self.task.name),
+            ));
+        }
+        const POLICIES: [&str; 3] = ["mlp", "act", "flow"];
+        if !POLICIES.contains(&self.policy.kind.as_str()) {
+            return Err(invalid(
+                "policy.kind",
+                format!(
+                    "unknown policy `{}`, expected one of {POLICIES:?}",
+                    self.policy.kind
+                ),
+            ));
+        }
+        if self.seeds.is_empty() {
+            return Err(invalid("seeds", "expected at least one seed".into()));
+        }
+        if self.arms.is_empty() {
+            return Err(invalid("arms", "expected at least one [[arms]] table".into()));
+        }
+        for (i, arm) in self.arms.iter().enumerate() {
+            if self.arms[..i].iter().any(|a| a.name == arm.name) {
+                return Err(invalid(
+                    &format!("arms[{i}].name"),
+                    format!("duplicate arm name `{}`", arm.name),
+                ));
+            }
+        }
+        if self.arms.iter().any(|a| a.reward == RewardSource::Topreward) {
+            match &self.reward_model {
+                None => {
+                    return Err(invalid(
+                        "reward_model",
+                        "an arm uses `reward = \"topreward\"`, so a [reward_model] table is required".into(),
+                    ));
+                }
+                Some(rm) if !["exact", "incremental"].contains(&rm.mode.as_str()) => {
+                    return Err(invalid(
+                        "reward_model.mode",
+                        format!(
+                            "unknown mode `{}`, expected \"exact\" or \"incremental\"",
+                            rm.mode
+                        ),
+                    ));
+                }
+                Some(rm) if rm.fps.is_nan() || rm.fps <= 0.0 => {
+                    return Err(invalid(
+                        "reward_model.fps",
+                        format!("expected a positive frame rate, got {}", rm.fps),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(init) = &self.policy.init
+            && !init.exists()
+        {
+            return Err(invalid(
+                "policy.init",
+                format!("checkpoint {} does not exist", init.display()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [task]
+        name = "pick_cube"
+        [data]
+        source = "sim"
+        episodes = 4
+        [policy]
+        kind = "mlp"
+        [[arms]]
+        name = "bc"
+        reward = "none"
+    "#;
+
+    #[test]
+    fn minimal_config_takes_documented_defaults() {
+        let c = ExperimentConfig::parse(MINIMAL, Path::new("experiments/min.toml")).unwrap();
+        assert_eq!(c.name.as_deref(), Some("min"));
+        assert_eq!(c.seeds, vec![0]);
+        assert_eq!(c.train.steps, 2000);
+        assert_eq!(c.arms[0].algorithm, Algorithm::RewardAlignedBc);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_by_name_with_line() {
+        let text = MINIMAL.replace("kind = \"mlp\"", "kind = \"mlp\"\nhiden = 3");
+        let err = ExperimentConfig::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.toml"), "{err}");
+        assert!(err.contains("unknown field `hiden`"), "{err}");
+        assert!(err.contains("line 9"), "{err}");
+    }
+
+    #[test]
+    fn topreward_arm_needs_reward_model() {
+        let text = MINIMAL.replace("reward = \"none\"", "reward = \"topreward\"");
+        let err = ExperimentConfig::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reward_model"), "{err}");
+    }
+
+    #[test]
+    fn unknown_task_names_the_field() {
+        let text = MINIMAL.replace("pick_cube", "juggle");
+        let err = ExperimentConfig::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("task.name") && err.contains("juggle"), "{err}");
+    }
+}

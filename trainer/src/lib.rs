@@ -1,0 +1,6 @@
+//! The toprl application layer: experiment configs, rollouts, reward labelling, reward-aligned BC and
+//! advantage-weighted updates, evaluation, logging and checkpoints, and the three binaries that wire the
+//! library crates together (`train`, `topreward`, `so101`).
+
+pub mod cli;
+pub mod config;
