@@ -4,4 +4,5 @@
 //! Episodes are plain data (frames, states, actions, instruction). This crate depends on no other toprl crate.
 
 pub mod assets;
+pub mod episode;
 pub mod so101;
