@@ -3,20 +3,9 @@
 
 use std::collections::BTreeMap;
 
-/// One RGB8 image, row-major height x width x 3.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
-    pub width: u32,
-    pub height: u32,
-    pub rgb: Vec<u8>,
-}
-
-impl Frame {
-    /// An image from packed RGB bytes; `None` when the length is not width * height * 3.
-    pub fn new(width: u32, height: u32, rgb: Vec<u8>) -> Option<Self> {
-        (rgb.len() == width as usize * height as usize * 3).then_some(Self { width, height, rgb })
-    }
-}
+/// One camera image: RGB8, row-major height x width x 3. The `image` crate's type is shared with the
+/// reward models, so frames cross crate boundaries without copies or twin types.
+pub type Frame = image::RgbImage;
 
 /// A recorded episode at a fixed frame rate. Rows of `states`, `actions` and each camera's frames are
 /// aligned by frame index.

@@ -8,3 +8,4 @@
 //! This crate depends on no other toprl crate.
 
 pub mod metrics;
+pub mod score;
