@@ -181,27 +181,14 @@ pub fn render_grid(charts: &[Chart], columns: usize, cell: (u32, u32)) -> Result
 pub fn save_grid(path: &Path, charts: &[Chart], columns: usize, cell: (u32, u32)) -> Result<(), PlotError> {
     ensure_font()?;
     let image = render_grid(charts, columns, cell).map_err(draw_error(path))?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let io = |source| PlotError::Io {
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| draw_error(path)(e.to_string()))?;
+    crate::atomic::write_atomic(path, &png).map_err(|source| PlotError::Io {
         path: path.to_owned(),
         source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".plot-")
-        .suffix(".png")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    image
-        .write_to(
-            &mut std::io::BufWriter::new(tmp.as_file_mut()),
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| draw_error(path)(e.to_string()))?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
+    })?;
     Ok(())
 }
 
