@@ -5,6 +5,7 @@
 pub mod atomic;
 pub mod cli;
 pub mod config;
+pub mod labels;
 pub mod plot;
 pub mod results;
 pub mod tensorboard;
