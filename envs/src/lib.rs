@@ -5,4 +5,5 @@
 
 pub mod assets;
 pub mod episode;
+pub mod sim;
 pub mod so101;
