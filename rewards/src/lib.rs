@@ -8,6 +8,7 @@
 //! This crate depends on no other toprl crate.
 
 pub mod assets;
+pub mod frames;
 pub mod metrics;
 pub mod qwen3_vl;
 pub mod score;

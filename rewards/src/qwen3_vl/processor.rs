@@ -739,6 +739,62 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_config_is_read_when_present_and_defaults_apply_otherwise() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join("processor");
+        let p = VideoProcessor::from_checkpoint_dir(&fixtures).unwrap();
+        assert_eq!(
+            p.config().size,
+            SizeConfig {
+                shortest_edge: 4096,
+                longest_edge: 25165824
+            }
+        );
+        // the released budget keeps 16 frames of 244x244 at 256x256 (the class default gives 192x192)
+        assert_eq!(p.target_size(16, 244, 244).unwrap(), (256, 256));
+        let dir = std::env::temp_dir().join("toprl-rewards-no-such-checkpoint");
+        assert_eq!(
+            VideoProcessor::from_checkpoint_dir(&dir).unwrap().config(),
+            &VideoProcessorConfig::default()
+        );
+    }
+
+    #[test]
+    fn at_a_fixed_size_a_prefix_gives_the_first_rows_of_the_longer_clip() {
+        let frames: Vec<RgbImage> = (0..7u32)
+            .map(|f| {
+                RgbImage::from_fn(70, 50, |x, y| {
+                    image::Rgb([(x * 3 + f) as u8, (y * 5) as u8, (x ^ y) as u8])
+                })
+            })
+            .collect();
+        let p = VideoProcessor::default();
+        let meta = VideoMetadata::sequential(2.0);
+        let full = p.preprocess_at(&frames, &meta, (64, 96)).unwrap();
+        let part = p.preprocess_at(&frames[..4], &meta, (64, 96)).unwrap();
+        assert_eq!(full.grid_thw, [4, 4, 6]);
+        assert_eq!(
+            part.pixel_values[..],
+            full.pixel_values[..part.pixel_values.len()]
+        );
+        assert_eq!(part.timestamps[..], full.timestamps[..2]);
+        assert_eq!(full.group_rows(1), 24..48);
+        assert!(matches!(
+            p.preprocess_at(&frames, &meta, (64, 90)),
+            Err(ProcessorError::BadTargetSize { .. })
+        ));
+        let bad = VideoMetadata {
+            fps: 2.0,
+            frame_indices: Some(vec![0, 1]),
+        };
+        assert!(matches!(
+            p.preprocess(&frames, &bad),
+            Err(ProcessorError::MetadataLength { .. })
+        ));
+    }
+
+    #[test]
     fn config_rejects_unknown_fields_and_unsupported_resampling() {
         let err = serde_json::from_str::<VideoProcessorConfig>(r#"{"pach_size": 16}"#).unwrap_err();
         assert!(err.to_string().contains("pach_size"));
