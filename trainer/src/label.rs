@@ -392,6 +392,8 @@ mod tests {
         assert_eq!((s.scored, s.kept, model.calls), (2, 1, 2));
         assert_eq!(read_progress(&o.out).unwrap(), t);
 
+        lerobot_rabc_reads(&o.out, &t);
+
         // Complete file: nothing to do.
         let s = label_dataset(&ds, &mut model, &o).unwrap();
         assert_eq!((s.scored, s.kept, model.calls), (0, 3, 2));
@@ -409,6 +411,35 @@ mod tests {
             label_dataset(&ds, &mut model, &other),
             Err(LabelError::Dataset(_))
         ));
+    }
+
+    /// LeRobot's RA-BC loader (`lerobot.utils.rabc.RABCWeights`, head_mode "sparse") must read the file
+    /// and see our progress for every frame. Skipped with a notice without a LeRobot Python.
+    fn lerobot_rabc_reads(path: &std::path::Path, t: &ProgressTable) {
+        let python = std::env::var_os("TOPRL_LEROBOT_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-lerobot/bin/python")
+            });
+        if !python.exists() {
+            eprintln!(
+                "SKIPPED LeRobot RA-BC check: no LeRobot Python at {}",
+                python.display()
+            );
+            return;
+        }
+        let code = "import sys, json\nfrom lerobot.utils.rabc import RABCWeights\n\
+                    w = RABCWeights(sys.argv[1], chunk_size=2, device='cpu')\n\
+                    print(json.dumps([w.progress_lookup[i] for i in sorted(w.progress_lookup)]))";
+        let out = std::process::Command::new(&python)
+            .args(["-c", code])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let seen: Vec<f64> = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(seen, t.progress);
     }
 
     #[test]
