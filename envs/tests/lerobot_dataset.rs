@@ -157,6 +157,20 @@ fn v30_written_by_lerobot_reads_back_with_lerobots_values() {
 }
 
 #[test]
+fn v30_split_over_files_and_chunks_reads_back_with_lerobots_values() {
+    check_against_lerobot("so101_v30_split", "expected_v30_split.json", "av1");
+    let ds = LeRobotDataset::open(fixtures().join("so101_v30_split")).unwrap();
+    let last = ds.episode_meta(2).unwrap();
+    assert_eq!(last.data_path, Path::new("data/chunk-001/file-000.parquet"));
+    let span = &last.videos["observation.images.wrist"];
+    assert_eq!(
+        span.path,
+        Path::new("videos/observation.images.wrist/chunk-001/file-000.mp4")
+    );
+    assert_eq!(span.from_timestamp, 0.0);
+}
+
+#[test]
 fn v21_layout_reads_back_with_lerobots_values() {
     check_against_lerobot("so101_v21", "expected_v21.json", "h264");
 }
