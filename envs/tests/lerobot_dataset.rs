@@ -563,3 +563,129 @@ fn lerobot_loads_what_toprl_writes() {
     );
     eprintln!("LeRobot read toprl's dataset ({:?}): {stdout}", written.encoders);
 }
+
+// ----------------------------------------------------------------------------------------------------
+// Hub download
+// ----------------------------------------------------------------------------------------------------
+
+/// A local HTTP endpoint speaking the two Hugging Face hub routes `hf-hub`'s blocking client uses
+/// (`GET /api/datasets/{repo}/revision/{rev}` and ranged `GET /datasets/{repo}/resolve/{rev}/{file}`),
+/// serving a folder. It stands in for huggingface.co, which tests cannot reach.
+fn serve_as_hub(root: PathBuf, repo: &'static str) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut files = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    files.push(p.strip_prefix(&root).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            reader.read_line(&mut request).unwrap();
+            let mut range = None;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    let (a, b) = v.trim().split_once('-').unwrap();
+                    range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().ok()));
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            if path == "/shutdown" {
+                let _ =
+                    stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                break;
+            }
+            let api = format!("/api/datasets/{repo}/revision/main");
+            let resolve = format!("/datasets/{repo}/resolve/main/");
+            let (status, headers, body) = if path == api {
+                let siblings: Vec<Value> = files
+                    .iter()
+                    .map(|f| serde_json::json!({"rfilename": f}))
+                    .collect();
+                let body = serde_json::json!({"siblings": siblings, "sha": sha})
+                    .to_string()
+                    .into_bytes();
+                ("200 OK", "Content-Type: application/json\r\n".to_string(), body)
+            } else if let Some(file) = path
+                .strip_prefix(&resolve)
+                .filter(|f| files.iter().any(|x| x == f))
+            {
+                let data = std::fs::read(root.join(file)).unwrap();
+                let (a, b) = range.map_or((0, data.len() - 1), |(a, b)| (a, b.unwrap_or(data.len() - 1)));
+                let etag = format!(
+                    "{:016x}{:08x}",
+                    data.iter().fold(0u64, |h, &x| h.wrapping_mul(31) ^ u64::from(x)),
+                    data.len()
+                );
+                let headers = format!(
+                    "ETag: \"{etag}\"\r\nX-Repo-Commit: {sha}\r\nContent-Range: bytes {a}-{b}/{}\r\n",
+                    data.len()
+                );
+                ("206 Partial Content", headers, data[a..=b].to_vec())
+            } else {
+                ("404 Not Found", String::new(), b"not found".to_vec())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    (format!("http://{addr}"), handle)
+}
+
+#[test]
+fn hub_repo_downloads_into_the_cache_and_reads_like_the_folder() {
+    use toprl_envs::dataset::HubOptions;
+    let (endpoint, server) = serve_as_hub(fixtures().join("so101_v30"), "toprl/so101_fixture");
+    let cache = tempfile::tempdir().unwrap();
+    let opts = HubOptions {
+        endpoint: Some(endpoint.clone()),
+        cache_dir: Some(cache.path().into()),
+        progress: false,
+    };
+    let hub = LeRobotDataset::from_hub_with("toprl/so101_fixture", None, &opts).unwrap();
+    assert!(hub.root().starts_with(cache.path()), "{:?}", hub.root());
+    let local = LeRobotDataset::open(fixtures().join("so101_v30")).unwrap();
+    assert_eq!(hub.num_episodes(), local.num_episodes());
+    let (a, b) = (hub.episode(1).unwrap(), local.episode(1).unwrap());
+    assert_eq!(
+        (a.states, a.instruction, &a.cameras),
+        (b.states, b.instruction, &b.cameras)
+    );
+    let err = LeRobotDataset::from_hub_with("toprl/missing", None, &opts).unwrap_err();
+    assert!(
+        matches!(err, DatasetError::Hub { ref repo, .. } if repo == "toprl/missing"),
+        "{err:?}"
+    );
+    let _ = http_get(&endpoint, "/shutdown");
+    server.join().unwrap();
+}
+
+/// A bare HTTP GET (the test does not depend on an HTTP client of its own).
+fn http_get(endpoint: &str, path: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(endpoint.trim_start_matches("http://"))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map(|_| ())
+}

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use toprl_envs::dataset::{LeRobotDataset, STATE_KEY, video};
+use toprl_envs::dataset::{HubOptions, LeRobotDataset, STATE_KEY, video};
 
 /// LeRobotDataset tools.
 #[derive(Debug, Args)]
@@ -62,7 +62,11 @@ pub fn open_dataset(dir: &str) -> Result<LeRobotDataset> {
             Some((r, rev)) => (r, Some(rev)),
             None => (repo, None),
         };
-        return LeRobotDataset::from_hub(repo, revision)
+        let opts = HubOptions {
+            progress: true,
+            ..HubOptions::default()
+        };
+        return LeRobotDataset::from_hub_with(repo, revision, &opts)
             .with_context(|| format!("fetching dataset {repo} from the hub"));
     }
     LeRobotDataset::open(dir).with_context(|| format!("opening dataset {dir}"))
