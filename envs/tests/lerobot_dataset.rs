@@ -470,6 +470,11 @@ fn h264_is_written_when_asked() {
         Some("h264")
     );
     assert_eq!(ds.camera_frames(0, CAMS[1]).unwrap().len(), 9);
+    let video = path.join("videos/observation.images.wrist/chunk-000/file-000.mp4");
+    assert_eq!(
+        toprl_envs::dataset::video::key_frame_count(&video).unwrap(),
+        (9, 5)
+    );
 }
 
 fn no_partial_dirs(parent: &Path) {
@@ -532,6 +537,12 @@ fn lerobot_loads_what_toprl_writes() {
     // 64x64: large enough for Debian's SVT-AV1, LeRobot's default encoder.
     let eps = episodes(64, 64);
     let written = write(&path, &eps, spec(64, 64));
+    assert_eq!(written.encoders[CAMS[0]], "libsvtav1");
+    let video = path.join("videos/observation.images.front/chunk-000/file-000.mp4");
+    assert_eq!(
+        toprl_envs::dataset::video::key_frame_count(&video).unwrap(),
+        (26, 13)
+    );
     let exp = serde_json::json!({
         "fps": 30,
         "robot_type": "so101_follower",
