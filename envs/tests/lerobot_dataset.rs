@@ -311,6 +311,23 @@ fn a_truncated_video_is_an_error_not_a_short_episode() {
     assert!(err.to_string().contains("file-000.mp4"), "{err}");
     // The other camera is intact.
     assert_eq!(ds.camera_frames(2, "observation.images.wrist").unwrap().len(), 12);
+
+    // v2.1, one file per episode, its index at the end (no faststart): cut, the file cannot be opened.
+    let (_tmp, root) = fixture_copy("so101_v21");
+    let video = root.join("videos/chunk-000/observation.images.wrist/episode_000001.mp4");
+    let bytes = std::fs::read(&video).unwrap();
+    std::fs::write(&video, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let ds = LeRobotDataset::open(&root).unwrap();
+    let err = ds.episode(1).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DatasetError::MissingVideoFrame { .. } | DatasetError::Ffmpeg { .. }
+        ),
+        "unexpected error {err:?}"
+    );
+    assert!(err.to_string().contains("episode_000001.mp4"), "{err}");
+    assert_eq!(ds.episode(0).unwrap().len(), 10);
 }
 
 #[test]
