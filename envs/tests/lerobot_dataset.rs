@@ -157,6 +157,20 @@ fn v30_written_by_lerobot_reads_back_with_lerobots_values() {
 }
 
 #[test]
+fn v30_split_over_files_and_chunks_reads_back_with_lerobots_values() {
+    check_against_lerobot("so101_v30_split", "expected_v30_split.json", "av1");
+    let ds = LeRobotDataset::open(fixtures().join("so101_v30_split")).unwrap();
+    let last = ds.episode_meta(2).unwrap();
+    assert_eq!(last.data_path, Path::new("data/chunk-001/file-000.parquet"));
+    let span = &last.videos["observation.images.wrist"];
+    assert_eq!(
+        span.path,
+        Path::new("videos/observation.images.wrist/chunk-001/file-000.mp4")
+    );
+    assert_eq!(span.from_timestamp, 0.0);
+}
+
+#[test]
 fn v21_layout_reads_back_with_lerobots_values() {
     check_against_lerobot("so101_v21", "expected_v21.json", "h264");
 }
@@ -297,6 +311,23 @@ fn a_truncated_video_is_an_error_not_a_short_episode() {
     assert!(err.to_string().contains("file-000.mp4"), "{err}");
     // The other camera is intact.
     assert_eq!(ds.camera_frames(2, "observation.images.wrist").unwrap().len(), 12);
+
+    // v2.1, one file per episode, its index at the end (no faststart): cut, the file cannot be opened.
+    let (_tmp, root) = fixture_copy("so101_v21");
+    let video = root.join("videos/chunk-000/observation.images.wrist/episode_000001.mp4");
+    let bytes = std::fs::read(&video).unwrap();
+    std::fs::write(&video, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let ds = LeRobotDataset::open(&root).unwrap();
+    let err = ds.episode(1).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DatasetError::MissingVideoFrame { .. } | DatasetError::Ffmpeg { .. }
+        ),
+        "unexpected error {err:?}"
+    );
+    assert!(err.to_string().contains("episode_000001.mp4"), "{err}");
+    assert_eq!(ds.episode(0).unwrap().len(), 10);
 }
 
 #[test]
@@ -456,6 +487,11 @@ fn h264_is_written_when_asked() {
         Some("h264")
     );
     assert_eq!(ds.camera_frames(0, CAMS[1]).unwrap().len(), 9);
+    let video = path.join("videos/observation.images.wrist/chunk-000/file-000.mp4");
+    assert_eq!(
+        toprl_envs::dataset::video::key_frame_count(&video).unwrap(),
+        (9, 5)
+    );
 }
 
 fn no_partial_dirs(parent: &Path) {
@@ -518,6 +554,12 @@ fn lerobot_loads_what_toprl_writes() {
     // 64x64: large enough for Debian's SVT-AV1, LeRobot's default encoder.
     let eps = episodes(64, 64);
     let written = write(&path, &eps, spec(64, 64));
+    assert_eq!(written.encoders[CAMS[0]], "libsvtav1");
+    let video = path.join("videos/observation.images.front/chunk-000/file-000.mp4");
+    assert_eq!(
+        toprl_envs::dataset::video::key_frame_count(&video).unwrap(),
+        (26, 13)
+    );
     let exp = serde_json::json!({
         "fps": 30,
         "robot_type": "so101_follower",
@@ -548,4 +590,130 @@ fn lerobot_loads_what_toprl_writes() {
         written.encoders
     );
     eprintln!("LeRobot read toprl's dataset ({:?}): {stdout}", written.encoders);
+}
+
+// ----------------------------------------------------------------------------------------------------
+// Hub download
+// ----------------------------------------------------------------------------------------------------
+
+/// A local HTTP endpoint speaking the two Hugging Face hub routes `hf-hub`'s blocking client uses
+/// (`GET /api/datasets/{repo}/revision/{rev}` and ranged `GET /datasets/{repo}/resolve/{rev}/{file}`),
+/// serving a folder. It stands in for huggingface.co, which tests cannot reach.
+fn serve_as_hub(root: PathBuf, repo: &'static str) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut files = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    files.push(p.strip_prefix(&root).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            reader.read_line(&mut request).unwrap();
+            let mut range = None;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    let (a, b) = v.trim().split_once('-').unwrap();
+                    range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().ok()));
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            if path == "/shutdown" {
+                let _ =
+                    stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                break;
+            }
+            let api = format!("/api/datasets/{repo}/revision/main");
+            let resolve = format!("/datasets/{repo}/resolve/main/");
+            let (status, headers, body) = if path == api {
+                let siblings: Vec<Value> = files
+                    .iter()
+                    .map(|f| serde_json::json!({"rfilename": f}))
+                    .collect();
+                let body = serde_json::json!({"siblings": siblings, "sha": sha})
+                    .to_string()
+                    .into_bytes();
+                ("200 OK", "Content-Type: application/json\r\n".to_string(), body)
+            } else if let Some(file) = path
+                .strip_prefix(&resolve)
+                .filter(|f| files.iter().any(|x| x == f))
+            {
+                let data = std::fs::read(root.join(file)).unwrap();
+                let (a, b) = range.map_or((0, data.len() - 1), |(a, b)| (a, b.unwrap_or(data.len() - 1)));
+                let etag = format!(
+                    "{:016x}{:08x}",
+                    data.iter().fold(0u64, |h, &x| h.wrapping_mul(31) ^ u64::from(x)),
+                    data.len()
+                );
+                let headers = format!(
+                    "ETag: \"{etag}\"\r\nX-Repo-Commit: {sha}\r\nContent-Range: bytes {a}-{b}/{}\r\n",
+                    data.len()
+                );
+                ("206 Partial Content", headers, data[a..=b].to_vec())
+            } else {
+                ("404 Not Found", String::new(), b"not found".to_vec())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    (format!("http://{addr}"), handle)
+}
+
+#[test]
+fn hub_repo_downloads_into_the_cache_and_reads_like_the_folder() {
+    use toprl_envs::dataset::HubOptions;
+    let (endpoint, server) = serve_as_hub(fixtures().join("so101_v30"), "toprl/so101_fixture");
+    let cache = tempfile::tempdir().unwrap();
+    let opts = HubOptions {
+        endpoint: Some(endpoint.clone()),
+        cache_dir: Some(cache.path().into()),
+        progress: false,
+    };
+    let hub = LeRobotDataset::from_hub_with("toprl/so101_fixture", None, &opts).unwrap();
+    assert!(hub.root().starts_with(cache.path()), "{:?}", hub.root());
+    let local = LeRobotDataset::open(fixtures().join("so101_v30")).unwrap();
+    assert_eq!(hub.num_episodes(), local.num_episodes());
+    let (a, b) = (hub.episode(1).unwrap(), local.episode(1).unwrap());
+    assert_eq!(
+        (a.states, a.instruction, &a.cameras),
+        (b.states, b.instruction, &b.cameras)
+    );
+    let err = LeRobotDataset::from_hub_with("toprl/missing", None, &opts).unwrap_err();
+    assert!(
+        matches!(err, DatasetError::Hub { ref repo, .. } if repo == "toprl/missing"),
+        "{err:?}"
+    );
+    let _ = http_get(&endpoint, "/shutdown");
+    server.join().unwrap();
+}
+
+/// A bare HTTP GET (the test does not depend on an HTTP client of its own).
+fn http_get(endpoint: &str, path: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(endpoint.trim_start_matches("http://"))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map(|_| ())
 }

@@ -4,7 +4,9 @@
 
 pub mod atomic;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod label;
 pub mod labels;
 pub mod plot;
 pub mod results;

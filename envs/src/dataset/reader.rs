@@ -46,6 +46,17 @@ pub struct FrameItem {
     pub images: BTreeMap<String, RgbImage>,
 }
 
+/// Where to fetch hub datasets from; `None` fields fall back to the environment (`HF_ENDPOINT`, `HF_HOME`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HubOptions {
+    /// Hub URL, e.g. `https://huggingface.co` or a mirror.
+    pub endpoint: Option<String>,
+    /// Cache folder (the `hub/` folder of `HF_HOME`).
+    pub cache_dir: Option<PathBuf>,
+    /// Show download progress bars on stderr.
+    pub progress: bool,
+}
+
 /// The columns of one data file that the reader uses.
 struct DataFile {
     path: PathBuf,
@@ -118,18 +129,36 @@ impl LeRobotDataset {
     /// `revision` (LeRobot tags datasets by codebase version, e.g. `v3.0`; `None`: the default branch),
     /// then open it. Honours `HF_HOME`, `HF_ENDPOINT` and `HF_TOKEN` like the Python client.
     pub fn from_hub(repo_id: &str, revision: Option<&str>) -> Result<Self> {
+        Self::from_hub_with(repo_id, revision, &HubOptions::default())
+    }
+
+    /// [`Self::from_hub`] with an explicit endpoint or cache folder (overriding the environment).
+    pub fn from_hub_with(repo_id: &str, revision: Option<&str>, opts: &HubOptions) -> Result<Self> {
         use hf_hub::{Repo, RepoType, api::sync::ApiBuilder};
         let herr = |e: hf_hub::api::sync::ApiError| DatasetError::Hub {
             repo: repo_id.to_string(),
             reason: e.to_string(),
         };
-        let api = ApiBuilder::from_env().build().map_err(herr)?;
+        let mut builder = ApiBuilder::from_env().with_progress(opts.progress);
+        if let Some(endpoint) = &opts.endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
+        }
+        if let Some(dir) = &opts.cache_dir {
+            builder = builder.with_cache_dir(dir.clone());
+        }
+        let api = builder.build().map_err(herr)?;
         let repo = match revision {
             Some(rev) => Repo::with_revision(repo_id.to_string(), RepoType::Dataset, rev.to_string()),
             None => Repo::new(repo_id.to_string(), RepoType::Dataset),
         };
         let repo = api.repo(repo);
         let listing = repo.info().map_err(herr)?;
+        if !listing.siblings.iter().any(|s| s.rfilename == meta::INFO_PATH) {
+            return Err(DatasetError::Hub {
+                repo: repo_id.to_string(),
+                reason: format!("no {} in the repo: not a LeRobotDataset", meta::INFO_PATH),
+            });
+        }
         let info_path = repo.get(meta::INFO_PATH).map_err(herr)?;
         for sibling in &listing.siblings {
             let name = &sibling.rfilename;

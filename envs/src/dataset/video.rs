@@ -76,6 +76,28 @@ pub fn probe(path: &Path) -> Result<VideoProbe> {
     })
 }
 
+/// Count a video's packets and its key-frame packets (the points a seek can land on), without decoding.
+pub fn key_frame_count(path: &Path) -> Result<(usize, usize)> {
+    init();
+    let mut ictx = ff::format::input(path).map_err(fferr(path, "open"))?;
+    let index = ictx
+        .streams()
+        .best(ff::media::Type::Video)
+        .ok_or_else(|| DatasetError::Video {
+            path: path.to_path_buf(),
+            reason: "no video stream".into(),
+        })?
+        .index();
+    let (mut packets, mut keys) = (0, 0);
+    for (stream, packet) in ictx.packets() {
+        if stream.index() == index {
+            packets += 1;
+            keys += usize::from(packet.is_key());
+        }
+    }
+    Ok((packets, keys))
+}
+
 /// Decode the frames shown at `timestamps` (seconds, increasing) from `path`, as RGB8.
 ///
 /// Seeks to the key frame before the first timestamp and decodes forward; each requested time gets the
@@ -284,11 +306,17 @@ impl VideoEncoder {
         enc.set_width(width);
         enc.set_height(height);
         enc.set_format(Pixel::YUV420P);
+        enc.set_gop(2);
         enc.set_time_base(enc_time_base);
         enc.set_frame_rate(Some(ff::Rational(fps as i32, 1)));
+        // Closed GOPs: every GOP starts with a real key frame that the mp4 index marks as a sync sample
+        // (Debian's FFmpeg 5.1 + SVT-AV1 1.4 otherwise emit "forward" key frames that are not marked, and
+        // seeking falls back to the start of the file).
+        let mut flags = ff::codec::Flags::CLOSED_GOP;
         if global_header {
-            enc.set_flags(ff::codec::Flags::GLOBAL_HEADER);
+            flags |= ff::codec::Flags::GLOBAL_HEADER;
         }
+        enc.set_flags(flags);
         let mut dict = ff::Dictionary::new();
         for &(k, v) in opts {
             dict.set(k, v);

@@ -20,6 +20,8 @@ struct Args {
 enum Command {
     /// Show where the MuJoCo library and SO-101 assets are and the arm's joints.
     Assets,
+    /// LeRobotDataset tools: `info`, `frames`.
+    Dataset(toprl_trainer::commands::dataset::DatasetArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,5 +47,12 @@ fn main() -> ExitCode {
             }
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
+        Command::Dataset(a) => match toprl_trainer::commands::dataset::run(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -1,0 +1,465 @@
+//! Reward labelling of a LeRobotDataset: score every episode with a progress model, spread the per-prefix
+//! progress to every frame, and store progress and the reward-aligned BC weights (paper Eq. 3) in a parquet
+//! file beside the dataset.
+//!
+//! The file is rewritten atomically after each episode with every finished episode, so an interrupted run
+//! resumes where it stopped: episodes already in the file are kept and not scored again. Eq. 3 normalises
+//! by the dataset-wide mean progress increment, so the weight column is recomputed over all finished
+//! episodes at each write; when the run completes it is the weight over the whole dataset.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use toprl_envs::dataset::{DatasetError, LeRobotDataset, ProgressTable, read_progress, write_progress};
+use toprl_rewards::metrics::{WeightParams, interpolate_to_frames, reward_aligned_weights};
+use toprl_rewards::score::ProgressModel;
+
+/// Default file name, beside the dataset's `meta/` folder.
+pub const PROGRESS_FILE: &str = "topreward_progress.parquet";
+
+/// How to label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelOptions {
+    /// Camera whose frames the model sees, e.g. `observation.images.front`.
+    pub camera: String,
+    /// Output parquet path (resumed when it exists).
+    pub out: PathBuf,
+    /// Eq. 3 parameters.
+    pub weights: WeightParams,
+    /// Uniformly subsample longer episodes to at most this many frames before scoring (`None`: all).
+    pub max_frames: Option<usize>,
+    /// Name of the model and its settings, stored in the file so a resumed run never mixes models.
+    pub model_id: String,
+}
+
+/// What a labelling run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelSummary {
+    pub path: PathBuf,
+    /// Episodes scored in this run.
+    pub scored: usize,
+    /// Episodes found finished in an existing file and kept.
+    pub kept: usize,
+    /// Rows in the file.
+    pub frames: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabelError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error("episode {episode}: the progress model failed: {source}")]
+    Model {
+        episode: usize,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("episode {episode}: the model returned {reason}")]
+    BadScore { episode: usize, reason: String },
+    #[error(
+        "{path}: was labelled with {key} = {found:?}, this run uses {expected:?}; use another output path"
+    )]
+    Mismatch {
+        path: PathBuf,
+        key: String,
+        found: String,
+        expected: String,
+    },
+    #[error("{path}: episode {episode} has {found} rows, the dataset has {expected} frames")]
+    StaleEpisode {
+        path: PathBuf,
+        episode: usize,
+        found: usize,
+        expected: usize,
+    },
+    #[error("max_frames must be at least 2, got {0}")]
+    BadMaxFrames(usize),
+}
+
+fn provenance(opts: &LabelOptions) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("toprl.model".into(), opts.model_id.clone());
+    m.insert("toprl.camera".into(), opts.camera.clone());
+    m.insert(
+        "toprl.weights".into(),
+        format!(
+            "tau={} delta_max={} min_weight={}",
+            opts.weights.tau, opts.weights.delta_max, opts.weights.min_weight
+        ),
+    );
+    m.insert(
+        "toprl.max_frames".into(),
+        opts.max_frames.map_or("all".into(), |n| n.to_string()),
+    );
+    m
+}
+
+/// Frame positions (in the episode) that the model sees: all, or `max` spread evenly (first and last kept).
+fn sample_positions(n: usize, max: Option<usize>) -> Vec<usize> {
+    match max {
+        Some(m) if n > m => (0..m)
+            .map(|i| ((i as f64) * (n - 1) as f64 / (m - 1) as f64).round() as usize)
+            .collect(),
+        _ => (0..n).collect(),
+    }
+}
+
+/// Per-frame progress of one episode from the model's per-prefix progress.
+fn score_episode<M: ProgressModel>(
+    ds: &LeRobotDataset,
+    model: &mut M,
+    opts: &LabelOptions,
+    episode: usize,
+) -> Result<Vec<f64>, LabelError> {
+    let ep = ds.episode_with_cameras(episode, std::slice::from_ref(&opts.camera))?;
+    let frames = &ep.cameras[&opts.camera];
+    let n = frames.len();
+    let positions = sample_positions(n, opts.max_frames);
+    let sampled: Vec<image::RgbImage> = positions.iter().map(|&p| frames[p].clone()).collect();
+    // Sampling k of n frames lowers the effective frame rate by k / n.
+    let fps = ep.fps * sampled.len() as f64 / n.max(1) as f64;
+    let score = model
+        .score_episode(&sampled, fps, &ep.instruction)
+        .map_err(|e| LabelError::Model {
+            episode,
+            source: Box::new(e),
+        })?;
+    let bad = |reason: String| LabelError::BadScore { episode, reason };
+    if score.prefix_lengths.len() != score.progress.len() || score.progress.is_empty() {
+        return Err(bad(format!(
+            "{} prefix lengths and {} progress values",
+            score.prefix_lengths.len(),
+            score.progress.len()
+        )));
+    }
+    let mut at = Vec::with_capacity(score.prefix_lengths.len());
+    for (i, &len) in score.prefix_lengths.iter().enumerate() {
+        if len == 0 || len > sampled.len() || (i > 0 && len <= score.prefix_lengths[i - 1]) {
+            return Err(bad(format!(
+                "prefix lengths {:?} for {} frames",
+                score.prefix_lengths,
+                sampled.len()
+            )));
+        }
+        // A prefix of `len` sampled frames ends at the episode frame of its last sample.
+        at.push(positions[len - 1] as f64);
+    }
+    if let Some(p) = score.progress.iter().find(|p| !p.is_finite()) {
+        return Err(bad(format!("a non-finite progress value {p}")));
+    }
+    Ok(interpolate_to_frames(&at, &score.progress, n))
+}
+
+/// Label every episode of `ds` with `model` into `opts.out`, resuming from an existing file.
+pub fn label_dataset<M: ProgressModel>(
+    ds: &LeRobotDataset,
+    model: &mut M,
+    opts: &LabelOptions,
+) -> Result<LabelSummary, LabelError> {
+    if let Some(m) = opts.max_frames
+        && m < 2
+    {
+        return Err(LabelError::BadMaxFrames(m));
+    }
+    if !ds.camera_keys().contains(&opts.camera) {
+        return Err(DatasetError::UnknownCamera {
+            camera: opts.camera.clone(),
+            available: ds.camera_keys().join(", "),
+        }
+        .into());
+    }
+    let meta = provenance(opts);
+    // Finished episodes: progress per frame, by episode index.
+    let mut done: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    if opts.out.exists() {
+        let old = read_progress(&opts.out)?;
+        for (k, v) in &meta {
+            let found = old.metadata.get(k).cloned().unwrap_or_default();
+            if &found != v {
+                return Err(LabelError::Mismatch {
+                    path: opts.out.clone(),
+                    key: k.clone(),
+                    found,
+                    expected: v.clone(),
+                });
+            }
+        }
+        let mut by_ep: BTreeMap<usize, Vec<(i64, f64)>> = BTreeMap::new();
+        for i in 0..old.len() {
+            by_ep
+                .entry(old.episode_index[i] as usize)
+                .or_default()
+                .push((old.frame_index[i], old.progress[i]));
+        }
+        for (e, mut rows) in by_ep {
+            let expected = ds.episode_meta(e)?.length;
+            rows.sort_by_key(|r| r.0);
+            let complete = rows.len() == expected && rows.iter().enumerate().all(|(i, r)| r.0 == i as i64);
+            if !complete {
+                return Err(LabelError::StaleEpisode {
+                    path: opts.out.clone(),
+                    episode: e,
+                    found: rows.len(),
+                    expected,
+                });
+            }
+            done.insert(e, rows.into_iter().map(|r| r.1).collect());
+        }
+    }
+    let kept = done.len();
+    let todo: Vec<usize> = (0..ds.num_episodes()).filter(|e| !done.contains_key(e)).collect();
+    let bar = ProgressBar::new(todo.len() as u64).with_style(
+        ProgressStyle::with_template("labelling {bar:30} {pos}/{len} episodes {elapsed_precise}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut scored = 0;
+    for e in todo {
+        let progress = score_episode(ds, model, opts, e)?;
+        done.insert(e, progress);
+        write_table(ds, &done, opts, &meta)?;
+        scored += 1;
+        bar.inc(1);
+        tracing::debug!(episode = e, "labelled");
+    }
+    bar.finish_and_clear();
+    if scored == 0 && !opts.out.exists() {
+        write_table(ds, &done, opts, &meta)?;
+    }
+    let frames = done.values().map(Vec::len).sum();
+    Ok(LabelSummary {
+        path: opts.out.clone(),
+        scored,
+        kept,
+        frames,
+    })
+}
+
+fn write_table(
+    ds: &LeRobotDataset,
+    done: &BTreeMap<usize, Vec<f64>>,
+    opts: &LabelOptions,
+    meta: &BTreeMap<String, String>,
+) -> Result<(), LabelError> {
+    let episodes: Vec<usize> = done.keys().copied().collect();
+    let progress: Vec<Vec<f64>> = done.values().cloned().collect();
+    let weights = reward_aligned_weights(&progress, &opts.weights);
+    let mut t = ProgressTable {
+        metadata: meta.clone(),
+        ..Default::default()
+    };
+    for ((e, p), w) in episodes.iter().zip(&progress).zip(&weights) {
+        let start = ds.episode_meta(*e)?.dataset_from_index as i64;
+        for (f, (pv, wv)) in p.iter().zip(w).enumerate() {
+            t.index.push(start + f as i64);
+            t.episode_index.push(*e as i64);
+            t.frame_index.push(f as i64);
+            t.progress.push(*pv);
+            t.weight.push(*wv);
+        }
+    }
+    write_progress(&opts.out, &t)?;
+    Ok(())
+}
+
+/// The default output path for a dataset: `<root>/topreward_progress.parquet`.
+pub fn default_progress_path(ds: &LeRobotDataset) -> PathBuf {
+    ds.root().join(PROGRESS_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::RgbImage;
+    use toprl_envs::dataset::{DatasetSpec, DatasetWriter};
+    use toprl_envs::episode::Episode;
+    use toprl_rewards::metrics::{min_max_progress, voc};
+    use toprl_rewards::score::EpisodeScore;
+
+    const CAM: &str = "observation.images.front";
+
+    /// A real, deterministic progress model for testing the plumbing: the score of a prefix is the log
+    /// of the mean brightness of its last frame (brighter = further along).
+    struct Brightness {
+        calls: usize,
+    }
+
+    impl ProgressModel for Brightness {
+        type Error = std::io::Error;
+        fn score_episode(
+            &mut self,
+            frames: &[RgbImage],
+            _fps: f64,
+            _i: &str,
+        ) -> Result<EpisodeScore, Self::Error> {
+            self.calls += 1;
+            let log_probs: Vec<f64> = frames
+                .iter()
+                .map(|f| {
+                    let m = f.as_raw().iter().map(|&v| f64::from(v)).sum::<f64>() / f.as_raw().len() as f64;
+                    (m / 255.0 + 1e-3).ln()
+                })
+                .collect();
+            let progress = min_max_progress(&log_probs);
+            Ok(EpisodeScore {
+                prefix_lengths: (1..=frames.len()).collect(),
+                voc: voc(&progress),
+                num_tokens: vec![0; frames.len()],
+                log_probs,
+                progress,
+            })
+        }
+    }
+
+    fn dataset(dir: &std::path::Path) -> LeRobotDataset {
+        let path = dir.join("ds");
+        let mut w = DatasetWriter::create(&path, DatasetSpec::so101(30, &[(CAM, 64, 48)])).unwrap();
+        for (e, n) in [8usize, 5, 10].into_iter().enumerate() {
+            // Brightness ramps up over the episode (down for episode 1: a failure).
+            let level = |f: usize| {
+                let x = 30.0 + 180.0 * f as f64 / (n - 1) as f64;
+                (if e == 1 { 240.0 - x } else { x }) as u8
+            };
+            let frames: Vec<RgbImage> = (0..n)
+                .map(|f| RgbImage::from_pixel(64, 48, image::Rgb([level(f); 3])))
+                .collect();
+            w.add_episode(&Episode {
+                index: e,
+                instruction: "brighten".into(),
+                fps: 30.0,
+                states: vec![vec![0.0; 6]; n],
+                actions: vec![vec![0.0; 6]; n],
+                cameras: [(CAM.to_string(), frames)].into_iter().collect(),
+                success: None,
+                true_progress: None,
+            })
+            .unwrap();
+        }
+        w.finish().unwrap();
+        LeRobotDataset::open(&path).unwrap()
+    }
+
+    fn opts(out: PathBuf) -> LabelOptions {
+        LabelOptions {
+            camera: CAM.into(),
+            out,
+            weights: WeightParams::default(),
+            max_frames: None,
+            model_id: "brightness".into(),
+        }
+    }
+
+    #[test]
+    fn labels_every_frame_with_progress_and_eq3_weights_and_resumes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = dataset(tmp.path());
+        let o = opts(tmp.path().join(PROGRESS_FILE));
+        let mut model = Brightness { calls: 0 };
+        let s = label_dataset(&ds, &mut model, &o).unwrap();
+        assert_eq!((s.scored, s.kept, s.frames, model.calls), (3, 0, 23, 3));
+        let t = read_progress(&o.out).unwrap();
+        assert_eq!(t.index, (0..23).collect::<Vec<i64>>());
+        let per_ep: Vec<Vec<f64>> = (0..3)
+            .map(|e| {
+                (0..t.len())
+                    .filter(|&i| t.episode_index[i] == e)
+                    .map(|i| t.progress[i])
+                    .collect()
+            })
+            .collect();
+        // Success episodes rise from 0 to 1, the failure falls.
+        assert!(per_ep[0].windows(2).all(|w| w[1] > w[0]) && per_ep[0][0] == 0.0 && per_ep[0][7] == 1.0);
+        assert!(per_ep[1].windows(2).all(|w| w[1] < w[0]));
+        let w = reward_aligned_weights(&per_ep, &WeightParams::default());
+        assert_eq!(t.weight, w.concat());
+        assert_eq!(t.metadata["toprl.camera"], CAM);
+
+        // Crash after episode 0: only its rows are in the file; a rerun scores episodes 1 and 2 only.
+        let mut partial = t.clone();
+        let keep = 8;
+        for col in [
+            &mut partial.index,
+            &mut partial.episode_index,
+            &mut partial.frame_index,
+        ] {
+            col.truncate(keep);
+        }
+        partial.progress.truncate(keep);
+        partial.weight.truncate(keep);
+        write_progress(&o.out, &partial).unwrap();
+        let mut model = Brightness { calls: 0 };
+        let s = label_dataset(&ds, &mut model, &o).unwrap();
+        assert_eq!((s.scored, s.kept, model.calls), (2, 1, 2));
+        assert_eq!(read_progress(&o.out).unwrap(), t);
+
+        lerobot_rabc_reads(&o.out, &t);
+
+        // Complete file: nothing to do.
+        let s = label_dataset(&ds, &mut model, &o).unwrap();
+        assert_eq!((s.scored, s.kept, model.calls), (0, 3, 2));
+
+        // A different model or camera never mixes into the same file.
+        let mut other = opts(o.out.clone());
+        other.model_id = "another".into();
+        assert!(matches!(
+            label_dataset(&ds, &mut model, &other),
+            Err(LabelError::Mismatch { .. })
+        ));
+        let mut other = opts(o.out.clone());
+        other.camera = "observation.images.wrist".into();
+        assert!(matches!(
+            label_dataset(&ds, &mut model, &other),
+            Err(LabelError::Dataset(_))
+        ));
+    }
+
+    /// LeRobot's RA-BC loader (`lerobot.utils.rabc.RABCWeights`, head_mode "sparse") must read the file
+    /// and see our progress for every frame. Skipped with a notice without a LeRobot Python.
+    fn lerobot_rabc_reads(path: &std::path::Path, t: &ProgressTable) {
+        let python = std::env::var_os("TOPRL_LEROBOT_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-lerobot/bin/python")
+            });
+        if !python.exists() {
+            eprintln!(
+                "SKIPPED LeRobot RA-BC check: no LeRobot Python at {}",
+                python.display()
+            );
+            return;
+        }
+        let code = "import sys, json\nfrom lerobot.utils.rabc import RABCWeights\n\
+                    w = RABCWeights(sys.argv[1], chunk_size=2, device='cpu')\n\
+                    print(json.dumps([w.progress_lookup[i] for i in sorted(w.progress_lookup)]))";
+        let out = std::process::Command::new(&python)
+            .args(["-c", code])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let seen: Vec<f64> = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(seen, t.progress);
+    }
+
+    #[test]
+    fn subsampled_scores_are_spread_back_to_every_frame() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = dataset(tmp.path());
+        let mut o = opts(tmp.path().join("sub.parquet"));
+        o.max_frames = Some(4);
+        let mut model = Brightness { calls: 0 };
+        label_dataset(&ds, &mut model, &o).unwrap();
+        let t = read_progress(&o.out).unwrap();
+        let ep2: Vec<f64> = (0..t.len())
+            .filter(|&i| t.episode_index[i] == 2)
+            .map(|i| t.progress[i])
+            .collect();
+        // 10 frames sampled at 0, 3, 6, 9; brightness is linear in time, so is the interpolation.
+        assert_eq!(ep2.len(), 10);
+        assert_eq!((ep2[0], ep2[9]), (0.0, 1.0));
+        assert!(ep2.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(sample_positions(10, Some(4)), vec![0, 3, 6, 9]);
+        assert_eq!(sample_positions(3, Some(4)), vec![0, 1, 2]);
+    }
+}
