@@ -440,10 +440,17 @@ pub(crate) fn to_targets(batch: &Batch, norm: &Normalizer, device: &Device) -> R
     if d != norm.action_dim() {
         return Err(shape_err("action_dim", norm.action_dim(), d));
     }
-    let actions = Tensor::<3>::from_data(
-        TensorData::new(norm.normalize_actions(&batch.actions), [n, k, d]),
-        device,
-    );
+    let mut normalized = norm.normalize_actions(&batch.actions);
+    if let Some(m) = &batch.action_mask {
+        // Padded steps are zeroed so they cannot leak into the loss through the flow policy's
+        // noisy-action input (ACT and the MLP only read them through the mask).
+        for (step, valid) in normalized.chunks_mut(d).zip(m) {
+            if *valid == 0.0 {
+                step.fill(0.0);
+            }
+        }
+    }
+    let actions = Tensor::<3>::from_data(TensorData::new(normalized, [n, k, d]), device);
     let mask = match &batch.action_mask {
         Some(m) => {
             if m.len() != n * k {

@@ -348,3 +348,23 @@ fn value_function_fits_returns_with_weighted_mse() {
     let pred = v.predict(&vb.states).unwrap();
     assert!(max_abs_diff(&pred, &targets) < 0.05, "{pred:?} vs {targets:?}");
 }
+
+#[test]
+fn action_mask_excludes_padded_steps() {
+    let batch = demos(3, 7);
+    let mut mask = vec![1.0; batch.len() * CHUNK];
+    mask[CHUNK - 1] = 0.0; // last step of sample 0 is padding
+    let masked = batch.clone().with_action_mask(mask.clone()).unwrap();
+    let mut moved = batch.clone();
+    for a in &mut moved.actions[(CHUNK - 1) * ACTION..CHUNK * ACTION] {
+        *a -= 40.0;
+    }
+    let moved = moved.with_action_mask(mask).unwrap();
+    for (name, cfg) in all() {
+        let t = trainer(cfg, &batch, 0);
+        let a = t.per_sample_losses(&masked, 3).unwrap();
+        let b = t.per_sample_losses(&moved, 3).unwrap();
+        assert_eq!(a, b, "{name}: a padded step changed the loss");
+        assert_ne!(t.per_sample_losses(&batch, 3).unwrap()[0], a[0], "{name}");
+    }
+}
