@@ -3,6 +3,7 @@
 //!
 //! `cargo run --release -p toprl-policies --example bench_act -- [batch] [steps] [warmup]`
 //! Threads: flex uses rayon's global pool; set `RAYON_NUM_THREADS` to match torch's `--threads`.
+//! Built with `--features tch`, `TOPRL_BACKEND=tch` runs the same network on Burn's LibTorch backend.
 
 use std::time::Instant;
 
@@ -49,12 +50,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let obs = ObsBatch::new(states, state)?.with_images(rgb, cams, side, side)?;
     let data = Batch::new(obs, actions, chunk, action)?;
     let norm = Normalizer::identity(state, action);
-    let mut trainer = Trainer::new(
-        PolicyConfig::Act(cfg),
-        norm,
-        TrainConfig::default(),
-        &toprl_policies::cpu_device(),
-    )?;
+    let (backend, device) = match std::env::var("TOPRL_BACKEND").as_deref() {
+        #[cfg(feature = "tch")]
+        Ok("tch") => ("burn-tch", toprl_policies::libtorch_device()),
+        Ok("flex") | Err(_) => ("burn-flex", toprl_policies::cpu_device()),
+        Ok(other) => {
+            return Err(format!("TOPRL_BACKEND={other}: expected flex or tch (with --features tch)").into());
+        }
+    };
+    let mut trainer = Trainer::new(PolicyConfig::Act(cfg), norm, TrainConfig::default(), &device)?;
     let w = vec![1.0; batch];
     for _ in 0..warmup {
         trainer.step(&data, &w)?;
@@ -67,8 +71,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secs = start.elapsed().as_secs_f64();
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
     println!(
-        "burn-flex act: batch {batch} image {side}x{side}x{cams} chunk {chunk} steps {steps} threads {threads}: \
+        "{backend} act ({} params): batch {batch} image {side}x{side}x{cams} chunk {chunk} steps {steps} \
+         threads {threads}: \
          {:.1} samples/s ({:.1} ms/step, last loss {loss:.4})",
+        trainer.num_params(),
         (batch * steps) as f64 / secs,
         1e3 * secs / steps as f64
     );

@@ -150,6 +150,11 @@ impl Trainer {
         &self.normalizer
     }
 
+    /// Number of scalar parameters of the network.
+    pub fn num_params(&self) -> usize {
+        self.net.num_params()
+    }
+
     /// Optimiser steps taken so far (including those of the checkpoint this started from).
     pub fn steps(&self) -> u64 {
         self.steps
