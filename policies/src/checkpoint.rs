@@ -45,10 +45,10 @@ pub(crate) fn save_dir(dir: &Path, meta: &CheckpointMeta, net: PolicyNet) -> Res
         path: dir.join(CONFIG_FILE),
         reason: e.to_string(),
     })?;
-    save_files(dir, &json, net.into_record())
+    save_files(dir, CONFIG_FILE, &json, net.into_record())
 }
 
-pub(crate) fn save_files(dir: &Path, json: &str, record: ModuleRecord) -> Result<()> {
+pub(crate) fn save_files(dir: &Path, json_name: &str, json: &str, record: ModuleRecord) -> Result<()> {
     let name = dir
         .file_name()
         .ok_or_else(|| PolicyError::Invalid {
@@ -69,7 +69,7 @@ pub(crate) fn save_files(dir: &Path, json: &str, record: ModuleRecord) -> Result
     let tmp = parent.join(format!(".{name}.tmp-{}-{nonce}", std::process::id()));
     std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
     let result = (|| {
-        let cfg = tmp.join(CONFIG_FILE);
+        let cfg = tmp.join(json_name);
         std::fs::write(&cfg, json).map_err(io_err(&cfg))?;
         let weights = tmp.join(WEIGHTS_FILE);
         record.save(&weights).map_err(|e| PolicyError::Record {

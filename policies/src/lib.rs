@@ -29,7 +29,7 @@ pub use checkpoint::{LoadedPolicy, load_policy};
 pub use data::{Batch, ImageBatch, Normalizer, ObsBatch, ValueBatch};
 pub use error::PolicyError;
 pub use model::{PolicyConfig, PolicyKind, PolicyNet};
-pub use trainer::{TrainConfig, Trainer, ValueTrainer};
+pub use trainer::{TrainConfig, Trainer, ValueTrainer, awr_weights};
 
 /// The pure-Rust CPU device (Burn's `flex` backend); what CI and the tests use.
 pub fn cpu_device() -> Device {

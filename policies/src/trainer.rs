@@ -11,7 +11,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointMeta, FORMAT_VERSION, LoadedPolicy, load_dir, save_dir};
+use crate::checkpoint::{
+    CheckpointMeta, FORMAT_VERSION, LoadedPolicy, WEIGHTS_FILE, load_dir, save_dir, save_files,
+    strict_from_str,
+};
 use crate::data::{
     Batch, Normalizer, ValueBatch, read_vec, to_inputs, to_targets, weighted_mean, weights_tensor,
 };
@@ -338,4 +341,97 @@ impl ValueTrainer {
         let x = self.states(states, len, &device)?;
         read_vec(self.net.valid().forward(x), "values")
     }
+
+    /// Write `value.json` (config + state statistics) and `model.bpk` to `dir` atomically.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let meta = ValueMeta {
+            format: FORMAT_VERSION,
+            value: self.config.clone(),
+            state_mean: self.state_mean.clone(),
+            state_std: self.state_std.clone(),
+        };
+        let json = serde_json::to_string_pretty(&meta).map_err(|e| PolicyError::Config {
+            path: dir.join(VALUE_FILE),
+            reason: e.to_string(),
+        })?;
+        save_files(dir, VALUE_FILE, &json, self.net.valid().into_record())
+    }
+
+    /// Load a value function saved by [`ValueTrainer::save`] to continue training it.
+    pub fn from_checkpoint(dir: impl AsRef<Path>, train: TrainConfig, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let path = dir.join(VALUE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let meta: ValueMeta = strict_from_str(&text).map_err(|reason| PolicyError::Config {
+            path: path.clone(),
+            reason,
+        })?;
+        let d = meta.value.state_dim;
+        if meta.format != FORMAT_VERSION || meta.state_mean.len() != d || meta.state_std.len() != d {
+            return Err(PolicyError::Config {
+                path,
+                reason: format!("format {} / state statistics not of length {d}", meta.format),
+            });
+        }
+        let mut norm = Normalizer::identity(d, 1);
+        norm.state_mean = meta.state_mean;
+        norm.state_std = meta.state_std;
+        let mut me = Self::new(meta.value, &norm, train, device)?;
+        let weights = dir.join(WEIGHTS_FILE);
+        let record = burn::store::ModuleRecord::load(&weights).map_err(|e| PolicyError::Record {
+            path: weights.clone(),
+            reason: e.to_string(),
+        })?;
+        me.net = me.net.try_load_record(record).map_err(|e| PolicyError::Record {
+            path: weights,
+            reason: e.to_string(),
+        })?;
+        Ok(me)
+    }
+}
+
+/// Metadata file of a value-function checkpoint.
+pub const VALUE_FILE: &str = "value.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValueMeta {
+    format: u32,
+    value: ValueConfig,
+    state_mean: Vec<f32>,
+    state_std: Vec<f32>,
+}
+
+/// Advantage-weighted regression weights `min(exp(A / beta), max_weight)` (Peng et al. 2019), for
+/// [`Trainer::step`]. Errors on a non-positive `beta` or `max_weight`, or a non-finite advantage.
+pub fn awr_weights(advantages: &[f32], beta: f32, max_weight: f32) -> Result<Vec<f32>> {
+    if !(beta.is_finite() && beta > 0.0) {
+        return Err(PolicyError::Invalid {
+            field: "beta",
+            reason: format!("{beta} must be > 0"),
+        });
+    }
+    if max_weight.is_nan() || max_weight <= 0.0 {
+        return Err(PolicyError::Invalid {
+            field: "max_weight",
+            reason: format!("{max_weight} must be > 0"),
+        });
+    }
+    advantages
+        .iter()
+        .map(|a| {
+            if a.is_finite() {
+                Ok((a / beta).exp().min(max_weight))
+            } else {
+                Err(PolicyError::Invalid {
+                    field: "advantages",
+                    reason: format!("{a} is not finite"),
+                })
+            }
+        })
+        .collect()
 }

@@ -8,7 +8,7 @@ use toprl_policies::gaussian::GaussianLoss;
 use toprl_policies::value::ValueConfig;
 use toprl_policies::{
     Batch, CameraImage, Observation, Policy, PolicyError, PolicyKind, TrainConfig, Trainer, ValueBatch,
-    ValueTrainer, cpu_device, load_policy,
+    ValueTrainer, awr_weights, cpu_device, load_policy,
 };
 
 fn trainer(cfg: toprl_policies::PolicyConfig, batch: &Batch, seed: u64) -> Trainer {
@@ -347,6 +347,29 @@ fn value_function_fits_returns_with_weighted_mse() {
     assert!(last < first / 20.0, "{first} -> {last}");
     let pred = v.predict(&vb.states).unwrap();
     assert!(max_abs_diff(&pred, &targets) < 0.05, "{pred:?} vs {targets:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    v.save(dir.path().join("value")).unwrap();
+    let loaded =
+        ValueTrainer::from_checkpoint(dir.path().join("value"), TrainConfig::default(), &cpu_device())
+            .unwrap();
+    assert_eq!(loaded.predict(&vb.states).unwrap(), pred);
+    let r = ValueTrainer::from_checkpoint(dir.path().join("nope"), TrainConfig::default(), &cpu_device());
+    assert!(matches!(r, Err(PolicyError::Io { .. })));
+
+    // AWR weights: exp(A / beta), clipped; with zero advantages every weight is 1.
+    let w = awr_weights(&[0.0, 1.0, -1.0, 10.0], 0.5, 20.0).unwrap();
+    assert_eq!(w[0], 1.0);
+    assert!((w[1] - 2f32.exp()).abs() < 1e-5 && (w[2] - (-2f32).exp()).abs() < 1e-6);
+    assert_eq!(w[3], 20.0);
+    assert!(matches!(
+        awr_weights(&[0.0], 0.0, 20.0),
+        Err(PolicyError::Invalid { field: "beta", .. })
+    ));
+    assert!(matches!(
+        awr_weights(&[f32::NAN], 1.0, 20.0),
+        Err(PolicyError::Invalid { .. })
+    ));
 }
 
 #[test]
