@@ -102,7 +102,7 @@ pub(crate) fn strict_from_str<T: Serialize + DeserializeOwned>(text: &str) -> st
     unknown_key(&raw, &round, "").map_or(Ok(parsed), |k| Err(format!("unknown field `{k}`")))
 }
 
-fn unknown_key(raw: &serde_json::Value, known: &serde_json::Value, at: &str) -> Option<String> {
+pub(crate) fn unknown_key(raw: &serde_json::Value, known: &serde_json::Value, at: &str) -> Option<String> {
     match (raw, known) {
         (serde_json::Value::Object(r), serde_json::Value::Object(k)) => r.iter().find_map(|(key, v)| {
             let path = if at.is_empty() {

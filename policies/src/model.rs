@@ -30,13 +30,84 @@ impl std::fmt::Display for PolicyKind {
     }
 }
 
-/// Configuration of any policy, tagged by `kind` (`"gaussian" | "act" | "flow"`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Configuration of any policy, tagged by `kind` (`"gaussian" | "act" | "flow"`). Deserialising it
+/// (from JSON, TOML, ...) refuses unknown fields at any depth, although Burn's `#[derive(Config)]`
+/// serde impls of the inner configs would ignore them; missing fields take the documented defaults.
+#[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PolicyConfig {
     Gaussian(GaussianMlpConfig),
     Act(ActConfig),
     Flow(FlowConfig),
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum PolicyConfigRepr {
+    Gaussian(GaussianMlpConfig),
+    Act(ActConfig),
+    Flow(FlowConfig),
+}
+
+/// Fill fields the input leaves out with the documented defaults (Burn's derived serde impl requires
+/// every field), so an experiment config needs only `kind`, `state_dim`, `action_dim` and overrides.
+fn with_defaults(raw: &serde_json::Value) -> serde_json::Value {
+    let get = |key: &str| {
+        raw.get(key)
+            .and_then(serde_json::Value::as_u64)
+            .map(|v| v as usize)
+    };
+    let (Some(kind), Some(state_dim), Some(action_dim)) = (
+        raw.get("kind").and_then(serde_json::Value::as_str),
+        get("state_dim"),
+        get("action_dim"),
+    ) else {
+        return raw.clone(); // let the derived impl report what is missing
+    };
+    let defaults = match kind {
+        "gaussian" => PolicyConfig::Gaussian(GaussianMlpConfig::new(state_dim, action_dim)),
+        "act" => PolicyConfig::Act(ActConfig::new(state_dim, action_dim)),
+        "flow" => PolicyConfig::Flow(FlowConfig::new(state_dim, action_dim)),
+        _ => return raw.clone(),
+    };
+    let mut merged = serde_json::to_value(&defaults).unwrap_or(serde_json::Value::Null);
+    merge(&mut merged, raw);
+    merged
+}
+
+fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+impl<'de> Deserialize<'de> for PolicyConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw = serde_json::Value::deserialize(deserializer)?;
+        let config = match serde_json::from_value(with_defaults(&raw)).map_err(D::Error::custom)? {
+            PolicyConfigRepr::Gaussian(c) => PolicyConfig::Gaussian(c),
+            PolicyConfigRepr::Act(c) => PolicyConfig::Act(c),
+            PolicyConfigRepr::Flow(c) => PolicyConfig::Flow(c),
+        };
+        let known = serde_json::to_value(&config).map_err(D::Error::custom)?;
+        match crate::checkpoint::unknown_key(&raw, &known, "") {
+            Some(key) => Err(D::Error::custom(format!(
+                "unknown field `{key}` in policy config"
+            ))),
+            None => Ok(config),
+        }
+    }
 }
 
 impl PolicyConfig {

@@ -391,3 +391,30 @@ fn action_mask_excludes_padded_steps() {
         assert_ne!(t.per_sample_losses(&batch, 3).unwrap()[0], a[0], "{name}");
     }
 }
+
+#[test]
+fn policy_config_parsing_is_strict_and_defaults_missing_fields() {
+    let cfg: toprl_policies::PolicyConfig =
+        serde_json::from_str(r#"{"kind": "act", "state_dim": 6, "action_dim": 6, "cnn": {"token_grid": 2}}"#)
+            .unwrap();
+    assert_eq!(cfg.kind(), PolicyKind::Act);
+    assert_eq!(cfg.chunk_size(), 20);
+    let toprl_policies::PolicyConfig::Act(act) = &cfg else {
+        panic!("kind")
+    };
+    assert_eq!(
+        (act.cnn.token_grid, act.cnn.channels.clone()),
+        (2, vec![16, 32, 64])
+    );
+    let bad = serde_json::from_str::<toprl_policies::PolicyConfig>(
+        r#"{"kind": "act", "state_dim": 6, "action_dim": 6, "cnn": {"grid": 2}}"#,
+    );
+    assert!(bad.unwrap_err().to_string().contains("cnn.grid"));
+    assert!(
+        serde_json::from_str::<toprl_policies::PolicyConfig>(r#"{"kind": "sac", "state_dim": 6}"#).is_err()
+    );
+    // Round trip.
+    let text = serde_json::to_string(&cfg).unwrap();
+    let back: toprl_policies::PolicyConfig = serde_json::from_str(&text).unwrap();
+    assert_eq!(serde_json::to_string(&back).unwrap(), text);
+}
