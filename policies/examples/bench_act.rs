@@ -78,5 +78,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (batch * steps) as f64 / secs,
         1e3 * secs / steps as f64
     );
+    // Inference latency of one observation (what a 30 Hz rollout pays per chunk).
+    let one = ObsBatch::new(data.obs.states[..state].to_vec(), state)?.with_images(
+        data.obs
+            .images
+            .as_ref()
+            .map(|im| im.rgb[..cams * side * side * 3].to_vec())
+            .unwrap_or_default(),
+        cams,
+        side,
+        side,
+    )?;
+    let mut policy = trainer.policy();
+    policy.act_batch(&one)?;
+    let start = Instant::now();
+    for _ in 0..steps {
+        policy.act_batch(&one)?;
+    }
+    println!(
+        "{backend} act inference: {:.1} ms per observation",
+        1e3 * start.elapsed().as_secs_f64() / steps as f64
+    );
     Ok(())
 }
