@@ -3,4 +3,5 @@
 //! library crates together (`train`, `topreward`, `so101`).
 
 pub mod cli;
+pub mod commands;
 pub mod config;

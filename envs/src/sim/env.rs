@@ -161,8 +161,8 @@ const COLOURS: [(&str, [f32; 3]); 6] = [
 ];
 
 /// Joint configuration (radians, motor order) the arm starts from: fingertips ~15 cm above the table in
-/// front of the base, jaws half open.
-pub const HOME_QPOS: [f64; NUM_JOINTS] = [0.0, -1.2, 1.0, 1.1, 0.0, 0.6];
+/// front of the base, jaws 40% open.
+pub const HOME_QPOS: [f64; NUM_JOINTS] = [0.0, -1.5, 0.5, 1.6, 0.0, 0.6];
 
 /// Converts an action/state in LeRobot units to joint radians.
 pub fn lerobot_to_rad(values: &[f32; NUM_JOINTS]) -> [f64; NUM_JOINTS] {

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::env::{So101Env, normal, rad_to_lerobot};
 use super::scene::CUBE_HALF;
-use super::task::{Task, push_start};
+use super::task::{REACH_HEIGHT, Task, push_start};
 use crate::so101::{CONTROL_HZ, JOINT_RANGES_RAD, NUM_JOINTS};
 
 /// Fingertip speed along the waypoints (m/s).
@@ -157,7 +157,14 @@ impl ScriptedExpert {
         };
         let h = CUBE_HALF;
         let mut plan = match self.task {
-            Task::Reach => vec![wp(Task::reach_goal(&s), OPEN, 10, false)],
+            Task::Reach => {
+                let goal = [
+                    c[0] + self.grasp_offset[0],
+                    c[1] + self.grasp_offset[1],
+                    c[2] + REACH_HEIGHT,
+                ];
+                vec![wp(goal, OPEN, 10, false)]
+            }
             Task::PushCube => {
                 let t = s.target;
                 let behind = push_start(c, t, h + 0.03);

@@ -20,6 +20,8 @@ struct Args {
 enum Command {
     /// Show where the MuJoCo library and SO-101 assets are and the arm's joints.
     Assets,
+    /// Run a policy in the MuJoCo SO-101 tabletop tasks and report its success rate.
+    Sim(toprl_trainer::commands::sim::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,5 +47,12 @@ fn main() -> ExitCode {
             }
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
+        Command::Sim(a) => match toprl_trainer::commands::sim::run(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
