@@ -118,11 +118,16 @@ impl ScriptedExpert {
         let q0 = self.q_cmd;
         let _ = self.solve_aligned(q0, Some(cube_yaw(env)));
         let n = self.noise;
-        // Occasional wrong grasp: aim 1.5-3 cm beside the cube.
+        // Occasional wrong grasp: aim 1.5-3 cm beside the cube (reach: 3.5-6 cm beside its goal).
         self.grasp_offset = [0.0; 2];
         if n > 0.0 && self.rng.random::<f64>() < (0.4 * n).min(0.8) {
             let ang = self.rng.random_range(0.0..std::f64::consts::TAU);
-            let r = self.rng.random_range(0.015..0.03);
+            // Reach only fails when the goal is missed by more than its 2 cm tolerance.
+            let r = if self.task == Task::Reach {
+                self.rng.random_range(0.035..0.06)
+            } else {
+                self.rng.random_range(0.015..0.03)
+            };
             self.grasp_offset = [r * ang.cos(), r * ang.sin()];
         }
         self.waypoint_noise = (0..8)
