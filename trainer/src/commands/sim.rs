@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use toprl_envs::episode::Episode;
 use toprl_envs::sim::vec_env::{BuiltinPolicy, parallel_rollouts};
-use toprl_envs::sim::{SimConfig, Task};
+use toprl_envs::sim::{SimConfig, SimObservation, Task};
+use toprl_policies::{CameraImage, Observation, Policy};
 
 /// Run episodes of one task and print the success rate.
 #[derive(Debug, Args)]
@@ -237,4 +238,65 @@ pub fn write_video(path: &Path, episodes: &[&Episode]) -> anyhow::Result<()> {
     tmp.persist(path)
         .with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
+}
+
+/// The policies crate's view of a simulator observation (camera keys stay `observation.images.{cam}`).
+pub fn to_policy_observation(obs: &SimObservation, instruction: &str) -> Observation {
+    Observation {
+        state: obs.state.to_vec(),
+        images: obs
+            .images
+            .iter()
+            .map(|(key, img)| CameraImage {
+                key: key.clone(),
+                height: img.height() as usize,
+                width: img.width() as usize,
+                rgb: img.as_raw().clone(),
+            })
+            .collect(),
+        instruction: instruction.to_string(),
+    }
+}
+
+/// Drives a chunking [`Policy`] one action at a time, as [`toprl_envs::sim::ActionSource::Policy`]
+/// expects: asks for a new chunk when the previous one is used up (call `policy.reset()` per episode).
+pub fn chunked_actions<'a>(policy: &'a mut dyn Policy) -> impl FnMut(&SimObservation, &str) -> Vec<f32> + 'a {
+    let mut queue: std::collections::VecDeque<Vec<f32>> = std::collections::VecDeque::new();
+    move |obs, instruction| {
+        if queue.is_empty() {
+            queue.extend(policy.act(&to_policy_observation(obs, instruction)));
+        }
+        // An empty chunk is a policy bug; the env rejects the empty action with a typed error.
+        queue.pop_front().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Counting(usize);
+    impl Policy for Counting {
+        fn action_dim(&self) -> usize {
+            6
+        }
+        fn act(&mut self, obs: &Observation) -> Vec<Vec<f32>> {
+            self.0 += 1;
+            assert_eq!(obs.images[0].rgb.len(), 2 * 2 * 3);
+            vec![vec![self.0 as f32; 6], vec![-(self.0 as f32); 6]]
+        }
+    }
+
+    #[test]
+    fn chunks_are_executed_in_order_before_asking_again() {
+        let mut obs = SimObservation::default();
+        obs.images.insert(
+            "observation.images.front".into(),
+            toprl_envs::episode::Frame::new(2, 2),
+        );
+        let mut p = Counting(0);
+        let mut f = chunked_actions(&mut p);
+        let got: Vec<f32> = (0..4).map(|_| f(&obs, "pick")[0]).collect();
+        assert_eq!(got, vec![1.0, -1.0, 2.0, -2.0]);
+    }
 }
