@@ -7,7 +7,8 @@ use toprl_envs::sim::{SimConfig, So101Env, Task};
 
 fn reference() -> serde_json::Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/so101_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    let text = std::fs::read_to_string(path).expect("run scripts/make_sim_fixture.py");
+    serde_json::from_str(&text).expect("fixture is JSON")
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
