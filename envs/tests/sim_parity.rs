@@ -12,11 +12,8 @@ fn reference() -> serde_json::Value {
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    let items = v.as_array().expect("an array of numbers");
+    items.iter().map(|x| x.as_f64().expect("a number")).collect()
 }
 
 #[test]
