@@ -161,8 +161,8 @@ const COLOURS: [(&str, [f32; 3]); 6] = [
 ];
 
 /// Joint configuration (radians, motor order) the arm starts from: fingertips ~15 cm above the table in
-/// front of the base, jaws half open.
-pub const HOME_QPOS: [f64; NUM_JOINTS] = [0.0, -1.2, 1.0, 1.1, 0.0, 0.6];
+/// front of the base, jaws 40% open.
+pub const HOME_QPOS: [f64; NUM_JOINTS] = [0.0, -1.5, 0.5, 1.6, 0.0, 0.6];
 
 /// Converts an action/state in LeRobot units to joint radians.
 pub fn lerobot_to_rad(values: &[f32; NUM_JOINTS]) -> [f64; NUM_JOINTS] {
@@ -518,6 +518,36 @@ impl So101Env {
         let obs = self.observe()?;
         let info = self.info(&s, false);
         Ok((obs, info))
+    }
+
+    /// Teleports the arm to joint positions `q` (radians, motor order, clipped to the ranges) at rest,
+    /// with the actuators holding them, and recomputes positions (e.g. to replay a recorded state).
+    /// The cube and target stay where they are. Requires a reset first.
+    pub fn set_joint_positions(&mut self, q: &[f64; NUM_JOINTS]) -> Result<(), SimError> {
+        if !self.reset_done {
+            return Err(SimError::NotReset);
+        }
+        let mut q = *q;
+        for (i, x) in q.iter_mut().enumerate() {
+            if !x.is_finite() {
+                return Err(SimError::NonFiniteAction {
+                    motor: MOTOR_NAMES[i],
+                    value: *x as f32,
+                });
+            }
+            *x = x.clamp(JOINT_RANGES_RAD[i].0, JOINT_RANGES_RAD[i].1);
+        }
+        let qpos = self.data.qpos_mut();
+        for (i, a) in self.ids.arm_qpos.iter().enumerate() {
+            qpos[*a] = q[i];
+        }
+        let qvel = self.data.qvel_mut();
+        for d in self.ids.arm_dof {
+            qvel[d] = 0.0;
+        }
+        self.data.ctrl_mut()[..NUM_JOINTS].copy_from_slice(&q);
+        self.data.forward();
+        Ok(())
     }
 
     fn info(&self, s: &TaskState, clipped: bool) -> StepInfo {

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::env::{So101Env, normal, rad_to_lerobot};
 use super::scene::CUBE_HALF;
-use super::task::{Task, push_start};
+use super::task::{REACH_HEIGHT, Task, push_start};
 use crate::so101::{CONTROL_HZ, JOINT_RANGES_RAD, NUM_JOINTS};
 
 /// Fingertip speed along the waypoints (m/s).
@@ -118,11 +118,16 @@ impl ScriptedExpert {
         let q0 = self.q_cmd;
         let _ = self.solve_aligned(q0, Some(cube_yaw(env)));
         let n = self.noise;
-        // Occasional wrong grasp: aim 1.5-3 cm beside the cube.
+        // Occasional wrong grasp: aim 1.5-3 cm beside the cube (reach: 3.5-6 cm beside its goal).
         self.grasp_offset = [0.0; 2];
         if n > 0.0 && self.rng.random::<f64>() < (0.4 * n).min(0.8) {
             let ang = self.rng.random_range(0.0..std::f64::consts::TAU);
-            let r = self.rng.random_range(0.015..0.03);
+            // Reach only fails when the goal is missed by more than its 2 cm tolerance.
+            let r = if self.task == Task::Reach {
+                self.rng.random_range(0.035..0.06)
+            } else {
+                self.rng.random_range(0.015..0.03)
+            };
             self.grasp_offset = [r * ang.cos(), r * ang.sin()];
         }
         self.waypoint_noise = (0..8)
@@ -157,7 +162,14 @@ impl ScriptedExpert {
         };
         let h = CUBE_HALF;
         let mut plan = match self.task {
-            Task::Reach => vec![wp(Task::reach_goal(&s), OPEN, 10, false)],
+            Task::Reach => {
+                let goal = [
+                    c[0] + self.grasp_offset[0],
+                    c[1] + self.grasp_offset[1],
+                    c[2] + REACH_HEIGHT,
+                ];
+                vec![wp(goal, OPEN, 10, false)]
+            }
             Task::PushCube => {
                 let t = s.target;
                 let behind = push_start(c, t, h + 0.03);

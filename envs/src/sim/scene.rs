@@ -104,7 +104,7 @@ fn arm_xml(original: &str, path: &Path) -> Result<String, SimError> {
 fn scene_xml(spec: &SceneSpec) -> String {
     let mut s = String::new();
     let off = spec.offscreen;
-    let front = look_at([0.52, -0.32, 0.36], [0.17, 0.0, 0.03], [0.0, 0.0, 1.0]);
+    let front = look_at([0.45, -0.26, 0.32], [0.15, 0.0, 0.06], [0.0, 0.0, 1.0]);
     let top = look_at([0.22, 0.0, 0.72], [0.22, 0.0, 0.0], [1.0, 0.0, 0.0]);
     let h = CUBE_HALF;
     let r = TARGET_RADIUS;
@@ -128,7 +128,7 @@ fn scene_xml(spec: &SceneSpec) -> String {
   <worldbody>
     <light pos="0.2 -0.3 1.2" dir="0 0.25 -1" diffuse="0.6 0.6 0.6" castshadow="false"/>
     <geom name="table" type="box" pos="0.2 0 -0.02" size="0.45 0.45 0.02" material="table" friction="0.8 0.005 0.0001"/>
-    <camera name="front" pos="0.52 -0.32 0.36" xyaxes="{front}" fovy="50"/>
+    <camera name="front" pos="0.45 -0.26 0.32" xyaxes="{front}" fovy="50"/>
     <camera name="top" pos="0.22 0 0.72" xyaxes="{top}" fovy="45"/>
     <body name="cube" pos="0.22 0 {h}">
       <freejoint name="cube"/>

@@ -22,6 +22,8 @@ enum Command {
     Assets,
     /// LeRobotDataset tools: `info`, `frames`.
     Dataset(toprl_trainer::commands::dataset::DatasetArgs),
+    /// Run a policy in the MuJoCo SO-101 tabletop tasks and report its success rate.
+    Sim(toprl_trainer::commands::sim::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,12 +49,17 @@ fn main() -> ExitCode {
             }
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
-        Command::Dataset(a) => match toprl_trainer::commands::dataset::run(a) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("error: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Dataset(a) => report(toprl_trainer::commands::dataset::run(a)),
+        Command::Sim(a) => report(toprl_trainer::commands::sim::run(a)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,3 +1,4 @@
 //! Subcommands of the binaries, as clap argument structs and `run` functions.
 
 pub mod dataset;
+pub mod sim;
