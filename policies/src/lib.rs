@@ -1,8 +1,48 @@
 //! Policies that map an observation (joint state, camera images, instruction) to a chunk of actions,
-//! written in Burn and generic over the backend (`flex` on CPU by default, libtorch behind the `tch` feature).
+//! written in Burn 0.22 and independent of the backend: Burn 0.22 tensors carry their backend in their
+//! [`Device`], so every network here runs on [`cpu_device`] (the pure-Rust `flex` backend) or, behind the
+//! `tch` cargo feature, on LibTorch ([`libtorch_device`]).
+//!
+//! Three policies share one training API ([`Trainer`]): a Gaussian MLP on the joint state, an ACT-style
+//! transformer over CNN image tokens, and a pi0-style flow-matching action-chunk policy (TOPReward Eq. 5).
+//! Every loss accepts per-sample weights (reward-aligned BC, Eq. 3, or AWR), and a small value MLP
+//! ([`ValueTrainer`]) provides the AWR baseline. Checkpoints are one directory: `policy.json`
+//! (config + normalisation statistics) and `model.bpk` (Burn record), written atomically.
 //!
 //! All policies implement one [`Policy`] trait so that simulation rollouts, real-robot control and
 //! evaluation drive them the same way. This crate depends on no other toprl crate.
+
+pub mod act;
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod flow;
+pub mod gaussian;
+pub mod model;
+pub mod nets;
+pub mod text;
+pub mod trainer;
+pub mod value;
+
+pub use burn::tensor::Device;
+pub use checkpoint::{LoadedPolicy, load_policy};
+pub use data::{Batch, ImageBatch, Normalizer, ObsBatch, ValueBatch};
+pub use error::PolicyError;
+pub use model::{PolicyConfig, PolicyKind, PolicyNet};
+pub use trainer::{TrainConfig, Trainer, ValueTrainer};
+
+/// The pure-Rust CPU device (Burn's `flex` backend); what CI and the tests use.
+pub fn cpu_device() -> Device {
+    Device::flex()
+}
+
+/// The LibTorch CPU device (Burn's deprecated `tch` backend); needs the `tch` cargo feature and a torch
+/// install at build time (`LIBTORCH_USE_PYTORCH=1`).
+#[cfg(feature = "tch")]
+#[allow(deprecated)]
+pub fn libtorch_device() -> Device {
+    Device::libtorch()
+}
 
 /// What a policy sees at one control step.
 #[derive(Debug, Clone, Default)]
@@ -29,7 +69,7 @@ pub trait Policy {
     /// Number of action dimensions (6 for SO-101).
     fn action_dim(&self) -> usize;
     /// Predict the next actions; the first row is executed first.
-    fn act(&mut self, observation: &Observation) -> Vec<Vec<f32>>;
+    fn act(&mut self, observation: &Observation) -> Result<Vec<Vec<f32>>, PolicyError>;
     /// Forget any state carried between steps (call at episode start).
     fn reset(&mut self) {}
 }

@@ -1,0 +1,336 @@
+//! The training-step API the trainer crate calls: plain-data batches and per-sample weights in, loss
+//! out. Callers choose only the device.
+
+use std::path::Path;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{CheckpointMeta, FORMAT_VERSION, LoadedPolicy, load_dir, save_dir};
+use crate::data::{
+    Batch, Normalizer, ValueBatch, read_vec, to_inputs, to_targets, weighted_mean, weights_tensor,
+};
+use crate::error::{PolicyError, Result, shape_err};
+use crate::model::{PolicyConfig, PolicyKind, PolicyNet};
+use crate::nets::seeded_init;
+use crate::value::{ValueConfig, ValueMlp};
+
+/// Optimiser settings (AdamW).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Learning rate. Default 1e-3 (small networks, small data).
+    pub lr: f64,
+    /// AdamW decoupled weight decay. Default 1e-4.
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this value; `None` disables. Default 1.0.
+    pub grad_clip_norm: Option<f32>,
+    /// Seeds parameter initialisation, flow-matching noise and Burn's dropout RNG. Default 0.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            weight_decay: 1e-4,
+            grad_clip_norm: Some(1.0),
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    fn optimizer(&self) -> Result<ModuleOptimizer> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(PolicyError::Invalid {
+                field: "lr",
+                reason: format!("{} must be > 0", self.lr),
+            });
+        }
+        let clip = self.grad_clip_norm.map(GradientClippingConfig::Norm);
+        Ok(AdamWConfig::new()
+            .with_weight_decay(self.weight_decay)
+            .with_grad_clipping(clip)
+            .init())
+    }
+}
+
+/// Trains one policy: owns the network (on an autodiff device), the optimiser, the normaliser and a
+/// seeded RNG for the flow-matching noise.
+pub struct Trainer {
+    net: PolicyNet,
+    optim: ModuleOptimizer,
+    config: PolicyConfig,
+    normalizer: Normalizer,
+    train: TrainConfig,
+    rng: ChaCha8Rng,
+    device: Device,
+    steps: u64,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("config", &self.config)
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+impl Trainer {
+    /// A freshly initialised policy. `normalizer` holds the training data's statistics
+    /// ([`Normalizer::fit`]); `device` is any device (autodiff is enabled on it here).
+    pub fn new(
+        config: PolicyConfig,
+        normalizer: Normalizer,
+        train: TrainConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        normalizer.check(config.state_dim(), config.action_dim())?;
+        let device = device.clone().autodiff();
+        let net = config.init(train.seed, &device)?;
+        Self::assemble(net, config, normalizer, train, device, 0)
+    }
+
+    /// Continue from a checkpoint (fine-tuning): weights, config and normaliser come from `dir`; the
+    /// optimiser state starts fresh. With `expected`, a checkpoint of another kind is refused.
+    pub fn from_checkpoint(
+        dir: impl AsRef<Path>,
+        expected: Option<PolicyKind>,
+        train: TrainConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let device = device.clone().autodiff();
+        let (meta, net) = load_dir(dir.as_ref(), expected, &device)?;
+        Self::assemble(
+            net.train(),
+            meta.policy,
+            meta.normalizer,
+            train,
+            device,
+            meta.train_steps,
+        )
+    }
+
+    fn assemble(
+        net: PolicyNet,
+        config: PolicyConfig,
+        normalizer: Normalizer,
+        train: TrainConfig,
+        device: Device,
+        steps: u64,
+    ) -> Result<Self> {
+        let optim = train.optimizer()?;
+        // Dropout draws from Burn's process-wide RNG; seed it for single-threaded reproducibility.
+        device.seed(train.seed.wrapping_add(1));
+        let rng = ChaCha8Rng::seed_from_u64(train.seed.wrapping_add(2));
+        Ok(Self {
+            net,
+            optim,
+            config,
+            normalizer,
+            train,
+            rng,
+            device,
+            steps,
+        })
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    pub fn normalizer(&self) -> &Normalizer {
+        &self.normalizer
+    }
+
+    /// Optimiser steps taken so far (including those of the checkpoint this started from).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        self.train.lr = lr;
+    }
+
+    /// One optimiser step on `E[w * loss]` (TOPReward Eq. 3 weights, or clipped AWR weights
+    /// `exp(A / beta)`); returns that loss before the update.
+    pub fn step(&mut self, batch: &Batch, weights: &[f32]) -> Result<f32> {
+        self.config.check_batch(batch)?;
+        let w = weights_tensor(weights, batch.len(), &self.device)?;
+        let inputs = to_inputs(
+            &batch.obs,
+            &self.normalizer,
+            self.config.text_buckets(),
+            &self.device,
+        )?;
+        let targets = to_targets(batch, &self.normalizer, &self.device)?;
+        let per_sample = self.net.per_sample_loss(&inputs, &targets, &mut self.rng);
+        let loss = weighted_mean(per_sample, w);
+        let grads = GradientsParams::from_grads(loss.backward(), &self.net);
+        let value = loss.into_scalar::<f32>();
+        if !value.is_finite() {
+            return Err(PolicyError::Invalid {
+                field: "loss",
+                reason: format!("{value} (diverged)"),
+            });
+        }
+        self.net = self.optim.step(self.train.lr, self.net.clone(), grads);
+        self.steps += 1;
+        Ok(value)
+    }
+
+    /// Per-sample losses without an update; the flow policy draws its noise from `seed`.
+    pub fn per_sample_losses(&self, batch: &Batch, seed: u64) -> Result<Vec<f32>> {
+        self.config.check_batch(batch)?;
+        let device = self.device.clone().without_autodiff();
+        let net = self.net.valid();
+        let inputs = to_inputs(&batch.obs, &self.normalizer, self.config.text_buckets(), &device)?;
+        let targets = to_targets(batch, &self.normalizer, &device)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        read_vec(
+            net.per_sample_loss(&inputs, &targets, &mut rng),
+            "per-sample loss",
+        )
+    }
+
+    /// The training objective without an update: `E[w * loss]` with `weights`, the plain batch mean
+    /// without. The flow policy draws its noise from `seed`.
+    pub fn loss(&self, batch: &Batch, weights: Option<&[f32]>, seed: u64) -> Result<f32> {
+        self.config.check_batch(batch)?;
+        let device = self.device.clone().without_autodiff();
+        let net = self.net.valid();
+        let inputs = to_inputs(&batch.obs, &self.normalizer, self.config.text_buckets(), &device)?;
+        let targets = to_targets(batch, &self.normalizer, &device)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let per_sample = net.per_sample_loss(&inputs, &targets, &mut rng);
+        let loss = match weights {
+            Some(w) => weighted_mean(per_sample, weights_tensor(w, batch.len(), &device)?),
+            None => per_sample.mean(),
+        };
+        Ok(loss.into_scalar::<f32>())
+    }
+
+    fn meta(&self) -> CheckpointMeta {
+        CheckpointMeta {
+            format: FORMAT_VERSION,
+            policy: self.config.clone(),
+            normalizer: self.normalizer.clone(),
+            train_steps: self.steps,
+        }
+    }
+
+    /// An inference copy of the current weights (no autodiff).
+    pub fn policy(&self) -> LoadedPolicy {
+        LoadedPolicy::new(
+            self.net.valid(),
+            self.meta(),
+            self.device.clone().without_autodiff(),
+        )
+    }
+
+    /// Write a checkpoint directory atomically (see [`crate::checkpoint`]).
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        save_dir(dir.as_ref(), &self.meta(), self.net.valid())
+    }
+}
+
+/// Trains the AWR baseline `V(s)` by (weighted) MSE on normalised states.
+pub struct ValueTrainer {
+    net: ValueMlp,
+    optim: ModuleOptimizer,
+    config: ValueConfig,
+    state_mean: Vec<f32>,
+    state_std: Vec<f32>,
+    train: TrainConfig,
+    device: Device,
+}
+
+impl std::fmt::Debug for ValueTrainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValueTrainer")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl ValueTrainer {
+    /// `normalizer` supplies the state statistics (its action part is unused).
+    pub fn new(
+        config: ValueConfig,
+        normalizer: &Normalizer,
+        train: TrainConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        if config.state_dim == 0 || config.hidden.contains(&0) {
+            return Err(PolicyError::Invalid {
+                field: "value config",
+                reason: "dims must be > 0".into(),
+            });
+        }
+        if normalizer.state_dim() != config.state_dim {
+            return Err(shape_err(
+                "normalizer.state_mean",
+                config.state_dim,
+                normalizer.state_dim(),
+            ));
+        }
+        let device = device.clone().autodiff();
+        let net = seeded_init(train.seed, &device, |d| config.init(d));
+        Ok(Self {
+            net,
+            optim: train.optimizer()?,
+            config,
+            state_mean: normalizer.state_mean.clone(),
+            state_std: normalizer.state_std.clone(),
+            train,
+            device,
+        })
+    }
+
+    fn states(&self, states: &[f32], len: usize, device: &Device) -> Result<Tensor<2>> {
+        let d = self.config.state_dim;
+        if states.len() != len * d || len == 0 {
+            return Err(shape_err("states", format!("{len} x {d}"), states.len()));
+        }
+        let x: Vec<f32> = states
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v - self.state_mean[i % d]) / self.state_std[i % d])
+            .collect();
+        Ok(Tensor::<2>::from_data(TensorData::new(x, [len, d]), device))
+    }
+
+    /// One optimiser step on `E[w * (V(s) - target)^2]`; returns that loss before the update.
+    pub fn step(&mut self, batch: &ValueBatch, weights: &[f32]) -> Result<f32> {
+        if batch.targets.len() != batch.len || batch.targets.iter().any(|t| !t.is_finite()) {
+            return Err(PolicyError::Invalid {
+                field: "targets",
+                reason: "need one finite target per sample".into(),
+            });
+        }
+        let x = self.states(&batch.states, batch.len, &self.device)?;
+        let y = Tensor::<1>::from_data(TensorData::new(batch.targets.clone(), [batch.len]), &self.device);
+        let w = weights_tensor(weights, batch.len, &self.device)?;
+        let loss = weighted_mean((self.net.forward(x) - y).square(), w);
+        let grads = GradientsParams::from_grads(loss.backward(), &self.net);
+        let value = loss.into_scalar::<f32>();
+        self.net = self.optim.step(self.train.lr, self.net.clone(), grads);
+        Ok(value)
+    }
+
+    /// `V(s)` for `len x state_dim` states.
+    pub fn predict(&self, states: &[f32]) -> Result<Vec<f32>> {
+        let d = self.config.state_dim;
+        let len = states.len() / d.max(1);
+        let device = self.device.clone().without_autodiff();
+        let x = self.states(states, len, &device)?;
+        read_vec(self.net.valid().forward(x), "values")
+    }
+}

@@ -1,0 +1,370 @@
+//! Behaviour of the three policies and the value function on tiny networks (fast in debug builds).
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+mod common;
+
+use common::*;
+use toprl_policies::gaussian::GaussianLoss;
+use toprl_policies::value::ValueConfig;
+use toprl_policies::{
+    Batch, CameraImage, Observation, Policy, PolicyError, PolicyKind, TrainConfig, Trainer, ValueBatch,
+    ValueTrainer, cpu_device, load_policy,
+};
+
+fn trainer(cfg: toprl_policies::PolicyConfig, batch: &Batch, seed: u64) -> Trainer {
+    let train = TrainConfig {
+        seed,
+        ..TrainConfig::default()
+    };
+    Trainer::new(cfg, normalizer(batch), train, &cpu_device()).unwrap()
+}
+
+#[test]
+fn unit_weights_equal_the_unweighted_loss() {
+    let batch = demos(5, 0);
+    let ones = vec![1.0; batch.len()];
+    for (name, cfg) in all() {
+        let t = trainer(cfg, &batch, 3);
+        let weighted = t.loss(&batch, Some(&ones), 11).unwrap();
+        let plain = t.loss(&batch, None, 11).unwrap();
+        let per = t.per_sample_losses(&batch, 11).unwrap();
+        let mean = per.iter().sum::<f32>() / per.len() as f32;
+        assert!(plain.is_finite() && plain != 0.0, "{name}: {plain}");
+        assert!(
+            (weighted - plain).abs() <= 1e-6 * plain.abs(),
+            "{name}: {weighted} vs {plain}"
+        );
+        assert!(
+            (mean - plain).abs() <= 1e-5 * plain.abs(),
+            "{name}: {mean} vs {plain}"
+        );
+        // A non-uniform weighting is E[w * loss], not a renormalised average.
+        let w: Vec<f32> = (0..batch.len()).map(|i| i as f32 * 0.5).collect();
+        let expect = per.iter().zip(&w).map(|(l, w)| l * w).sum::<f32>() / per.len() as f32;
+        let got = t.loss(&batch, Some(&w), 11).unwrap();
+        assert!(
+            (got - expect).abs() <= 1e-5 * expect.abs(),
+            "{name}: {got} vs {expect}"
+        );
+    }
+}
+
+#[test]
+fn zero_weight_removes_a_sample_from_the_gradient() {
+    let batch = demos(4, 0);
+    let mut changed = batch.clone();
+    let last = changed.actions.len() - CHUNK * ACTION;
+    for a in &mut changed.actions[last..] {
+        *a += 25.0;
+    }
+    let probe = demos(3, 9);
+    for (name, cfg) in all() {
+        let run = |b: &Batch, w: &[f32]| {
+            let mut t = trainer(cfg.clone(), &batch, 5);
+            let losses: Vec<f32> = (0..3).map(|_| t.step(b, w).unwrap()).collect();
+            let out = t.policy().with_seed(1).act_batch(&probe.obs).unwrap();
+            (losses, out)
+        };
+        let zero_last = [1.0, 1.0, 1.0, 0.0];
+        let (l1, o1) = run(&batch, &zero_last);
+        let (l2, o2) = run(&changed, &zero_last);
+        assert_eq!(
+            l1, l2,
+            "{name}: losses differ although the changed sample has weight 0"
+        );
+        assert_eq!(
+            o1, o2,
+            "{name}: weights differ although the changed sample has weight 0"
+        );
+        let (_, o3) = run(&changed, &[1.0; 4]);
+        assert!(
+            max_abs_diff(&o1, &o3) > 0.0,
+            "{name}: control: the changed sample must matter at weight 1"
+        );
+    }
+}
+
+/// Train on a handful of demonstrations and return (first loss, last loss, max action error / std).
+fn overfit(cfg: toprl_policies::PolicyConfig, steps: usize, lr: f64) -> (f32, f32, f32) {
+    let batch = demos(4, 1);
+    let norm = normalizer(&batch);
+    let train = TrainConfig {
+        lr,
+        seed: 1,
+        weight_decay: 0.0,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(cfg, norm.clone(), train, &cpu_device()).unwrap();
+    let w = vec![1.0; batch.len()];
+    let first = t.step(&batch, &w).unwrap();
+    let mut last = first;
+    for _ in 1..steps {
+        last = t.step(&batch, &w).unwrap();
+    }
+    let pred = t.policy().with_seed(4).act_batch(&batch.obs).unwrap();
+    let err = pred
+        .iter()
+        .zip(&batch.actions)
+        .enumerate()
+        .map(|(i, (p, a))| (p - a).abs() / norm.action_std[i % ACTION])
+        .fold(0.0, f32::max);
+    eprintln!("overfit: loss {first} -> {last}, max action error {err} std");
+    (first, last, err)
+}
+
+#[test]
+fn gaussian_mlp_overfits_demos() {
+    let (first, last, err) = overfit(gaussian(GaussianLoss::Mse), 200, 3e-3);
+    assert!(last < first / 50.0, "mse {first} -> {last}");
+    assert!(err < 0.1, "max error {err} std");
+    // NLL: the loss is unbounded below; the mean must still reproduce the demos.
+    let (first, last, err) = overfit(gaussian(GaussianLoss::Nll), 600, 1e-2);
+    assert!(last < first - 2.0, "nll {first} -> {last}");
+    assert!(err < 0.1, "max error {err} std");
+}
+
+#[test]
+fn act_overfits_demos() {
+    let (first, last, err) = overfit(act(), 300, 1e-3);
+    assert!(last < first / 20.0, "l1 {first} -> {last}");
+    assert!(err < 0.1, "max error {err} std");
+}
+
+#[test]
+fn flow_overfits_demos() {
+    let (first, last, err) = overfit(flow(), 1500, 1e-3);
+    assert!(last < first / 10.0, "flow matching {first} -> {last}");
+    assert!(err < 0.35, "max error {err} std");
+}
+
+#[test]
+fn save_load_gives_identical_outputs_and_resumes() {
+    let batch = demos(3, 2);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, cfg) in all() {
+        let mut t = trainer(cfg, &batch, 2);
+        let w = vec![1.0; batch.len()];
+        for _ in 0..3 {
+            t.step(&batch, &w).unwrap();
+        }
+        let path = dir.path().join(name);
+        t.save(&path).unwrap();
+        // Saving again replaces the checkpoint in place.
+        t.save(&path).unwrap();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary directories left behind");
+        let before = t.policy().with_seed(9).act_batch(&batch.obs).unwrap();
+        let loaded = load_policy(&path, &cpu_device()).unwrap();
+        assert_eq!(loaded.meta().train_steps, 3);
+        let after = loaded.with_seed(9).act_batch(&batch.obs).unwrap();
+        assert_eq!(before, after, "{name}");
+        // Fine-tuning starts from the saved weights: same loss on the same noise.
+        let resumed = Trainer::from_checkpoint(&path, None, TrainConfig::default(), &cpu_device()).unwrap();
+        assert_eq!(resumed.steps(), 3);
+        assert_eq!(
+            resumed.loss(&batch, None, 1).unwrap(),
+            t.loss(&batch, None, 1).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn same_seed_same_weights_different_seed_different() {
+    let batch = demos(3, 3);
+    for (name, cfg) in all() {
+        let out = |seed: u64| {
+            let mut t = trainer(cfg.clone(), &batch, seed);
+            t.step(&batch, &[1.0, 0.5, 2.0]).unwrap();
+            t.policy().with_seed(0).act_batch(&batch.obs).unwrap()
+        };
+        let a = out(7);
+        assert_eq!(a, out(7), "{name}");
+        assert!(max_abs_diff(&a, &out(8)) > 1e-4, "{name}");
+    }
+    // Flow sampling is seeded: same seed same actions, reset restarts the stream.
+    let t = trainer(flow(), &batch, 1);
+    let mut p = t.policy().with_seed(5);
+    let a = p.act_batch(&batch.obs).unwrap();
+    let b = p.act_batch(&batch.obs).unwrap();
+    assert_ne!(a, b);
+    p.reset();
+    assert_eq!(a, p.act_batch(&batch.obs).unwrap());
+}
+
+#[test]
+fn policy_trait_acts_on_one_observation() {
+    let batch = demos(2, 4);
+    for (name, cfg) in all() {
+        let t = trainer(cfg, &batch, 0);
+        let mut p = t.policy();
+        let images = (0..CAMS)
+            .map(|c| CameraImage {
+                key: format!("cam{c}"),
+                height: SIDE,
+                width: SIDE,
+                rgb: batch.obs.images.as_ref().unwrap().rgb[c * SIDE * SIDE * 3..(c + 1) * SIDE * SIDE * 3]
+                    .to_vec(),
+            })
+            .collect();
+        let obs = Observation {
+            state: batch.obs.states[..STATE].to_vec(),
+            images,
+            instruction: "pick up the red cube".into(),
+        };
+        let chunk = p.act(&obs).unwrap();
+        assert_eq!(chunk.len(), CHUNK, "{name}");
+        assert!(
+            chunk
+                .iter()
+                .all(|row| row.len() == ACTION && row.iter().all(|v| v.is_finite())),
+            "{name}"
+        );
+        // The batch path gives the same first sample.
+        let flat = p.act_batch(&batch.obs).unwrap();
+        if name != "flow" {
+            assert_eq!(chunk.concat(), flat[..CHUNK * ACTION].to_vec(), "{name}");
+        }
+        let bad = Observation {
+            state: vec![0.0; STATE + 1],
+            ..obs
+        };
+        assert!(matches!(p.act(&bad), Err(PolicyError::Shape { .. })), "{name}");
+    }
+}
+
+#[test]
+fn bad_inputs_and_checkpoints_give_typed_errors() {
+    let batch = demos(3, 5);
+    let dev = cpu_device();
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        load_policy(dir.path().join("missing"), &dev),
+        Err(PolicyError::Io { .. })
+    ));
+
+    let mut t = trainer(gaussian(GaussianLoss::Nll), &batch, 0);
+    assert!(matches!(
+        t.step(&batch, &[1.0]),
+        Err(PolicyError::Shape { field: "weights", .. })
+    ));
+    assert!(matches!(
+        t.step(&batch, &[1.0, -1.0, 1.0]),
+        Err(PolicyError::Invalid { field: "weights", .. })
+    ));
+    assert!(matches!(
+        t.step(&batch, &[1.0, f32::NAN, 1.0]),
+        Err(PolicyError::Invalid { .. })
+    ));
+    let path = dir.path().join("ckpt");
+    t.save(&path).unwrap();
+
+    // ACT needs images.
+    let mut act_t = trainer(act(), &batch, 0);
+    let mut no_images = batch.clone();
+    no_images.obs.images = None;
+    assert!(matches!(
+        act_t.step(&no_images, &[1.0; 3]),
+        Err(PolicyError::MissingInput { .. })
+    ));
+
+    // Kind mismatch.
+    let r = Trainer::from_checkpoint(&path, Some(PolicyKind::Act), TrainConfig::default(), &dev);
+    assert!(matches!(r, Err(PolicyError::KindMismatch { .. })), "{r:?}");
+
+    // Config that does not match the stored weights.
+    let cfg_path = path.join("policy.json");
+    let original = std::fs::read_to_string(&cfg_path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
+    v["policy"]["hidden"] = serde_json::json!([32, 64]);
+    std::fs::write(&cfg_path, serde_json::to_string(&v).unwrap()).unwrap();
+    let r = load_policy(&path, &dev);
+    assert!(matches!(r, Err(PolicyError::Record { .. })), "{r:?}");
+
+    // Unknown field, nested inside a Burn config.
+    let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
+    v["policy"]["hiden"] = serde_json::json!([64, 64]);
+    std::fs::write(&cfg_path, serde_json::to_string(&v).unwrap()).unwrap();
+    let r = load_policy(&path, &dev);
+    assert!(
+        matches!(&r, Err(PolicyError::Config { reason, .. }) if reason.contains("hiden")),
+        "{r:?}"
+    );
+
+    // Corrupt weights.
+    std::fs::write(&cfg_path, &original).unwrap();
+    std::fs::write(path.join("model.bpk"), b"not a burnpack").unwrap();
+    assert!(matches!(
+        load_policy(&path, &dev),
+        Err(PolicyError::Record { .. })
+    ));
+
+    // Invalid architecture.
+    let bad = toprl_policies::PolicyConfig::Act(
+        toprl_policies::act::ActConfig::new(4, 3)
+            .with_d_model(30)
+            .with_n_heads(4),
+    );
+    let r = Trainer::new(bad, normalizer(&batch), TrainConfig::default(), &dev);
+    assert!(
+        matches!(r, Err(PolicyError::Invalid { field: "n_heads", .. })),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn value_function_fits_returns_with_weighted_mse() {
+    let batch = demos(8, 6);
+    let norm = normalizer(&batch);
+    let targets: Vec<f32> = batch
+        .obs
+        .states
+        .chunks(STATE)
+        .map(|s| 0.02 * s[0] - 0.01 * s[1] + 0.5)
+        .collect();
+    let vb = ValueBatch::new(batch.obs.states.clone(), STATE, targets.clone()).unwrap();
+    let train = TrainConfig {
+        lr: 3e-3,
+        weight_decay: 0.0,
+        ..TrainConfig::default()
+    };
+    let mut v = ValueTrainer::new(
+        ValueConfig::new(STATE).with_hidden(vec![32, 32]),
+        &norm,
+        train,
+        &cpu_device(),
+    )
+    .unwrap();
+    let first = v.step(&vb, &[1.0; 8]).unwrap();
+    let mut last = first;
+    for _ in 0..300 {
+        last = v.step(&vb, &[1.0; 8]).unwrap();
+    }
+    assert!(last < first / 20.0, "{first} -> {last}");
+    let pred = v.predict(&vb.states).unwrap();
+    assert!(max_abs_diff(&pred, &targets) < 0.05, "{pred:?} vs {targets:?}");
+}
+
+#[test]
+fn action_mask_excludes_padded_steps() {
+    let batch = demos(3, 7);
+    let mut mask = vec![1.0; batch.len() * CHUNK];
+    mask[CHUNK - 1] = 0.0; // last step of sample 0 is padding
+    let masked = batch.clone().with_action_mask(mask.clone()).unwrap();
+    let mut moved = batch.clone();
+    for a in &mut moved.actions[(CHUNK - 1) * ACTION..CHUNK * ACTION] {
+        *a -= 40.0;
+    }
+    let moved = moved.with_action_mask(mask).unwrap();
+    for (name, cfg) in all() {
+        let t = trainer(cfg, &batch, 0);
+        let a = t.per_sample_losses(&masked, 3).unwrap();
+        let b = t.per_sample_losses(&moved, 3).unwrap();
+        assert_eq!(a, b, "{name}: a padded step changed the loss");
+        assert_ne!(t.per_sample_losses(&batch, 3).unwrap()[0], a[0], "{name}");
+    }
+}
