@@ -12,7 +12,7 @@ fn malformed_config_exits_nonzero_naming_file_line_and_field() {
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
-        "[task]\nname = \"pick_cube\"\n[data]\nsource = \"sim\"\nepisodes = 4\n[policy]\nkind = \"mlp\"\nlearning_rat = 1\n[[arms]]\nname = \"bc\"\nreward = \"none\"\n",
+        "[task]\nname = \"pick_cube\"\n[data]\nsource = \"sim\"\nepisodes = 4\n[policy]\nkind = \"gaussian\"\nlearning_rat = 1\n[[arms]]\nname = \"bc\"\nreward = \"none\"\n",
     )
     .unwrap();
     let out = train().arg(&path).output().unwrap();

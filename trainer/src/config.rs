@@ -66,16 +66,20 @@ pub struct TaskConfig {
     /// Square camera image size in pixels. Default: 128.
     #[serde(default = "default_image_size")]
     pub image_size: u32,
-    /// Episode length limit in control steps at 30 Hz. Default: 300 (10 s).
-    #[serde(default = "default_max_steps")]
-    pub max_steps: u32,
+    /// Episode length limit in control steps at 30 Hz. Default: the task's own limit.
+    #[serde(default)]
+    pub max_steps: Option<u32>,
+    /// Cameras rendered and fed to image policies and the reward model (`front`, `top`, `wrist`).
+    /// Default: ["front", "wrist"].
+    #[serde(default = "default_cameras")]
+    pub cameras: Vec<String>,
 }
 
 fn default_image_size() -> u32 {
     128
 }
-fn default_max_steps() -> u32 {
-    300
+fn default_cameras() -> Vec<String> {
+    vec!["front".into(), "wrist".into()]
 }
 
 /// Demonstration source.
@@ -111,24 +115,22 @@ fn default_camera() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// One of `mlp` (Gaussian MLP on state), `act` (ACT-style), `flow` (flow-matching action chunks).
+    /// One of `gaussian` (Gaussian MLP on state), `act` (ACT-style), `flow` (flow-matching action chunks).
     pub kind: String,
     /// Checkpoint directory to fine-tune from. Default: random initialisation.
     #[serde(default)]
     pub init: Option<PathBuf>,
-    /// Actions predicted per step. Default: 10.
+    /// Actions predicted per step (and executed before the policy is queried again). Default: 10.
     #[serde(default = "default_chunk")]
     pub chunk: usize,
-    /// Width of hidden layers. Default: 256.
-    #[serde(default = "default_hidden")]
-    pub hidden: usize,
+    /// Overrides of the network's own config (field names of the policies crate's `GaussianMlpConfig`,
+    /// `ActConfig` or `FlowConfig`, e.g. `d_model = 64`). Default: none.
+    #[serde(default)]
+    pub network: Option<toml::Table>,
 }
 
 fn default_chunk() -> usize {
     10
-}
-fn default_hidden() -> usize {
-    256
 }
 
 /// TOPReward settings for `topreward` arms.
@@ -174,6 +176,9 @@ pub struct TrainConfig {
     /// Paper Eq. 3 upper clip. Default: 2.0.
     #[serde(default = "default_tau")]
     pub delta_max: f64,
+    /// Lower clip of the Eq. 3 weight (the paper clips at 0). Default: 0.0.
+    #[serde(default)]
+    pub min_weight: f64,
     /// Evaluate every this many steps. Default: 500.
     #[serde(default = "default_eval_every")]
     pub eval_every: u32,
@@ -203,6 +208,7 @@ impl Default for TrainConfig {
             lr: default_lr(),
             tau: default_tau(),
             delta_max: default_tau(),
+            min_weight: 0.0,
             eval_every: default_eval_every(),
         }
     }
@@ -306,7 +312,7 @@ impl ExperimentConfig {
                 format!("unknown task `{}`, expected one of {TASKS:?}", self.task.name),
             ));
         }
-        const POLICIES: [&str; 3] = ["mlp", "act", "flow"];
+        const POLICIES: [&str; 3] = ["gaussian", "act", "flow"];
         if !POLICIES.contains(&self.policy.kind.as_str()) {
             return Err(invalid(
                 "policy.kind",
@@ -314,6 +320,24 @@ impl ExperimentConfig {
                     "unknown policy `{}`, expected one of {POLICIES:?}",
                     self.policy.kind
                 ),
+            ));
+        }
+        if self.policy.chunk == 0 {
+            return Err(invalid(
+                "policy.chunk",
+                "expected at least 1 action per chunk".into(),
+            ));
+        }
+        if self.task.cameras.is_empty() && self.policy.kind != "gaussian" {
+            return Err(invalid(
+                "task.cameras",
+                format!("policy `{}` needs at least one camera", self.policy.kind),
+            ));
+        }
+        if self.train.batch_size == 0 || self.train.eval_every == 0 {
+            return Err(invalid(
+                "train",
+                "batch_size and eval_every must be at least 1".into(),
             ));
         }
         if self.seeds.is_empty() {
@@ -379,7 +403,7 @@ mod tests {
         source = "sim"
         episodes = 4
         [policy]
-        kind = "mlp"
+        kind = "gaussian"
         [[arms]]
         name = "bc"
         reward = "none"
@@ -396,7 +420,7 @@ mod tests {
 
     #[test]
     fn unknown_key_is_rejected_by_name_with_line() {
-        let text = MINIMAL.replace("kind = \"mlp\"", "kind = \"mlp\"\nhiden = 3");
+        let text = MINIMAL.replace("kind = \"gaussian\"", "kind = \"gaussian\"\nhiden = 3");
         let err = ExperimentConfig::parse(&text, Path::new("x.toml"))
             .unwrap_err()
             .to_string();

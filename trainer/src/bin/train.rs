@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use toprl_trainer::config::ExperimentConfig;
+use toprl_trainer::experiment::RunOptions;
 
 /// Train SO-101 policies and compare reward sources (sparse, TOPReward, oracle, plain BC).
 ///
@@ -18,9 +19,16 @@ struct Args {
     /// Output directory. Default: runs/<config file stem>/
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Continue an interrupted run in --out: finished arms and seeds are kept, unfinished ones continue
+    /// from their last checkpoint.
+    #[arg(long)]
+    resume: bool,
     /// Validate the config and print the resolved settings, then exit.
     #[arg(long)]
     check: bool,
+    /// Threads for simulated rollouts. Default: all cores.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Log at debug level.
     #[arg(short, long)]
     verbose: bool,
@@ -52,8 +60,19 @@ fn run(args: &Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    anyhow::bail!(
-        "the training pipeline is not wired yet; use --check to validate {}",
-        args.config.display()
-    )
+    // Fail before any training when the policy or its overrides are wrong.
+    toprl_trainer::experiment::policy_config(&config)?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let opts = RunOptions {
+        out: out.clone(),
+        resume: args.resume,
+        threads,
+        progress: true,
+    };
+    let results = toprl_trainer::experiment::run(&config, &opts, None)?;
+    println!("{}", results.to_markdown());
+    println!("results: {}", out.join("results.md").display());
+    Ok(())
 }

@@ -1,0 +1,842 @@
+//! One experiment, top to bottom: demonstrations -> per-frame weights per arm -> weighted behaviour
+//! cloning -> evaluation in simulation -> results table, plots and TensorBoard logs.
+//!
+//! Layout of the output directory (`runs/<config stem>/` by default):
+//! ```text
+//! experiment.toml                      the resolved config this run was started with
+//! runs/<arm>/seed-<s>/checkpoint/      latest policy checkpoint (Burn record + policy.json)
+//! runs/<arm>/seed-<s>/progress.json    steps done and the evaluation curve so far
+//! runs/<arm>/seed-<s>/result.json      written once the run is finished; `--resume` skips it
+//! tensorboard/<arm>/seed-<s>/          TensorBoard event files
+//! plots/success.png, plots/progress_examples.png
+//! results.md, results.json
+//! ```
+//! Every random choice derives from the seed: demonstrations (expert noise and scene randomisation),
+//! network initialisation, the mini-batch drawn at each step, and evaluation scenes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use toprl_envs::episode::Episode;
+use toprl_envs::sim::{
+    ActionSource, BuiltinPolicy, RolloutOptions, SimConfig, SimObservation, So101Env, Task,
+    parallel_rollouts, rollout,
+};
+use toprl_policies::{
+    Batch, CameraImage, LoadedPolicy, Normalizer, ObsBatch, Observation, Policy, PolicyConfig, Trainer,
+};
+use toprl_rewards::metrics::WeightParams;
+use toprl_rewards::score::EpisodeScore;
+
+use crate::arm_weights::frame_weights;
+use crate::atomic::write_atomic;
+use crate::config::{DataConfig, ExperimentConfig, RewardSource};
+use crate::plot::{Chart, Series, render_grid, save_grid};
+use crate::results::{ArmResult, Results, SeedResult};
+use crate::tensorboard::EventWriter;
+
+/// Why an experiment stopped. Each names what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    #[error(
+        "output directory {path} already holds a run; pass --resume to continue it or --out to start elsewhere"
+    )]
+    OutputExists { path: PathBuf },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("simulation ({what}): {source}")]
+    Sim {
+        what: String,
+        source: toprl_envs::sim::SimError,
+    },
+    #[error("dataset {path}: {source}")]
+    Dataset {
+        path: String,
+        source: toprl_envs::dataset::DatasetError,
+    },
+    #[error("policy ({what}): {source}")]
+    Policy {
+        what: String,
+        source: toprl_policies::PolicyError,
+    },
+    #[error("labelling arm `{arm}`: {source}")]
+    Label {
+        arm: String,
+        source: crate::arm_weights::LabelError,
+    },
+    #[error("reward model: {0}")]
+    Reward(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Tensorboard(#[from] crate::tensorboard::TensorboardError),
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+    #[error(transparent)]
+    Results(#[from] crate::results::ResultsError),
+}
+
+type Result<T> = std::result::Result<T, ExperimentError>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ExperimentError {
+    let what = what.into();
+    move |source| ExperimentError::Io { what, source }
+}
+
+fn sim_err(what: impl Into<String>) -> impl FnOnce(toprl_envs::sim::SimError) -> ExperimentError {
+    let what = what.into();
+    move |source| ExperimentError::Sim { what, source }
+}
+
+fn policy_err(what: impl Into<String>) -> impl FnOnce(toprl_policies::PolicyError) -> ExperimentError {
+    let what = what.into();
+    move |source| ExperimentError::Policy { what, source }
+}
+
+/// Scores episodes with TOPReward for `topreward` arms: returns one score per episode and the number of
+/// original frames between two sampled frames. The binary supplies the real Qwen3-VL scorer.
+pub type EpisodeScorer<'a> =
+    dyn FnMut(&[Episode]) -> std::result::Result<Vec<(EpisodeScore, f64)>, String> + 'a;
+
+/// Where and how to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub resume: bool,
+    /// Threads for simulated rollouts. Default: available parallelism.
+    pub threads: usize,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+/// What a run has done so far, saved beside its checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RunProgress {
+    step: u32,
+    curve: Vec<(u32, f64)>,
+    wall_time_s: f64,
+}
+
+/// Run every arm x seed of `config` and write the results into `opts.out`.
+pub fn run(
+    config: &ExperimentConfig,
+    opts: &RunOptions,
+    scorer: Option<&mut EpisodeScorer<'_>>,
+) -> Result<Results> {
+    let out = &opts.out;
+    let marker = out.join("experiment.toml");
+    let resolved = toml::to_string_pretty(config).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
+    if marker.exists() && !opts.resume {
+        return Err(ExperimentError::OutputExists { path: out.clone() });
+    }
+    write_atomic(&marker, resolved.as_bytes()).map_err(io(format!("writing {}", marker.display())))?;
+
+    let task = parse_task(&config.task.name)?;
+    let sim = sim_config(config, task);
+    let name = config.name.clone().unwrap_or_else(|| "experiment".into());
+    let mut scorer = scorer;
+    let mut per_arm: BTreeMap<String, Vec<SeedResult>> = BTreeMap::new();
+    let mut example_progress: Vec<Chart> = Vec::new();
+
+    for &seed in &config.seeds {
+        let pending: Vec<_> = config
+            .arms
+            .iter()
+            .filter(|arm| !run_dir(out, &arm.name, seed).join("result.json").exists())
+            .collect();
+        if pending.is_empty() {
+            for arm in &config.arms {
+                per_arm
+                    .entry(arm.name.clone())
+                    .or_default()
+                    .push(read_result(&run_dir(out, &arm.name, seed))?);
+            }
+            continue;
+        }
+        let episodes = demonstrations(config, &sim, seed, opts)?;
+        let successes = episodes.iter().filter(|e| e.success == Some(true)).count();
+        tracing::info!(seed, episodes = episodes.len(), successes, "demonstrations ready");
+
+        let scores = if config.arms.iter().any(|a| a.reward == RewardSource::Topreward) {
+            let scorer = scorer.as_deref_mut().ok_or_else(|| {
+                ExperimentError::Reward("an arm uses `topreward` but no reward model was loaded".into())
+            })?;
+            Some(scorer(&episodes).map_err(ExperimentError::Reward)?)
+        } else {
+            None
+        };
+        if example_progress.is_empty() {
+            example_progress = progress_charts(&episodes, scores.as_deref());
+        }
+
+        let data = Samples::new(&episodes, &config.task.cameras, config.policy.chunk)?;
+        let params = WeightParams {
+            tau: config.train.tau,
+            delta_max: config.train.delta_max,
+            min_weight: config.train.min_weight,
+        };
+        for arm in &config.arms {
+            let dir = run_dir(out, &arm.name, seed);
+            let result = if dir.join("result.json").exists() {
+                read_result(&dir)?
+            } else {
+                let weights =
+                    frame_weights(arm.reward, &episodes, scores.as_deref(), &params).map_err(|source| {
+                        ExperimentError::Label {
+                            arm: arm.name.clone(),
+                            source,
+                        }
+                    })?;
+                let result = train_one(config, &sim, &data, &weights, &arm.name, seed, opts)?;
+                let json = serde_json::to_vec_pretty(&result)
+                    .map_err(|e| ExperimentError::Invalid(e.to_string()))?;
+                write_atomic(&dir.join("result.json"), &json)
+                    .map_err(io(format!("writing {}", dir.display())))?;
+                result
+            };
+            per_arm.entry(arm.name.clone()).or_default().push(result);
+        }
+    }
+
+    let results = Results {
+        experiment: name.clone(),
+        reward_model: config.reward_model.as_ref().map(|r| r.model.clone()),
+        arms: config
+            .arms
+            .iter()
+            .map(|arm| {
+                ArmResult::from_seeds(
+                    &arm.name,
+                    arm.reward,
+                    per_arm.remove(&arm.name).unwrap_or_default(),
+                )
+            })
+            .collect(),
+    };
+    results.write(out)?;
+    save_grid(
+        &out.join("plots/success.png"),
+        &[success_chart(&name, &results)],
+        1,
+        (900, 540),
+    )?;
+    if !example_progress.is_empty() {
+        save_grid(
+            &out.join("plots/progress_examples.png"),
+            &example_progress,
+            2,
+            (480, 320),
+        )?;
+    }
+    Ok(results)
+}
+
+fn run_dir(out: &Path, arm: &str, seed: u64) -> PathBuf {
+    out.join("runs").join(arm).join(format!("seed-{seed}"))
+}
+
+fn read_result(dir: &Path) -> Result<SeedResult> {
+    let path = dir.join("result.json");
+    let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| ExperimentError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// The simulator task named in the config.
+pub fn parse_task(name: &str) -> Result<Task> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|_| ExperimentError::Invalid(format!("unknown task `{name}`")))
+}
+
+fn sim_config(config: &ExperimentConfig, task: Task) -> SimConfig {
+    SimConfig {
+        task,
+        image_size: config.task.image_size,
+        cameras: if config.policy.kind == "gaussian" && !needs_frames(config) {
+            Vec::new()
+        } else {
+            config.task.cameras.clone()
+        },
+        max_steps: config.task.max_steps.map(|s| s as usize),
+        ..SimConfig::default()
+    }
+}
+
+/// Whether camera frames must be kept in the demonstrations (image policies, the reward model).
+fn needs_frames(config: &ExperimentConfig) -> bool {
+    config.policy.kind != "gaussian" || config.arms.iter().any(|a| a.reward == RewardSource::Topreward)
+}
+
+/// Demonstrations for one seed: scripted experts at mixed noise in simulation, or a LeRobotDataset.
+fn demonstrations(
+    config: &ExperimentConfig,
+    sim: &SimConfig,
+    seed: u64,
+    opts: &RunOptions,
+) -> Result<Vec<Episode>> {
+    match &config.data {
+        DataConfig::Sim {
+            episodes,
+            noise_levels,
+        } => {
+            if noise_levels.is_empty() {
+                return Err(ExperimentError::Invalid(
+                    "data.noise_levels: expected at least one level".into(),
+                ));
+            }
+            let bar = bar(opts, *episodes as u64, "demonstrations");
+            let mut all: Vec<Option<Episode>> = vec![None; *episodes as usize];
+            // Episode i uses noise level i mod L and the scene seed derived from (seed, i).
+            for (level_index, &noise) in noise_levels.iter().enumerate() {
+                let indices: Vec<usize> = (0..*episodes as usize)
+                    .filter(|i| i % noise_levels.len() == level_index)
+                    .collect();
+                let seeds: Vec<u64> = indices.iter().map(|&i| demo_seed(seed, i)).collect();
+                if seeds.is_empty() {
+                    continue;
+                }
+                let rollouts = parallel_rollouts(
+                    sim,
+                    BuiltinPolicy::Scripted { noise },
+                    &seeds,
+                    opts.threads,
+                    needs_frames(config),
+                )
+                .map_err(sim_err("demonstrations"))?;
+                for (&i, r) in indices.iter().zip(rollouts) {
+                    let mut episode = r.episode;
+                    episode.index = i;
+                    all[i] = Some(episode);
+                    bar.inc(1);
+                }
+            }
+            bar.finish_and_clear();
+            Ok(all.into_iter().flatten().collect())
+        }
+        DataConfig::Lerobot { path, .. } => {
+            let dataset = toprl_envs::dataset::LeRobotDataset::open(path).map_err(|source| {
+                ExperimentError::Dataset {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            let bar = bar(opts, dataset.num_episodes() as u64, "loading dataset");
+            let mut episodes = Vec::with_capacity(dataset.num_episodes());
+            for i in 0..dataset.num_episodes() {
+                let episode = dataset.episode(i).map_err(|source| ExperimentError::Dataset {
+                    path: path.clone(),
+                    source,
+                })?;
+                if let Some(action) = episode.actions.first()
+                    && action.len() != toprl_envs::so101::NUM_JOINTS
+                {
+                    return Err(ExperimentError::Invalid(format!(
+                        "dataset {path}: episode {i} has actions of size {}, the SO-101 policy expects {}",
+                        action.len(),
+                        toprl_envs::so101::NUM_JOINTS
+                    )));
+                }
+                episodes.push(episode);
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            Ok(episodes)
+        }
+    }
+}
+
+fn demo_seed(seed: u64, episode: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(episode as u64)
+}
+
+fn eval_seed(seed: u64, episode: usize) -> u64 {
+    // Disjoint from demonstration scenes: offset far beyond any episode count.
+    seed.wrapping_mul(1_000_003)
+        .wrapping_add(500_000 + episode as u64)
+}
+
+fn bar(opts: &RunOptions, len: u64, msg: &'static str) -> ProgressBar {
+    if !opts.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(msg);
+    bar
+}
+
+/// Every frame of every episode as a training sample: its observation and the action chunk after it.
+struct Samples<'a> {
+    episodes: &'a [Episode],
+    index: Vec<(usize, usize)>,
+    camera_keys: Vec<String>,
+    chunk: usize,
+}
+
+impl<'a> Samples<'a> {
+    fn new(episodes: &'a [Episode], cameras: &[String], chunk: usize) -> Result<Self> {
+        let index: Vec<(usize, usize)> = episodes
+            .iter()
+            .enumerate()
+            .flat_map(|(e, ep)| (0..ep.len()).map(move |t| (e, t)))
+            .collect();
+        if index.is_empty() {
+            return Err(ExperimentError::Invalid(
+                "no demonstration frames to train on".into(),
+            ));
+        }
+        let camera_keys = cameras
+            .iter()
+            .map(|c| format!("observation.images.{c}"))
+            .collect();
+        Ok(Self {
+            episodes,
+            index,
+            camera_keys,
+            chunk,
+        })
+    }
+
+    fn normalizer(&self) -> Result<Normalizer> {
+        let states: Vec<f32> = self
+            .episodes
+            .iter()
+            .flat_map(|e| e.states.iter().flatten().copied())
+            .collect();
+        let actions: Vec<f32> = self
+            .episodes
+            .iter()
+            .flat_map(|e| e.actions.iter().flatten().copied())
+            .collect();
+        let dim = toprl_envs::so101::NUM_JOINTS;
+        Normalizer::fit(&states, dim, &actions, dim).map_err(policy_err("normalisation statistics"))
+    }
+
+    /// The mini-batch for one step: `size` frames drawn uniformly, with their Eq. 3 weights.
+    fn batch(
+        &self,
+        rng: &mut ChaCha8Rng,
+        size: usize,
+        weights: &[Vec<f32>],
+        images: bool,
+    ) -> Result<(Batch, Vec<f32>)> {
+        let dim = toprl_envs::so101::NUM_JOINTS;
+        let picks: Vec<(usize, usize)> = (0..size)
+            .map(|_| self.index[rng.random_range(0..self.index.len())])
+            .collect();
+        let mut states = Vec::with_capacity(size * dim);
+        let mut actions = Vec::with_capacity(size * self.chunk * dim);
+        let mut mask = Vec::with_capacity(size * self.chunk);
+        let mut rgb = Vec::new();
+        let mut instructions = Vec::with_capacity(size);
+        let mut w = Vec::with_capacity(size);
+        let mut hw = (0, 0);
+        for &(e, t) in &picks {
+            let ep = &self.episodes[e];
+            states.extend_from_slice(&ep.states[t]);
+            for k in 0..self.chunk {
+                // Past the episode end the last action is repeated and masked out of the loss.
+                let j = (t + k).min(ep.len() - 1);
+                actions.extend_from_slice(&ep.actions[j]);
+                mask.push(if t + k < ep.len() { 1.0 } else { 0.0 });
+            }
+            if images {
+                for key in &self.camera_keys {
+                    let frame = ep.cameras.get(key).and_then(|f| f.get(t)).ok_or_else(|| {
+                        ExperimentError::Invalid(format!("episode {} has no `{key}` frame {t}", ep.index))
+                    })?;
+                    hw = (frame.height() as usize, frame.width() as usize);
+                    rgb.extend_from_slice(frame.as_raw());
+                }
+            }
+            instructions.push(ep.instruction.clone());
+            w.push(weights[e][t]);
+        }
+        let mut obs = ObsBatch::new(states, dim).map_err(policy_err("batch"))?;
+        if images {
+            obs = obs
+                .with_images(rgb, self.camera_keys.len(), hw.0, hw.1)
+                .map_err(policy_err("batch"))?;
+        }
+        obs = obs.with_instructions(instructions).map_err(policy_err("batch"))?;
+        let batch = Batch::new(obs, actions, self.chunk, dim)
+            .and_then(|b| b.with_action_mask(mask))
+            .map_err(policy_err("batch"))?;
+        Ok((batch, w))
+    }
+}
+
+/// The policy config from the experiment's `[policy]` table and its `network` overrides.
+pub fn policy_config(config: &ExperimentConfig) -> Result<PolicyConfig> {
+    use toprl_policies::act::ActConfig;
+    use toprl_policies::flow::FlowConfig;
+    use toprl_policies::gaussian::GaussianMlpConfig;
+    let dim = toprl_envs::so101::NUM_JOINTS;
+    let cameras = config.task.cameras.len();
+    let base = match config.policy.kind.as_str() {
+        "gaussian" => {
+            PolicyConfig::Gaussian(GaussianMlpConfig::new(dim, dim).with_chunk_size(config.policy.chunk))
+        }
+        "act" => PolicyConfig::Act(
+            ActConfig::new(dim, dim)
+                .with_cameras(cameras)
+                .with_chunk_size(config.policy.chunk),
+        ),
+        "flow" => PolicyConfig::Flow(
+            FlowConfig::new(dim, dim)
+                .with_cameras(cameras)
+                .with_chunk_size(config.policy.chunk),
+        ),
+        other => {
+            return Err(ExperimentError::Invalid(format!(
+                "policy.kind: unknown policy `{other}`"
+            )));
+        }
+    };
+    let Some(overrides) = &config.policy.network else {
+        return Ok(base);
+    };
+    let mut value = serde_json::to_value(&base).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| ExperimentError::Invalid("policy config is not a table".into()))?;
+    for (key, v) in overrides {
+        if !object.contains_key(key) || key == "kind" {
+            let known: Vec<&String> = object.keys().filter(|k| *k != "kind").collect();
+            return Err(ExperimentError::Invalid(format!(
+                "policy.network: unknown field `{key}` for a `{}` policy, expected one of {known:?}",
+                config.policy.kind
+            )));
+        }
+        let v = serde_json::to_value(v).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
+        object.insert(key.clone(), v);
+    }
+    let config: PolicyConfig = serde_json::from_value(value)
+        .map_err(|e| ExperimentError::Invalid(format!("policy.network: {e}")))?;
+    config.validate().map_err(policy_err("policy.network"))?;
+    Ok(config)
+}
+
+/// Train one arm with one seed, evaluating every `eval_every` steps; resumes from its checkpoint.
+fn train_one(
+    config: &ExperimentConfig,
+    sim: &SimConfig,
+    data: &Samples<'_>,
+    weights: &[Vec<f32>],
+    arm: &str,
+    seed: u64,
+    opts: &RunOptions,
+) -> Result<SeedResult> {
+    let dir = run_dir(&opts.out, arm, seed);
+    let checkpoint = dir.join("checkpoint");
+    let progress_path = dir.join("progress.json");
+    let device = toprl_policies::cpu_device();
+    let train = toprl_policies::TrainConfig {
+        lr: config.train.lr,
+        seed,
+        ..Default::default()
+    };
+    let policy_cfg = policy_config(config)?;
+    let images = policy_cfg.cameras() > 0;
+
+    let mut progress = RunProgress::default();
+    let mut trainer = if opts.resume && checkpoint.join("policy.json").exists() && progress_path.exists() {
+        let bytes =
+            std::fs::read(&progress_path).map_err(io(format!("reading {}", progress_path.display())))?;
+        progress = serde_json::from_slice(&bytes)
+            .map_err(|e| ExperimentError::Invalid(format!("{}: {e}", progress_path.display())))?;
+        tracing::info!(arm, seed, step = progress.step, "resuming from checkpoint");
+        Trainer::from_checkpoint(&checkpoint, Some(policy_cfg.kind()), train, &device)
+            .map_err(policy_err(format!("resuming {}", checkpoint.display())))?
+    } else if let Some(init) = &config.policy.init {
+        Trainer::from_checkpoint(init, Some(policy_cfg.kind()), train, &device)
+            .map_err(policy_err(format!("policy.init {}", init.display())))?
+    } else {
+        Trainer::new(policy_cfg, data.normalizer()?, train, &device)
+            .map_err(policy_err("building the policy"))?
+    };
+
+    let mut tb = EventWriter::create(
+        &opts
+            .out
+            .join("tensorboard")
+            .join(arm)
+            .join(format!("seed-{seed}")),
+    )?;
+    let steps = config.train.steps;
+    let bar = bar(opts, u64::from(steps), "training");
+    bar.set_message(format!("{arm} seed {seed}"));
+    bar.set_position(u64::from(progress.step));
+    let started = Instant::now();
+    let mut last_eval = None;
+    while progress.step < steps {
+        let step = progress.step;
+        // The batch of step k depends only on (seed, k), so a resumed run draws the same batches.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(step) << 20) ^ 0x6261_7463_6800_0000);
+        let (batch, w) = data.batch(&mut rng, config.train.batch_size, weights, images)?;
+        let loss = trainer
+            .step(&batch, &w)
+            .map_err(policy_err(format!("training step {step}")))?;
+        progress.step += 1;
+        bar.inc(1);
+        if step % 10 == 0 {
+            let mean_w = w.iter().sum::<f32>() / w.len() as f32;
+            tb.scalar("train/loss", u64::from(step), loss)?;
+            tb.scalar("train/weight_mean", u64::from(step), mean_w)?;
+        }
+        if progress.step % config.train.eval_every == 0 || progress.step == steps {
+            bar.suspend(|| tracing::debug!(arm, seed, step = progress.step, "evaluating"));
+            let mut policy = trainer.policy().with_seed(seed);
+            let eval = evaluate(&mut policy, sim, config, seed, opts)?;
+            tb.scalar("eval/success", u64::from(progress.step), eval.success as f32)?;
+            tb.scalar("eval/return", u64::from(progress.step), eval.mean_return as f32)?;
+            if let Some(episode) = &eval.example {
+                tb.image(
+                    "eval/rollout",
+                    u64::from(progress.step),
+                    &rollout_strip(episode, &config.task.cameras),
+                )?;
+            }
+            tb.flush()?;
+            progress.curve.push((progress.step, eval.success));
+            progress.wall_time_s += started.elapsed().as_secs_f64();
+            trainer
+                .save(&checkpoint)
+                .map_err(policy_err(format!("saving {}", checkpoint.display())))?;
+            let json =
+                serde_json::to_vec_pretty(&progress).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
+            write_atomic(&progress_path, &json)
+                .map_err(io(format!("writing {}", progress_path.display())))?;
+            last_eval = Some(eval);
+        }
+    }
+    bar.finish_and_clear();
+    let eval = match last_eval {
+        Some(eval) => eval,
+        None => evaluate(&mut trainer.policy().with_seed(seed), sim, config, seed, opts)?,
+    };
+    tracing::info!(arm, seed, success = eval.success, "run finished");
+    Ok(SeedResult {
+        seed,
+        success: eval.success,
+        episodes: config.eval.episodes,
+        mean_return: eval.mean_return,
+        wall_time_s: progress.wall_time_s,
+        curve: progress.curve,
+    })
+}
+
+struct Evaluation {
+    success: f64,
+    mean_return: f64,
+    /// The first evaluation episode with its frames, for TensorBoard.
+    example: Option<Episode>,
+}
+
+/// The observation a policy sees, from the simulator's.
+fn observation(obs: &SimObservation, instruction: &str, camera_keys: &[String]) -> Observation {
+    Observation {
+        state: obs.state.to_vec(),
+        images: camera_keys
+            .iter()
+            .filter_map(|key| {
+                obs.images.get(key).map(|img| CameraImage {
+                    key: key.clone(),
+                    height: img.height() as usize,
+                    width: img.width() as usize,
+                    rgb: img.as_raw().clone(),
+                })
+            })
+            .collect(),
+        instruction: instruction.to_string(),
+    }
+}
+
+/// Success rate and mean return of `policy` over the evaluation scenes of `seed`. Each predicted chunk is
+/// executed in full before the policy is queried again.
+fn evaluate(
+    policy: &mut LoadedPolicy,
+    sim: &SimConfig,
+    config: &ExperimentConfig,
+    seed: u64,
+    _opts: &RunOptions,
+) -> Result<Evaluation> {
+    let images = policy.config().cameras() > 0;
+    let mut sim = sim.clone();
+    if !images {
+        sim.cameras.clear();
+    }
+    let camera_keys: Vec<String> = config
+        .task
+        .cameras
+        .iter()
+        .map(|c| format!("observation.images.{c}"))
+        .collect();
+    let mut env = So101Env::new(sim).map_err(sim_err("evaluation env"))?;
+    let (mut successes, mut total_return, mut example) = (0usize, 0.0, None);
+    for i in 0..config.eval.episodes as usize {
+        policy.reset();
+        let mut queue: std::collections::VecDeque<Vec<f32>> = Default::default();
+        let mut failure: Option<toprl_policies::PolicyError> = None;
+        let mut act = |obs: &SimObservation, instruction: &str| -> Vec<f32> {
+            if queue.is_empty() && failure.is_none() {
+                match policy.act(&observation(obs, instruction, &camera_keys)) {
+                    Ok(chunk) => queue.extend(chunk),
+                    Err(e) => failure = Some(e),
+                }
+            }
+            // After a policy error hold the current pose; the error is reported once the episode ends.
+            queue.pop_front().unwrap_or_else(|| obs.state.to_vec())
+        };
+        let opts = RolloutOptions {
+            keep_frames: i == 0 && images,
+            index: i,
+        };
+        let r = rollout(&mut env, ActionSource::Policy(&mut act), eval_seed(seed, i), opts)
+            .map_err(sim_err(format!("evaluation episode {i}")))?;
+        if let Some(e) = failure {
+            return Err(ExperimentError::Policy {
+                what: format!("evaluation episode {i}"),
+                source: e,
+            });
+        }
+        successes += usize::from(r.success);
+        total_return += r.total_reward;
+        if i == 0 {
+            example = Some(r.episode);
+        }
+    }
+    let n = config.eval.episodes.max(1) as f64;
+    Ok(Evaluation {
+        success: successes as f64 / n,
+        mean_return: total_return / n,
+        example,
+    })
+}
+
+/// Eight frames of an episode's first camera above its ground-truth progress curve.
+fn rollout_strip(episode: &Episode, cameras: &[String]) -> image::RgbImage {
+    let frames = cameras
+        .first()
+        .and_then(|c| episode.cameras.get(&format!("observation.images.{c}")))
+        .filter(|f| !f.is_empty());
+    let progress: Vec<(f64, f64)> = episode
+        .true_progress
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(t, &p)| (t as f64, f64::from(p)))
+        .collect();
+    let chart = Chart {
+        title: format!(
+            "{} (success: {})",
+            episode.instruction,
+            episode.success.unwrap_or(false)
+        ),
+        x_label: "frame".into(),
+        y_label: "true progress".into(),
+        series: vec![Series {
+            name: String::new(),
+            points: progress,
+            errors: None,
+        }],
+        y_range: Some((0.0, 1.0)),
+    };
+    let Some(frames) = frames else {
+        return render_grid(&[chart], 1, (640, 240)).unwrap_or_default();
+    };
+    let (w, h) = (frames[0].width(), frames[0].height());
+    let strip_w = w * 8;
+    let chart_img = render_grid(&[chart], 1, (strip_w, 200)).unwrap_or_default();
+    let mut out = image::RgbImage::from_pixel(strip_w, h + chart_img.height(), image::Rgb([255, 255, 255]));
+    for k in 0..8u32 {
+        let t = (k as usize * (frames.len() - 1)) / 7;
+        let _ = image::imageops::replace(&mut out, &frames[t], i64::from(k * w), 0);
+    }
+    let _ = image::imageops::replace(&mut out, &chart_img, 0, i64::from(h));
+    out
+}
+
+/// Charts of the first episodes' progress: ground truth and, when scored, TOPReward.
+fn progress_charts(episodes: &[Episode], scores: Option<&[(EpisodeScore, f64)]>) -> Vec<Chart> {
+    episodes
+        .iter()
+        .take(4)
+        .enumerate()
+        .map(|(i, ep)| {
+            let mut series = Vec::new();
+            if let Some(p) = &ep.true_progress {
+                series.push(Series {
+                    name: "ground truth".into(),
+                    points: p
+                        .iter()
+                        .enumerate()
+                        .map(|(t, &v)| (t as f64, f64::from(v)))
+                        .collect(),
+                    errors: None,
+                });
+            }
+            if let Some((score, stride)) = scores.and_then(|s| s.get(i)) {
+                series.push(Series {
+                    name: "TOPReward".into(),
+                    points: crate::arm_weights::progress_per_frame(score, *stride, ep.len())
+                        .into_iter()
+                        .enumerate()
+                        .map(|(t, v)| (t as f64, v))
+                        .collect(),
+                    errors: None,
+                });
+            }
+            Chart {
+                title: format!("episode {} (success: {})", ep.index, ep.success.unwrap_or(false)),
+                x_label: "frame".into(),
+                y_label: "progress".into(),
+                series,
+                y_range: Some((0.0, 1.0)),
+            }
+        })
+        .collect()
+}
+
+/// Success rate against training step, mean and standard deviation over seeds, one line per arm.
+fn success_chart(name: &str, results: &Results) -> Chart {
+    let series = results
+        .arms
+        .iter()
+        .map(|arm| {
+            let mut by_step: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+            for run in &arm.per_seed {
+                for &(step, success) in &run.curve {
+                    by_step.entry(step).or_default().push(success);
+                }
+            }
+            let (points, errors): (Vec<_>, Vec<_>) = by_step
+                .iter()
+                .map(|(&step, v)| {
+                    let (m, s) = crate::results::mean_std(v);
+                    ((f64::from(step), m), s)
+                })
+                .unzip();
+            Series {
+                name: arm.name.clone(),
+                points,
+                errors: Some(errors),
+            }
+        })
+        .collect();
+    Chart {
+        title: format!("{name}: evaluation success"),
+        x_label: "training step".into(),
+        y_label: "success rate".into(),
+        series,
+        y_range: Some((0.0, 1.0)),
+    }
+}
