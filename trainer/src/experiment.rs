@@ -27,15 +27,14 @@ use toprl_envs::sim::{
     ActionSource, BuiltinPolicy, RolloutOptions, SimConfig, SimObservation, So101Env, Task,
     parallel_rollouts, rollout,
 };
-use toprl_policies::{
-    Batch, CameraImage, LoadedPolicy, Normalizer, ObsBatch, Observation, Policy, PolicyConfig, Trainer,
-};
+use toprl_policies::{Batch, LoadedPolicy, Normalizer, ObsBatch, PolicyConfig, Trainer};
 use toprl_rewards::metrics::WeightParams;
 use toprl_rewards::score::EpisodeScore;
 
 use crate::arm_weights::frame_weights;
 use crate::atomic::write_atomic;
 use crate::config::{DataConfig, ExperimentConfig, RewardSource};
+use crate::driver::ChunkDriver;
 use crate::plot::{Chart, Series, render_grid, save_grid};
 use crate::results::{ArmResult, Results, SeedResult};
 use crate::tensorboard::EventWriter;
@@ -205,7 +204,11 @@ pub fn run(
 
     let results = Results {
         experiment: name.clone(),
-        reward_model: config.reward_model.as_ref().map(|r| r.model.clone()),
+        reward_model: config
+            .reward_model
+            .as_ref()
+            .filter(|_| config.arms.iter().any(|a| a.reward == RewardSource::Topreward))
+            .map(|r| r.model.clone()),
         arms: config
             .arms
             .iter()
@@ -641,25 +644,6 @@ struct Evaluation {
     example: Option<Episode>,
 }
 
-/// The observation a policy sees, from the simulator's.
-fn observation(obs: &SimObservation, instruction: &str, camera_keys: &[String]) -> Observation {
-    Observation {
-        state: obs.state.to_vec(),
-        images: camera_keys
-            .iter()
-            .filter_map(|key| {
-                obs.images.get(key).map(|img| CameraImage {
-                    key: key.clone(),
-                    height: img.height() as usize,
-                    width: img.width() as usize,
-                    rgb: img.as_raw().clone(),
-                })
-            })
-            .collect(),
-        instruction: instruction.to_string(),
-    }
-}
-
 /// Success rate and mean return of `policy` over the evaluation scenes of `seed`. Each predicted chunk is
 /// executed in full before the policy is queried again.
 fn evaluate(
@@ -683,26 +667,15 @@ fn evaluate(
     let mut env = So101Env::new(sim).map_err(sim_err("evaluation env"))?;
     let (mut successes, mut total_return, mut example) = (0usize, 0.0, None);
     for i in 0..config.eval.episodes as usize {
-        policy.reset();
-        let mut queue: std::collections::VecDeque<Vec<f32>> = Default::default();
-        let mut failure: Option<toprl_policies::PolicyError> = None;
-        let mut act = |obs: &SimObservation, instruction: &str| -> Vec<f32> {
-            if queue.is_empty() && failure.is_none() {
-                match policy.act(&observation(obs, instruction, &camera_keys)) {
-                    Ok(chunk) => queue.extend(chunk),
-                    Err(e) => failure = Some(e),
-                }
-            }
-            // After a policy error hold the current pose; the error is reported once the episode ends.
-            queue.pop_front().unwrap_or_else(|| obs.state.to_vec())
-        };
+        let mut driver = ChunkDriver::new(&mut *policy, camera_keys.clone());
+        let mut act = |obs: &SimObservation, instruction: &str| driver.act(obs, instruction);
         let opts = RolloutOptions {
             keep_frames: i == 0 && images,
             index: i,
         };
         let r = rollout(&mut env, ActionSource::Policy(&mut act), eval_seed(seed, i), opts)
             .map_err(sim_err(format!("evaluation episode {i}")))?;
-        if let Some(e) = failure {
+        if let Some(e) = driver.error.take() {
             return Err(ExperimentError::Policy {
                 what: format!("evaluation episode {i}"),
                 source: e,

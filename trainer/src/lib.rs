@@ -7,6 +7,7 @@ pub mod atomic;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod driver;
 pub mod experiment;
 pub mod label;
 pub mod plot;

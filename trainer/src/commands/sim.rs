@@ -11,8 +11,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use toprl_envs::episode::Episode;
 use toprl_envs::sim::vec_env::{BuiltinPolicy, parallel_rollouts};
-use toprl_envs::sim::{SimConfig, SimObservation, Task};
-use toprl_policies::{CameraImage, Observation, Policy};
+use toprl_envs::sim::{
+    ActionSource, Rollout, RolloutOptions, SimConfig, SimObservation, So101Env, Task, rollout,
+};
+use toprl_policies::LoadedPolicy;
+
+use crate::driver::ChunkDriver;
 
 /// Run episodes of one task and print the success rate.
 #[derive(Debug, Args)]
@@ -72,21 +76,23 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     if !args.noise.is_finite() || args.noise < 0.0 {
         bail!("--noise must be a finite number >= 0, got {}", args.noise);
     }
-    let policy = match args.policy.as_str() {
-        "scripted" => BuiltinPolicy::Scripted { noise: args.noise },
-        "random" => BuiltinPolicy::Random { step_deg: 3.0 },
+    let (policy, mut checkpoint) = match args.policy.as_str() {
+        "scripted" => (BuiltinPolicy::Scripted { noise: args.noise }, None),
+        "random" => (BuiltinPolicy::Random { step_deg: 3.0 }, None),
         path => {
             if !Path::new(path).exists() {
                 bail!(
                     "--policy {path}: expected `scripted`, `random` or a checkpoint path, and {path} does not exist"
                 );
             }
-            bail!(
-                "--policy {path}: checkpoint policies are not wired into `so101 sim` yet; use `scripted` or `random`"
-            );
+            let loaded = toprl_policies::load_policy(path, &toprl_policies::cpu_device())
+                .with_context(|| format!("--policy {path}: loading the checkpoint"))?
+                .with_seed(args.seed);
+            (BuiltinPolicy::Random { step_deg: 0.0 }, Some(loaded))
         }
     };
-    let render = args.render || args.video.is_some();
+    let policy_cameras = checkpoint.as_ref().map_or(0, |p| p.config().cameras());
+    let render = args.render || args.video.is_some() || policy_cameras > 0;
     let cfg = SimConfig {
         image_size: args.image_size,
         cameras: if render {
@@ -113,14 +119,29 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut rollouts = Vec::with_capacity(args.episodes);
     // Batches of `threads` episodes so the bar moves; each batch loads the model once.
-    for batch in seeds.chunks(threads.max(1) * 2) {
-        let mut out = parallel_rollouts(&cfg, policy, batch, threads, args.video.is_some())
-            .with_context(|| format!("simulating {} (seeds {:?})", args.task, batch))?;
-        for (k, r) in out.iter_mut().enumerate() {
-            r.episode.index = rollouts.len() + k;
+    if let Some(loaded) = checkpoint.as_mut() {
+        // A learned policy runs on one thread (its network already uses the cores).
+        let camera_keys: Vec<String> = ["front", "wrist"]
+            .iter()
+            .take(policy_cameras.max(1))
+            .map(|c| format!("observation.images.{c}"))
+            .collect();
+        let mut env = So101Env::new(cfg.clone()).context("building the simulator")?;
+        for (i, &seed) in seeds.iter().enumerate() {
+            let r = policy_rollout(&mut env, loaded, &camera_keys, seed, i, args.video.is_some())?;
+            bar.inc(1);
+            rollouts.push(r);
         }
-        bar.inc(out.len() as u64);
-        rollouts.extend(out);
+    } else {
+        for batch in seeds.chunks(threads.max(1) * 2) {
+            let mut out = parallel_rollouts(&cfg, policy, batch, threads, args.video.is_some())
+                .with_context(|| format!("simulating {} (seeds {:?})", args.task, batch))?;
+            for (k, r) in out.iter_mut().enumerate() {
+                r.episode.index = rollouts.len() + k;
+            }
+            bar.inc(out.len() as u64);
+            rollouts.extend(out);
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
@@ -240,63 +261,28 @@ pub fn write_video(path: &Path, episodes: &[&Episode]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The policies crate's view of a simulator observation (camera keys stay `observation.images.{cam}`).
-pub fn to_policy_observation(obs: &SimObservation, instruction: &str) -> Observation {
-    Observation {
-        state: obs.state.to_vec(),
-        images: obs
-            .images
-            .iter()
-            .map(|(key, img)| CameraImage {
-                key: key.clone(),
-                height: img.height() as usize,
-                width: img.width() as usize,
-                rgb: img.as_raw().clone(),
-            })
-            .collect(),
-        instruction: instruction.to_string(),
-    }
-}
-
-/// Drives a chunking [`Policy`] one action at a time, as [`toprl_envs::sim::ActionSource::Policy`]
-/// expects: asks for a new chunk when the previous one is used up (call `policy.reset()` per episode).
-pub fn chunked_actions<'a>(policy: &'a mut dyn Policy) -> impl FnMut(&SimObservation, &str) -> Vec<f32> + 'a {
-    let mut queue: std::collections::VecDeque<Vec<f32>> = std::collections::VecDeque::new();
-    move |obs, instruction| {
-        if queue.is_empty() {
-            queue.extend(policy.act(&to_policy_observation(obs, instruction)));
-        }
-        // An empty chunk is a policy bug; the env rejects the empty action with a typed error.
-        queue.pop_front().unwrap_or_default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Counting(usize);
-    impl Policy for Counting {
-        fn action_dim(&self) -> usize {
-            6
-        }
-        fn act(&mut self, obs: &Observation) -> Vec<Vec<f32>> {
-            self.0 += 1;
-            assert_eq!(obs.images[0].rgb.len(), 2 * 2 * 3);
-            vec![vec![self.0 as f32; 6], vec![-(self.0 as f32); 6]]
-        }
-    }
-
-    #[test]
-    fn chunks_are_executed_in_order_before_asking_again() {
-        let mut obs = SimObservation::default();
-        obs.images.insert(
-            "observation.images.front".into(),
-            toprl_envs::episode::Frame::new(2, 2),
+/// One episode of a learned policy, its action chunks executed in full before it is asked again.
+fn policy_rollout(
+    env: &mut So101Env,
+    policy: &mut LoadedPolicy,
+    camera_keys: &[String],
+    seed: u64,
+    index: usize,
+    keep_frames: bool,
+) -> anyhow::Result<Rollout> {
+    let mut driver = ChunkDriver::new(policy, camera_keys.to_vec());
+    let mut act = |obs: &SimObservation, instruction: &str| driver.act(obs, instruction);
+    let r = rollout(
+        env,
+        ActionSource::Policy(&mut act),
+        seed,
+        RolloutOptions { keep_frames, index },
+    )
+    .with_context(|| format!("episode {index} (seed {seed})"))?;
+    if let Some(err) = driver.error.take() {
+        return Err(
+            anyhow::Error::new(err).context(format!("policy failed in episode {index} (seed {seed})"))
         );
-        let mut p = Counting(0);
-        let mut f = chunked_actions(&mut p);
-        let got: Vec<f32> = (0..4).map(|_| f(&obs, "pick")[0]).collect();
-        assert_eq!(got, vec![1.0, -1.0, 2.0, -2.0]);
     }
+    Ok(r)
 }
