@@ -37,6 +37,7 @@ apt_packages=(
   libavfilter-dev libavdevice-dev libswresample-dev ffmpeg
   libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libegl-dev     # headless MuJoCo rendering on CPU (EGL + llvmpipe)
   libfontconfig1-dev                                           # fonts for plots
+  fonts-dejavu-core                                            # DejaVuSans.ttf for plot text (ab_glyph)
   unzip
 )
 if [[ $want_apt == 1 ]]; then

@@ -8,4 +8,6 @@
 //! This crate depends on no other toprl crate.
 
 pub mod metrics;
+pub mod qwen3_vl;
 pub mod score;
+pub mod topreward;
