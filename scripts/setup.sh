@@ -36,8 +36,7 @@ apt_packages=(
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev  # video decode/encode (AV1 via dav1d/svt-av1, H.264)
   libavfilter-dev libavdevice-dev libswresample-dev ffmpeg
   libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libegl-dev     # headless MuJoCo rendering on CPU (EGL + llvmpipe)
-  libfontconfig1-dev                                           # fonts for plots
-  fonts-dejavu-core                                            # DejaVuSans.ttf for plot text (ab_glyph)
+  fonts-dejavu-core                                            # the font plots are labelled with
   unzip
 )
 if [[ $want_apt == 1 ]]; then

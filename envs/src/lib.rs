@@ -4,5 +4,7 @@
 //! Episodes are plain data (frames, states, actions, instruction). This crate depends on no other toprl crate.
 
 pub mod assets;
+pub mod dataset;
 pub mod episode;
+pub mod sim;
 pub mod so101;

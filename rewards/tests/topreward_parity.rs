@@ -270,3 +270,61 @@ fn bad_inputs_are_typed_errors() {
         "{e}"
     );
 }
+
+fn real_encoder() -> toprl_rewards::topreward::QwenPrefixEncoder {
+    let files = CheckpointFiles::from_dir(&common::tiny_model_dir()).expect("tiny model");
+    toprl_rewards::topreward::QwenPrefixEncoder::from_checkpoint(&files, None, Default::default())
+        .expect("Qwen3 tokenizer from scripts/setup.sh")
+}
+
+#[test]
+fn real_encoder_reproduces_the_reference_inputs() {
+    let r = common::reference();
+    let enc = real_encoder();
+    for (name, ep) in &r.episodes {
+        let frames = common::episode_frames(name, ep.num_frames);
+        for p in &ep.prefixes {
+            let input = enc
+                .encode(&frames, &p.frame_indices, r.fps, &ep.instruction, None)
+                .unwrap();
+            assert_eq!(
+                input.input_ids, p.input_ids,
+                "{name} prefix {}: prompt token ids",
+                p.prefix_length
+            );
+            assert_eq!(input.score_position, p.input_ids.len() - 2);
+            assert_eq!([input.grid.t, input.grid.h, input.grid.w], p.video_grid_thw);
+            let expected = common::patchify(&common::resized_frames(name, p));
+            let diff = (&input.pixel_values - &expected)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert_eq!(
+                diff.to_scalar::<f32>().unwrap(),
+                0.0,
+                "{name} prefix {}: pixels",
+                p.prefix_length
+            );
+        }
+    }
+}
+
+#[test]
+fn full_pipeline_matches_the_reference() {
+    let r = common::reference();
+    for (name, ep) in &r.episodes {
+        let frames = common::episode_frames(name, ep.num_frames);
+        let mut s = TopReward::new(model(), real_encoder(), ScorerConfig::default(), "tiny").unwrap();
+        let score = s.score_episode(&frames, r.fps, &ep.instruction).unwrap();
+        for (p, lp) in ep.prefixes.iter().zip(&score.log_probs) {
+            assert!(
+                (lp - p.log_prob_true).abs() < 1e-3,
+                "{name} prefix {}: {lp} vs {}",
+                p.prefix_length,
+                p.log_prob_true
+            );
+        }
+    }
+}

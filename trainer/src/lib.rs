@@ -2,5 +2,11 @@
 //! advantage-weighted updates, evaluation, logging and checkpoints, and the three binaries that wire the
 //! library crates together (`train`, `topreward`, `so101`).
 
+pub mod atomic;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod labels;
+pub mod plot;
+pub mod results;
+pub mod tensorboard;

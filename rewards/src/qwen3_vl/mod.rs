@@ -2,8 +2,10 @@
 //! vision tower with DeepStack, text decoder with interleaved MRoPE and a causal mask, `get_rope_index`.
 //!
 //! candle-transformers' own `qwen3_vl` is not used: it builds no causal mask in prefill and applies 1-D RoPE.
+//! The video preprocessor (frames to patches, grid, timestamps) is [`processor`].
 
 pub mod config;
+pub mod processor;
 pub mod text;
 pub mod vision;
 
@@ -125,6 +127,9 @@ impl CheckpointFiles {
             ],
         };
         let tokenizer = repo.get("tokenizer.json").ok();
+        // Optional: the video processor's pixel budget (released checkpoints override the class defaults).
+        // It lands in the same snapshot directory, where `VideoProcessor::from_checkpoint_dir` reads it.
+        let _ = repo.get("video_preprocessor_config.json");
         let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Self {
             dir,

@@ -12,13 +12,17 @@
 //!   resolution because the vision tower attends only within a temporal group and a group's text positions
 //!   (`get_rope_index`) do not depend on later frames.
 //!
-//! The model consumes token ids and video patches produced by a [`PrefixEncoder`] (the Qwen3-VL video
-//! processor and the TOPReward prompt).
+//! The model consumes token ids and video patches produced by a [`PrefixEncoder`]; [`QwenPrefixEncoder`] is the
+//! real one (the Qwen3-VL video processor and the TOPReward prompt of [`prompt`]).
 
 pub mod cache;
+pub mod encoder;
+pub mod prompt;
 pub mod scorer;
 
 pub use cache::{EpisodeKey, ScoreCache};
+pub use encoder::QwenPrefixEncoder;
+pub use prompt::{FALSE_TOKEN_ID, TRUE_TOKEN_ID};
 pub use scorer::{
     EpisodeRequest, IncrementalSession, PrefixEncoder, PrefixInput, PrefixScore, ScorerConfig, TopReward,
     TopRewardError, TopRewardModel,
@@ -26,10 +30,6 @@ pub use scorer::{
 
 use serde::{Deserialize, Serialize};
 
-/// Token id of " True" (with the leading space) in the Qwen3 / Qwen3-VL vocabulary.
-pub const TRUE_TOKEN_ID: u32 = 3007;
-/// Token id of " False".
-pub const FALSE_TOKEN_ID: u32 = 3557;
 /// Most prefixes scored per episode (paper: 15).
 pub const MAX_PREFIXES: usize = 15;
 

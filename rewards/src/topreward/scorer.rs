@@ -340,12 +340,20 @@ impl IncrementalSession<'_> {
                     .collect::<candle_core::Result<_>>()?,
             })
         };
-        let hidden = model.forward_tokens(
+        let hidden = match model.forward_tokens(
             &ids[common..],
             &positions[common..],
             vis.as_ref(),
             &mut self.cache,
-        )?;
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                // Some layers may have appended to the cache: start the next prefix from scratch.
+                self.cache = KvCache::new(model.text.num_layers());
+                self.keys.clear();
+                return Err(e.into());
+            }
+        };
         self.computed_tokens += ids.len() - common;
         let last = hidden.dim(0)? - 1;
         let log_prob = m.log_prob(&hidden.get(last)?, input.target_token_id)?;

@@ -1,0 +1,3 @@
+//! Subcommands of the binaries that are more than a few lines.
+
+pub mod score;

@@ -1,0 +1,236 @@
+//! PNG line charts for the things people would rather look at than read: progress curves, success
+//! against training step per arm (with error bars over seeds), grids of per-episode curves.
+//!
+//! Text is drawn with the DejaVu Sans font from Debian's `fonts-dejavu-core` (installed by
+//! `scripts/setup.sh`), through plotters' pure-Rust `ab_glyph` path, so no fontconfig/freetype build is needed.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+
+/// Errors producing a chart; they name the output file.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error(
+        "cannot load the plot font {path}: {reason} (run scripts/setup.sh, or set TOPRL_FONT to a .ttf file)"
+    )]
+    Font { path: PathBuf, reason: String },
+    #[error("cannot draw {path}: {reason}")]
+    Draw { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// One line on a chart, optionally with a symmetric error bar at each point.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    /// Half-width of the error bar at each point (e.g. standard deviation over seeds).
+    pub errors: Option<Vec<f64>>,
+}
+
+/// A chart: title, axis labels, lines.
+#[derive(Debug, Clone, Default)]
+pub struct Chart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    /// Fixed y range; default: fitted to the data.
+    pub y_range: Option<(f64, f64)>,
+}
+
+const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+fn ensure_font() -> Result<(), PlotError> {
+    static FONT: OnceLock<Result<(), (PathBuf, String)>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let path = std::env::var_os("TOPRL_FONT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_FONT));
+        let bytes = std::fs::read(&path).map_err(|e| (path.clone(), e.to_string()))?;
+        // plotters keeps the font for the life of the process.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| (path, "not a TrueType font".to_string()))
+    })
+    .clone()
+    .map_err(|(path, reason)| PlotError::Font { path, reason })
+}
+
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+fn draw_error(path: &Path) -> impl Fn(String) -> PlotError + '_ {
+    move |reason| PlotError::Draw {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+fn data_ranges(chart: &Chart) -> ((f64, f64), (f64, f64)) {
+    let mut x = (f64::INFINITY, f64::NEG_INFINITY);
+    let mut y = (f64::INFINITY, f64::NEG_INFINITY);
+    for s in &chart.series {
+        for (i, &(px, py)) in s.points.iter().enumerate() {
+            let e = s.errors.as_ref().and_then(|e| e.get(i)).copied().unwrap_or(0.0);
+            x = (x.0.min(px), x.1.max(px));
+            y = (y.0.min(py - e), y.1.max(py + e));
+        }
+    }
+    if !x.0.is_finite() {
+        x = (0.0, 1.0);
+        y = (0.0, 1.0);
+    }
+    if x.1 <= x.0 {
+        x = (x.0 - 0.5, x.0 + 0.5);
+    }
+    let y = chart.y_range.unwrap_or(y);
+    let y = if y.1 <= y.0 { (y.0 - 0.5, y.0 + 0.5) } else { y };
+    let pad = (y.1 - y.0) * 0.05;
+    (
+        x,
+        if chart.y_range.is_some() {
+            y
+        } else {
+            (y.0 - pad, y.1 + pad)
+        },
+    )
+}
+
+fn draw_chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    chart: &Chart,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let ((x0, x1), (y0, y1)) = data_ranges(chart);
+    let mut ctx = ChartBuilder::on(area)
+        .caption(&chart.title, ("sans-serif", 18))
+        .margin(8)
+        .x_label_area_size(32)
+        .y_label_area_size(48)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| e.to_string())?;
+    ctx.configure_mesh()
+        .x_desc(&chart.x_label)
+        .y_desc(&chart.y_label)
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, s) in chart.series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        ctx.draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(&s.name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+        ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| e.to_string())?;
+        if let Some(errors) = &s.errors {
+            ctx.draw_series(
+                s.points.iter().zip(errors).map(|(&(x, y), &e)| {
+                    ErrorBar::new_vertical(x, y - e, y, y + e, color.stroke_width(1), 6)
+                }),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    if chart.series.iter().any(|s| !s.name.is_empty()) {
+        ctx.configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Render charts in a grid (`columns` wide) to an RGB image of `cell` pixels per chart.
+pub fn render_grid(charts: &[Chart], columns: usize, cell: (u32, u32)) -> Result<image::RgbImage, String> {
+    ensure_font().map_err(|e| e.to_string())?;
+    let columns = columns.max(1);
+    let rows = charts.len().div_ceil(columns).max(1);
+    let (w, h) = (cell.0 * columns as u32, cell.1 * rows as u32);
+    let mut buffer = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let areas = root.split_evenly((rows, columns));
+        for (chart, area) in charts.iter().zip(areas.iter()) {
+            draw_chart(area, chart)?;
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    image::RgbImage::from_raw(w, h, buffer).ok_or_else(|| "plot buffer has the wrong size".to_string())
+}
+
+/// Write one chart (or a grid of charts) to a PNG file, atomically.
+pub fn save_grid(path: &Path, charts: &[Chart], columns: usize, cell: (u32, u32)) -> Result<(), PlotError> {
+    ensure_font()?;
+    let image = render_grid(charts, columns, cell).map_err(draw_error(path))?;
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| draw_error(path)(e.to_string()))?;
+    crate::atomic::write_atomic(path, &png).map_err(|source| PlotError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Write a single chart to a PNG file (800x480), atomically.
+pub fn save_chart(path: &Path, chart: &Chart) -> Result<(), PlotError> {
+    save_grid(path, std::slice::from_ref(chart), 1, (800, 480))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chart_draws_lines_in_their_colours() {
+        let chart = Chart {
+            title: "progress".into(),
+            x_label: "prefix".into(),
+            y_label: "p".into(),
+            series: vec![
+                Series {
+                    name: "a".into(),
+                    points: vec![(0.0, 0.0), (1.0, 1.0)],
+                    errors: None,
+                },
+                Series {
+                    name: "b".into(),
+                    points: vec![(0.0, 1.0), (1.0, 0.0)],
+                    errors: Some(vec![0.1, 0.1]),
+                },
+            ],
+            y_range: Some((0.0, 1.0)),
+        };
+        let img = render_grid(&[chart.clone(), chart], 2, (200, 150)).unwrap();
+        assert_eq!(img.dimensions(), (400, 150));
+        let count = |c: RGBColor| img.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count();
+        assert!(
+            count(PALETTE[0]) > 50 && count(PALETTE[1]) > 50,
+            "both series are drawn"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/chart.png");
+        save_chart(&path, &Chart::default()).unwrap();
+        assert_eq!(image::open(&path).unwrap().width(), 800);
+    }
+}
