@@ -23,6 +23,8 @@ enum Command {
         #[arg(required = true, allow_negative_numbers = true)]
         values: Vec<f64>,
     },
+    /// Score an episode (frames folder or video) with TOPReward on a Qwen3-VL checkpoint.
+    Score(toprl_trainer::commands::score::ScoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,13 @@ fn main() -> ExitCode {
             }
             None => {
                 eprintln!("error: VOC is undefined for constant values or fewer than two points");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Score(args) => match toprl_trainer::commands::score::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -1,4 +1,5 @@
 //! Subcommands of the binaries, as clap argument structs and `run` functions.
 
 pub mod dataset;
+pub mod score;
 pub mod sim;

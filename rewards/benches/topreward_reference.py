@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Reference side of the TOPReward benchmark (scripts/bench_topreward.sh).
+
+  make-model DIR      a random mid-size Qwen3-VL (real vocab, f32, seed 0) saved with save_pretrained
+  make-frames DIR N   N frames (244x244 PNG, the paper's size) of a moving coloured square
+  score DIR FRAMES    TOPReward exact scoring with transformers on CPU, as LeRobot's port computes it
+                      (no chat template, explicit video metadata, do_sample_frames=False, odd prefixes
+                      padded by repeating the last frame); prints JSON like `topreward score --json`
+
+Run with /work/venv-ref/bin/python (transformers 4.57.1, torch 2.9.1). Nothing it writes is committed.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+TOKENIZER_DIR = Path(os.environ.get("TOPRL_TOKENIZER_DIR", Path.home() / ".cache/toprl/tokenizer-qwen3-3.7.2"))
+PROMPT_PREFIX = "The above video shows a robot manipulation trajectory that completes the following task: "
+SUFFIX = "{instruction} Decide whether the above statement is True or not. The answer is: True"
+TRUE_TOKEN = 3007
+
+
+def make_model(out: Path) -> None:
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=151936, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+            num_attention_heads=8, num_key_value_heads=4, head_dim=64, max_position_embeddings=32768,
+            rope_theta=5000000.0, tie_word_embeddings=True,
+            rope_scaling={"rope_type": "default", "mrope_section": [12, 10, 10], "mrope_interleaved": True},
+        ),
+        vision_config=dict(
+            depth=8, hidden_size=256, intermediate_size=1024, num_heads=4, out_hidden_size=512,
+            num_position_embeddings=2304, deepstack_visual_indexes=[1, 3, 5],
+        ),
+        tie_word_embeddings=True,
+    )
+    model = Qwen3VLForConditionalGeneration(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"saved {n / 1e6:.1f}M parameters to {out}", file=sys.stderr)
+
+
+def make_frames(out: Path, n: int, size: int = 244) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    bg = np.stack([xx * 255 // (size - 1), yy * 255 // (size - 1), 96 + 0 * xx], -1).astype(np.uint8)
+    side = size // 4
+    for i in range(n):
+        img = bg.copy()
+        x0 = int(round(i * (size - side) / max(n - 1, 1)))
+        img[(size - side) // 2 : (size - side) // 2 + side, x0 : x0 + side] = (220, 40, 40)
+        Image.fromarray(img).save(out / f"frame_{i:04d}.png")
+
+
+def prefix_lengths(n: int) -> list[int]:
+    return sorted(set(int(math.floor(v)) for v in np.linspace(1, n, min(15, n))))
+
+
+def score(model_dir: Path, frames_dir: Path, fps: float, instruction: str) -> None:
+    from transformers import (
+        Qwen2TokenizerFast,
+        Qwen2VLImageProcessorFast,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    model = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok = Qwen2TokenizerFast(tokenizer_file=str(TOKENIZER_DIR / "tokenizer.json"), eos_token="<|im_end|>")
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessorFast(), tokenizer=tok, video_processor=Qwen3VLVideoProcessor()
+    )
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(frames_dir.glob("*.png"))]
+    text = (
+        "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>"
+        + PROMPT_PREFIX
+        + SUFFIX.format(instruction=instruction)
+    )
+    t_load = time.perf_counter() - t0
+    lengths, log_probs, num_tokens = prefix_lengths(len(frames)), [], []
+    t1 = time.perf_counter()
+    for k in lengths:
+        idx = list(range(k)) + ([k - 1] if k % 2 else [])
+        video = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2).contiguous()
+        meta = {"total_num_frames": len(idx), "fps": fps, "frames_indices": idx}
+        enc = processor(text=[text], videos=[video], video_metadata=[meta], do_sample_frames=False,
+                        return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**enc, logits_to_keep=2).logits
+        log_probs.append(torch.log_softmax(logits[0, -2].float(), -1)[TRUE_TOKEN].item())
+        num_tokens.append(enc["input_ids"].shape[1])
+    t_score = time.perf_counter() - t1
+    print(json.dumps({"prefix_lengths": lengths, "log_probs": log_probs, "num_tokens": num_tokens,
+                      "load_seconds": t_load, "score_seconds": t_score}))
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1] if len(sys.argv) > 1 else ""
+    if cmd == "make-model":
+        make_model(Path(sys.argv[2]))
+    elif cmd == "make-frames":
+        make_frames(Path(sys.argv[2]), int(sys.argv[3]))
+    elif cmd == "score":
+        score(Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
+    else:
+        sys.exit(__doc__)

@@ -1,0 +1,119 @@
+//! `topreward score` end to end on the tiny random Qwen3-VL (rewards/fixtures): the JSON matches the
+//! transformers reference, the plot is written, and bad inputs exit non-zero with a clear message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../rewards/fixtures")
+}
+
+fn topreward(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_topreward")).args(args).output().expect("run topreward")
+}
+
+/// The episode's original frames only (the fixture folder also holds the reference's resized frames).
+fn frames_dir(name: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).expect("mkdir");
+    for e in std::fs::read_dir(fixtures().join("episodes").join(name)).expect("episode dir") {
+        let p = e.expect("entry").path();
+        let file = p.file_name().and_then(|f| f.to_str()).unwrap_or_default().to_string();
+        if file.starts_with("frame_") {
+            std::fs::copy(&p, out.join(file)).expect("copy frame");
+        }
+    }
+    out
+}
+
+fn reference() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("topreward_reference.json")).expect("read"))
+        .expect("parse")
+}
+
+#[test]
+fn score_json_matches_reference_and_plots() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let r = reference();
+    let model = fixtures().join("qwen3vl-tiny");
+    for (name, mode) in [("square100x80", "exact"), ("square256", "incremental")] {
+        let ep = &r["episodes"][name];
+        let frames = frames_dir(name, tmp.path());
+        let plot = tmp.path().join(format!("{name}.png"));
+        let out = topreward(&[
+            "score",
+            "--model",
+            model.to_str().expect("utf8"),
+            "--frames",
+            frames.to_str().expect("utf8"),
+            "--fps",
+            "2",
+            "--instruction",
+            ep["instruction"].as_str().expect("instruction"),
+            "--mode",
+            mode,
+            "--json",
+            "--plot",
+            plot.to_str().expect("utf8"),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+        let prefixes = ep["prefixes"].as_array().expect("prefixes");
+        for (i, p) in prefixes.iter().enumerate() {
+            let lp = got["log_probs"][i].as_f64().expect("log prob");
+            let want = p["log_prob_true"].as_f64().expect("reference");
+            assert!((lp - want).abs() < 1e-3, "{name} {mode} prefix {i}: {lp} vs {want}");
+            assert_eq!(got["num_tokens"][i], p["num_tokens"]);
+            assert_eq!(got["prefix_lengths"][i], p["prefix_length"]);
+        }
+        assert_eq!(got["progress"].as_array().map(Vec::len), Some(prefixes.len()));
+        assert!(got.get("voc").is_some());
+        let img = image::open(&plot).expect("plot png").to_rgb8();
+        assert!(img.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 1000);
+    }
+}
+
+#[test]
+fn bad_inputs_exit_nonzero_with_a_message() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let model = fixtures().join("qwen3vl-tiny");
+    let frames = frames_dir("square256", tmp.path());
+    let run = |model: &Path, frames: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "score",
+            "--model",
+            model.to_str().expect("utf8"),
+            "--frames",
+            frames.to_str().expect("utf8"),
+            "--instruction",
+            "push",
+        ];
+        args.extend_from_slice(extra);
+        let out = topreward(&args);
+        assert!(!out.status.success(), "expected failure for {args:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    // Missing model directory.
+    let err = run(&tmp.path().join("nope"), &frames, &[]);
+    assert!(err.contains("does not exist"), "{err}");
+    // Corrupt weights.
+    let bad = tmp.path().join("bad-model");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    std::fs::copy(model.join("config.json"), bad.join("config.json")).expect("copy");
+    std::fs::write(bad.join("model.safetensors"), b"not safetensors").expect("write");
+    let err = run(&bad, &frames, &[]);
+    assert!(err.contains("cannot load weights"), "{err}");
+    // Unsupported architecture.
+    let text = std::fs::read_to_string(model.join("config.json")).expect("read");
+    std::fs::write(bad.join("config.json"), text.replace("\"qwen3_vl\"", "\"llava\"")).expect("write");
+    let err = run(&bad, &frames, &[]);
+    assert!(err.contains("unsupported architecture"), "{err}");
+    // Empty frames folder.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let err = run(&model, &empty, &[]);
+    assert!(err.contains("no .png"), "{err}");
+    // Too long for the token limit.
+    let err = run(&model, &frames, &["--max-tokens", "50"]);
+    assert!(err.contains("longer than the limit of 50"), "{err}");
+}

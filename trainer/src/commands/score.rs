@@ -1,0 +1,125 @@
+//! `topreward score`: TOPReward progress of one episode (a folder of frames or a video file).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use toprl_rewards::qwen3_vl::CheckpointFiles;
+use toprl_rewards::qwen3_vl::{DType, Device, Qwen3VL};
+use toprl_rewards::topreward::prompt::PromptConfig;
+use toprl_rewards::topreward::{Mode, QwenPrefixEncoder, ScorerConfig, TopReward, TopRewardModel};
+
+use crate::plot::{Chart, Series, save_chart};
+
+/// Score an episode with TOPReward: log p(" True") per prefix, min-max progress and VOC.
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Qwen3-VL checkpoint: a local directory (config.json, model.safetensors[.index.json]) or a hub id
+    /// such as Qwen/Qwen3-VL-8B-Instruct (downloaded through the Hugging Face cache).
+    #[arg(long)]
+    pub model: String,
+    /// A folder of frames (png/jpg, sorted by name) already sampled at --fps, or a video file sampled at --fps.
+    #[arg(long)]
+    pub frames: PathBuf,
+    /// Frame rate of the frames fed to the model (the paper samples at 2 fps).
+    #[arg(long, default_value_t = 2.0)]
+    pub fps: f64,
+    /// The task instruction.
+    #[arg(long)]
+    pub instruction: String,
+    /// exact: every prefix re-encoded as the reference; incremental: one resolution, KV cache reused.
+    #[arg(long, default_value_t = Mode::Exact)]
+    pub mode: Mode,
+    /// Keep only the last N frames (LeRobot's port uses 16); default all.
+    #[arg(long)]
+    pub max_frames: Option<usize>,
+    /// Refuse inputs longer than this many tokens (default: the model's max_position_embeddings).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// tokenizer.json to use (default: the checkpoint's, else the Qwen3 tokenizer of scripts/setup.sh).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Wrap the prompt in the chat template (the paper reports lower VOC with it).
+    #[arg(long)]
+    pub chat_template: bool,
+    /// Directory of cached episode scores (JSON, keyed by content and settings).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Print one JSON object (prefix_lengths, log_probs, progress, num_tokens, voc) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write a PNG plot of the progress curve.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+pub fn run(args: ScoreArgs) -> Result<()> {
+    if !(args.fps.is_finite() && args.fps > 0.0) {
+        bail!("--fps must be positive, got {}", args.fps);
+    }
+    let mut frames = if args.frames.is_dir() {
+        toprl_rewards::frames::load_image_folder(&args.frames)
+    } else {
+        toprl_rewards::frames::load_video(&args.frames, args.fps).map(|v| v.frames)
+    }
+    .with_context(|| format!("loading frames from {}", args.frames.display()))?;
+    if let Some(n) = args.max_frames {
+        if n == 0 {
+            bail!("--max-frames must be at least 1");
+        }
+        let skip = frames.len().saturating_sub(n);
+        frames.drain(..skip);
+    }
+    let files = CheckpointFiles::resolve(&args.model).with_context(|| format!("resolving model {}", args.model))?;
+    let prompt = PromptConfig { chat_template: args.chat_template, ..PromptConfig::default() };
+    let encoder = QwenPrefixEncoder::from_checkpoint(&files, args.tokenizer.as_deref(), prompt)
+        .context("building the video processor and prompt")?;
+    tracing::info!("loading {} ({} weight file(s))", files.dir.display(), files.weights.len());
+    let qwen = Qwen3VL::load(&files, &Device::Cpu, DType::F32).with_context(|| format!("loading {}", args.model))?;
+    let mut model = TopRewardModel::new(qwen);
+    if let Some(limit) = args.max_tokens {
+        model = model.with_max_tokens(limit);
+    }
+    let config = ScorerConfig { mode: args.mode, cache_dir: args.cache_dir.clone() };
+    let mut scorer = TopReward::new(model, encoder, config, args.model.clone())?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} prefixes {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("scoring {} frames ({})", frames.len(), args.mode));
+    scorer.set_progress(Some(bar.clone()));
+    let score = scorer.score_frames(&frames, args.fps, &args.instruction).context("scoring the episode")?;
+    bar.finish_and_clear();
+    if let Some(path) = &args.plot {
+        let chart = Chart {
+            title: format!("TOPReward: {} (VOC {})", args.instruction, fmt_voc(score.voc)),
+            x_label: "frames in prefix".into(),
+            y_label: "progress".into(),
+            series: vec![Series {
+                name: format!("{} mode", args.mode),
+                points: score.prefix_lengths.iter().map(|&k| k as f64).zip(score.progress.iter().copied()).collect(),
+                errors: None,
+            }],
+            y_range: Some((0.0, 1.0)),
+        };
+        save_chart(path, &chart).with_context(|| format!("writing plot {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&score)?);
+    } else {
+        println!("{:>6} {:>8} {:>12} {:>9}", "frames", "tokens", "log p(True)", "progress");
+        for i in 0..score.prefix_lengths.len() {
+            println!(
+                "{:>6} {:>8} {:>12.5} {:>9.4}",
+                score.prefix_lengths[i], score.num_tokens[i], score.log_probs[i], score.progress[i]
+            );
+        }
+        println!("VOC {}", fmt_voc(score.voc));
+    }
+    Ok(())
+}
+
+fn fmt_voc(v: Option<f64>) -> String {
+    v.map_or_else(|| "undefined".to_string(), |v| format!("{v:.4}"))
+}
