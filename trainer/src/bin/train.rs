@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use toprl_trainer::config::ExperimentConfig;
+use toprl_envs::episode::Episode;
+use toprl_rewards::score::EpisodeScore;
+use toprl_rewards::topreward::Mode;
+use toprl_trainer::commands::score::{ScorerOptions, load_scorer};
+use toprl_trainer::config::{ExperimentConfig, RewardSource};
 use toprl_trainer::experiment::RunOptions;
 
 /// Train SO-101 policies and compare reward sources (sparse, TOPReward, oracle, plain BC).
@@ -71,7 +75,47 @@ fn run(args: &Args) -> anyhow::Result<()> {
         threads,
         progress: true,
     };
-    let results = toprl_trainer::experiment::run(&config, &opts, None)?;
+    let mut scorer = match &config.reward_model {
+        Some(rm) if config.arms.iter().any(|a| a.reward == RewardSource::Topreward) => {
+            let mode: Mode = rm.mode.parse().map_err(anyhow::Error::msg)?;
+            let options = ScorerOptions {
+                cache_dir: Some(out.join("topreward_cache")),
+                ..Default::default()
+            };
+            Some(
+                load_scorer(&rm.model, mode, &options)
+                    .context("loading the reward model in [reward_model]")?,
+            )
+        }
+        _ => None,
+    };
+    let camera = config.reward_model.as_ref().map(|rm| (rm.camera.clone(), rm.fps));
+    // Each episode's camera frames are sampled at the reward model's fps (every `stride` frames) and scored.
+    let mut score_episodes = |episodes: &[Episode]| -> Result<Vec<(EpisodeScore, f64)>, String> {
+        let (Some(scorer), Some((camera, fps))) = (scorer.as_mut(), camera.as_ref()) else {
+            return Err("no reward model loaded".into());
+        };
+        let bar = indicatif::ProgressBar::new(episodes.len() as u64).with_message("TOPReward scoring");
+        let mut scores = Vec::with_capacity(episodes.len());
+        for episode in episodes {
+            let frames = episode.cameras.get(camera).ok_or_else(|| {
+                format!(
+                    "episode {} has no camera `{camera}` (reward_model.camera)",
+                    episode.index
+                )
+            })?;
+            let stride = (episode.fps / fps).round().max(1.0) as usize;
+            let sampled: Vec<_> = frames.iter().step_by(stride).cloned().collect();
+            let score = scorer
+                .score_frames(&sampled, *fps, &episode.instruction)
+                .map_err(|e| format!("episode {}: {e}", episode.index))?;
+            scores.push((score, stride as f64));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(scores)
+    };
+    let results = toprl_trainer::experiment::run(&config, &opts, Some(&mut score_episodes))?;
     println!("{}", results.to_markdown());
     println!("results: {}", out.join("results.md").display());
     Ok(())

@@ -54,6 +54,45 @@ pub struct ScoreArgs {
     pub plot: Option<PathBuf>,
 }
 
+/// Settings of a TOPReward scorer beyond the model and mode.
+#[derive(Debug, Clone, Default)]
+pub struct ScorerOptions {
+    /// tokenizer.json (default: the checkpoint's, else the cached Qwen3 tokenizer).
+    pub tokenizer: Option<PathBuf>,
+    /// Wrap the prompt in the chat template.
+    pub chat_template: bool,
+    /// Refuse inputs longer than this many tokens.
+    pub max_tokens: Option<usize>,
+    /// Directory of cached episode scores.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Load a Qwen3-VL checkpoint (local directory or hub id) as a TOPReward scorer on the CPU in f32.
+pub fn load_scorer(model: &str, mode: Mode, options: &ScorerOptions) -> Result<TopReward<QwenPrefixEncoder>> {
+    let files = CheckpointFiles::resolve(model).with_context(|| format!("resolving model {model}"))?;
+    let prompt = PromptConfig {
+        chat_template: options.chat_template,
+        ..PromptConfig::default()
+    };
+    let encoder = QwenPrefixEncoder::from_checkpoint(&files, options.tokenizer.as_deref(), prompt)
+        .context("building the video processor and prompt")?;
+    tracing::info!(
+        "loading {} ({} weight file(s))",
+        files.dir.display(),
+        files.weights.len()
+    );
+    let qwen = Qwen3VL::load(&files, &Device::Cpu, DType::F32).with_context(|| format!("loading {model}"))?;
+    let mut reward_model = TopRewardModel::new(qwen);
+    if let Some(limit) = options.max_tokens {
+        reward_model = reward_model.with_max_tokens(limit);
+    }
+    let config = ScorerConfig {
+        mode,
+        cache_dir: options.cache_dir.clone(),
+    };
+    Ok(TopReward::new(reward_model, encoder, config, model.to_string())?)
+}
+
 pub fn run(args: ScoreArgs) -> Result<()> {
     if !(args.fps.is_finite() && args.fps > 0.0) {
         bail!("--fps must be positive, got {}", args.fps);
@@ -71,25 +110,22 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         let skip = frames.len().saturating_sub(n);
         frames.drain(..skip);
     }
-    let files = CheckpointFiles::resolve(&args.model).with_context(|| format!("resolving model {}", args.model))?;
-    let prompt = PromptConfig { chat_template: args.chat_template, ..PromptConfig::default() };
-    let encoder = QwenPrefixEncoder::from_checkpoint(&files, args.tokenizer.as_deref(), prompt)
-        .context("building the video processor and prompt")?;
-    tracing::info!("loading {} ({} weight file(s))", files.dir.display(), files.weights.len());
-    let qwen = Qwen3VL::load(&files, &Device::Cpu, DType::F32).with_context(|| format!("loading {}", args.model))?;
-    let mut model = TopRewardModel::new(qwen);
-    if let Some(limit) = args.max_tokens {
-        model = model.with_max_tokens(limit);
-    }
-    let config = ScorerConfig { mode: args.mode, cache_dir: args.cache_dir.clone() };
-    let mut scorer = TopReward::new(model, encoder, config, args.model.clone())?;
+    let options = ScorerOptions {
+        tokenizer: args.tokenizer.clone(),
+        chat_template: args.chat_template,
+        max_tokens: args.max_tokens,
+        cache_dir: args.cache_dir.clone(),
+    };
+    let mut scorer = load_scorer(&args.model, args.mode, &options)?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} prefixes {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("scoring {} frames ({})", frames.len(), args.mode));
     scorer.set_progress(Some(bar.clone()));
-    let score = scorer.score_frames(&frames, args.fps, &args.instruction).context("scoring the episode")?;
+    let score = scorer
+        .score_frames(&frames, args.fps, &args.instruction)
+        .context("scoring the episode")?;
     bar.finish_and_clear();
     if let Some(path) = &args.plot {
         let chart = Chart {
@@ -98,7 +134,12 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             y_label: "progress".into(),
             series: vec![Series {
                 name: format!("{} mode", args.mode),
-                points: score.prefix_lengths.iter().map(|&k| k as f64).zip(score.progress.iter().copied()).collect(),
+                points: score
+                    .prefix_lengths
+                    .iter()
+                    .map(|&k| k as f64)
+                    .zip(score.progress.iter().copied())
+                    .collect(),
                 errors: None,
             }],
             y_range: Some((0.0, 1.0)),
@@ -108,7 +149,10 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&score)?);
     } else {
-        println!("{:>6} {:>8} {:>12} {:>9}", "frames", "tokens", "log p(True)", "progress");
+        println!(
+            "{:>6} {:>8} {:>12} {:>9}",
+            "frames", "tokens", "log p(True)", "progress"
+        );
         for i in 0..score.prefix_lengths.len() {
             println!(
                 "{:>6} {:>8} {:>12.5} {:>9.4}",
