@@ -71,17 +71,29 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         let skip = frames.len().saturating_sub(n);
         frames.drain(..skip);
     }
-    let files = CheckpointFiles::resolve(&args.model).with_context(|| format!("resolving model {}", args.model))?;
-    let prompt = PromptConfig { chat_template: args.chat_template, ..PromptConfig::default() };
+    let files =
+        CheckpointFiles::resolve(&args.model).with_context(|| format!("resolving model {}", args.model))?;
+    let prompt = PromptConfig {
+        chat_template: args.chat_template,
+        ..PromptConfig::default()
+    };
     let encoder = QwenPrefixEncoder::from_checkpoint(&files, args.tokenizer.as_deref(), prompt)
         .context("building the video processor and prompt")?;
-    tracing::info!("loading {} ({} weight file(s))", files.dir.display(), files.weights.len());
-    let qwen = Qwen3VL::load(&files, &Device::Cpu, DType::F32).with_context(|| format!("loading {}", args.model))?;
+    tracing::info!(
+        "loading {} ({} weight file(s))",
+        files.dir.display(),
+        files.weights.len()
+    );
+    let qwen =
+        Qwen3VL::load(&files, &Device::Cpu, DType::F32).with_context(|| format!("loading {}", args.model))?;
     let mut model = TopRewardModel::new(qwen);
     if let Some(limit) = args.max_tokens {
         model = model.with_max_tokens(limit);
     }
-    let config = ScorerConfig { mode: args.mode, cache_dir: args.cache_dir.clone() };
+    let config = ScorerConfig {
+        mode: args.mode,
+        cache_dir: args.cache_dir.clone(),
+    };
     let mut scorer = TopReward::new(model, encoder, config, args.model.clone())?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} prefixes {elapsed}")
@@ -89,7 +101,9 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     );
     bar.set_message(format!("scoring {} frames ({})", frames.len(), args.mode));
     scorer.set_progress(Some(bar.clone()));
-    let score = scorer.score_frames(&frames, args.fps, &args.instruction).context("scoring the episode")?;
+    let score = scorer
+        .score_frames(&frames, args.fps, &args.instruction)
+        .context("scoring the episode")?;
     bar.finish_and_clear();
     if let Some(path) = &args.plot {
         let chart = Chart {
@@ -98,7 +112,12 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             y_label: "progress".into(),
             series: vec![Series {
                 name: format!("{} mode", args.mode),
-                points: score.prefix_lengths.iter().map(|&k| k as f64).zip(score.progress.iter().copied()).collect(),
+                points: score
+                    .prefix_lengths
+                    .iter()
+                    .map(|&k| k as f64)
+                    .zip(score.progress.iter().copied())
+                    .collect(),
                 errors: None,
             }],
             y_range: Some((0.0, 1.0)),
@@ -108,7 +127,10 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&score)?);
     } else {
-        println!("{:>6} {:>8} {:>12} {:>9}", "frames", "tokens", "log p(True)", "progress");
+        println!(
+            "{:>6} {:>8} {:>12} {:>9}",
+            "frames", "tokens", "log p(True)", "progress"
+        );
         for i in 0..score.prefix_lengths.len() {
             println!(
                 "{:>6} {:>8} {:>12.5} {:>9.4}",
