@@ -9,7 +9,10 @@ fn fixtures() -> PathBuf {
 }
 
 fn topreward(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_topreward")).args(args).output().expect("run topreward")
+    Command::new(env!("CARGO_BIN_EXE_topreward"))
+        .args(args)
+        .output()
+        .expect("run topreward")
 }
 
 /// The episode's original frames only (the fixture folder also holds the reference's resized frames).
@@ -18,7 +21,11 @@ fn frames_dir(name: &str, dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&out).expect("mkdir");
     for e in std::fs::read_dir(fixtures().join("episodes").join(name)).expect("episode dir") {
         let p = e.expect("entry").path();
-        let file = p.file_name().and_then(|f| f.to_str()).unwrap_or_default().to_string();
+        let file = p
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or_default()
+            .to_string();
         if file.starts_with("frame_") {
             std::fs::copy(&p, out.join(file)).expect("copy frame");
         }
@@ -62,7 +69,10 @@ fn score_json_matches_reference_and_plots() {
         for (i, p) in prefixes.iter().enumerate() {
             let lp = got["log_probs"][i].as_f64().expect("log prob");
             let want = p["log_prob_true"].as_f64().expect("reference");
-            assert!((lp - want).abs() < 1e-3, "{name} {mode} prefix {i}: {lp} vs {want}");
+            assert!(
+                (lp - want).abs() < 1e-3,
+                "{name} {mode} prefix {i}: {lp} vs {want}"
+            );
             assert_eq!(got["num_tokens"][i], p["num_tokens"]);
             assert_eq!(got["prefix_lengths"][i], p["prefix_length"]);
         }
