@@ -81,3 +81,45 @@ fn bad_task_policy_and_noise_exit_nonzero() {
         assert!(!out.stderr.is_empty(), "{args:?}");
     }
 }
+
+#[test]
+fn record_writes_a_lerobot_dataset_that_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pick");
+    let out = so101()
+        .args([
+            "sim",
+            "--task",
+            "reach",
+            "--episodes",
+            "2",
+            "--image-size",
+            "64",
+            "--record",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ds = toprl_envs::dataset::LeRobotDataset::open(&path).unwrap();
+    assert_eq!(ds.num_episodes(), 2);
+    let ep = ds.episode(1).unwrap();
+    assert!(ep.len() > 5);
+    assert!(
+        ep.instruction.starts_with("Move the gripper just above the"),
+        "{}",
+        ep.instruction
+    );
+    assert_eq!(ep.states[0].len(), 6);
+    for cam in ["observation.images.front", "observation.images.wrist"] {
+        assert_eq!(ep.cameras[cam].len(), ep.len(), "{cam}");
+        assert_eq!(ep.cameras[cam][0].dimensions(), (64, 64));
+    }
+    // Refuses to overwrite.
+    let again = so101()
+        .args(["sim", "--task", "reach", "--episodes", "1", "--record"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}

@@ -255,8 +255,6 @@ pub enum RewardSource {
 pub enum Algorithm {
     /// Offline reward-aligned behaviour cloning (weighted imitation on the demonstrations).
     RewardAlignedBc,
-    /// Online advantage-weighted regression: roll out, score, regress with a learned value baseline.
-    Awr,
 }
 
 /// One arm of the comparison.

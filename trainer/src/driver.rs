@@ -86,8 +86,10 @@ mod tests {
 
     #[test]
     fn chunks_run_in_order_and_an_error_holds_the_pose() {
-        let mut obs = SimObservation::default();
-        obs.state = [7.0; 6];
+        let mut obs = SimObservation {
+            state: [7.0; 6],
+            ..Default::default()
+        };
         obs.images.insert(
             "observation.images.front".into(),
             toprl_envs::episode::Frame::new(2, 2),

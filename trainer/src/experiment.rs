@@ -732,9 +732,9 @@ fn rollout_strip(episode: &Episode, cameras: &[String]) -> image::RgbImage {
     let mut out = image::RgbImage::from_pixel(strip_w, h + chart_img.height(), image::Rgb([255, 255, 255]));
     for k in 0..8u32 {
         let t = (k as usize * (frames.len() - 1)) / 7;
-        let _ = image::imageops::replace(&mut out, &frames[t], i64::from(k * w), 0);
+        image::imageops::replace(&mut out, &frames[t], i64::from(k * w), 0);
     }
-    let _ = image::imageops::replace(&mut out, &chart_img, 0, i64::from(h));
+    image::imageops::replace(&mut out, &chart_img, 0, i64::from(h));
     out
 }
 

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use toprl_envs::dataset::{DatasetSpec, DatasetWriter};
 use toprl_envs::episode::Episode;
 use toprl_envs::sim::vec_env::{BuiltinPolicy, parallel_rollouts};
 use toprl_envs::sim::{
@@ -48,6 +49,10 @@ pub struct SimArgs {
     /// Write every episode's front and wrist cameras side by side to this mp4 (needs `ffmpeg`).
     #[arg(long)]
     pub video: Option<PathBuf>,
+    /// Record the episodes (state, action, front and wrist videos, instruction as task) into a new
+    /// LeRobotDataset v3.0 folder at this path (must not exist).
+    #[arg(long)]
+    pub record: Option<PathBuf>,
     /// Print one JSON object (task, episodes, success_rate, mean_return, steps_per_second) on stdout.
     #[arg(long)]
     pub json: bool,
@@ -92,7 +97,13 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         }
     };
     let policy_cameras = checkpoint.as_ref().map_or(0, |p| p.config().cameras());
-    let render = args.render || args.video.is_some() || policy_cameras > 0;
+    let render = args.render || args.video.is_some() || args.record.is_some() || policy_cameras > 0;
+    let keep_frames = args.video.is_some() || args.record.is_some();
+    if let Some(path) = &args.record
+        && path.exists()
+    {
+        bail!("--record {}: the dataset folder already exists", path.display());
+    }
     let cfg = SimConfig {
         image_size: args.image_size,
         cameras: if render {
@@ -116,6 +127,29 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             .context("progress bar template")?,
     );
     bar.set_prefix(format!("sim {}", args.task));
+    let mut writer = match &args.record {
+        Some(path) => {
+            let key = |cam: &str| format!("observation.images.{cam}");
+            let (front, wrist) = (key("front"), key("wrist"));
+            let size = args.image_size;
+            let spec = DatasetSpec::so101(30, &[(front.as_str(), size, size), (wrist.as_str(), size, size)]);
+            Some(
+                DatasetWriter::create(path, spec)
+                    .with_context(|| format!("creating dataset {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    // Recorded episodes go to the writer as they finish; their frames are dropped unless --video needs them.
+    let mut record = |r: &mut Rollout| -> anyhow::Result<()> {
+        if let Some(w) = writer.as_mut() {
+            w.add_episode(&r.episode).context("recording episode")?;
+            if args.video.is_none() {
+                r.episode.cameras.clear();
+            }
+        }
+        Ok(())
+    };
     let start = Instant::now();
     let mut rollouts = Vec::with_capacity(args.episodes);
     // Batches of `threads` episodes so the bar moves; each batch loads the model once.
@@ -128,16 +162,18 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             .collect();
         let mut env = So101Env::new(cfg.clone()).context("building the simulator")?;
         for (i, &seed) in seeds.iter().enumerate() {
-            let r = policy_rollout(&mut env, loaded, &camera_keys, seed, i, args.video.is_some())?;
+            let mut r = policy_rollout(&mut env, loaded, &camera_keys, seed, i, keep_frames)?;
+            record(&mut r)?;
             bar.inc(1);
             rollouts.push(r);
         }
     } else {
         for batch in seeds.chunks(threads.max(1) * 2) {
-            let mut out = parallel_rollouts(&cfg, policy, batch, threads, args.video.is_some())
+            let mut out = parallel_rollouts(&cfg, policy, batch, threads, keep_frames)
                 .with_context(|| format!("simulating {} (seeds {:?})", args.task, batch))?;
             for (k, r) in out.iter_mut().enumerate() {
                 r.episode.index = rollouts.len() + k;
+                record(r)?;
             }
             bar.inc(out.len() as u64);
             rollouts.extend(out);
@@ -161,6 +197,15 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         noise: args.noise,
         seed: args.seed,
     };
+    if let Some(w) = writer {
+        let written = w.finish().context("finishing the dataset")?;
+        tracing::info!(
+            "recorded {} episodes ({} frames) into {}",
+            written.episodes,
+            written.frames,
+            written.path.display()
+        );
+    }
     if let Some(path) = &args.video {
         let episodes: Vec<&Episode> = rollouts.iter().map(|r| &r.episode).collect();
         write_video(path, &episodes).with_context(|| format!("writing video {}", path.display()))?;
