@@ -127,3 +127,39 @@ fn bad_inputs_exit_nonzero_with_a_message() {
     let err = run(&model, &frames, &["--max-tokens", "50"]);
     assert!(err.contains("longer than the limit of 50"), "{err}");
 }
+
+#[test]
+fn label_writes_progress_for_every_frame_and_resumes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dataset = root.join("envs/fixtures/lerobot/so101_v30");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("progress.parquet");
+    let label = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_topreward"))
+            .arg("label")
+            .arg(&dataset)
+            .args(["--model"])
+            .arg(root.join("rewards/fixtures/qwen3vl-tiny"))
+            .args(["--max-frames", "4", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = label();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let table = toprl_envs::dataset::read_progress(&out).unwrap();
+    let ds = toprl_envs::dataset::LeRobotDataset::open(&dataset).unwrap();
+    assert_eq!(table.progress.len(), ds.num_frames());
+    assert!(table.progress.iter().all(|p| (0.0..=1.0).contains(p)));
+    assert!(image::open(out.with_extension("png")).unwrap().width() > 300);
+    let again = label();
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success() && stdout.contains("0 episodes scored"),
+        "{stdout}"
+    );
+}

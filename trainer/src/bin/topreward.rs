@@ -25,6 +25,8 @@ enum Command {
     },
     /// Score an episode (frames folder or video) with TOPReward on a Qwen3-VL checkpoint.
     Score(toprl_trainer::commands::score::ScoreArgs),
+    /// Label every frame of a LeRobotDataset with TOPReward progress and Eq. 3 weights.
+    Label(toprl_trainer::commands::label::LabelArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,12 +43,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Score(args) => match toprl_trainer::commands::score::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Score(args) => report(toprl_trainer::commands::score::run(args)),
+        Command::Label(args) => report(toprl_trainer::commands::label::run(args)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
