@@ -60,6 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect::<BTreeMap<_, _>>(),
             success: None,
             true_progress: None,
+            environment_states: Vec::new(),
         })
         .collect();
 

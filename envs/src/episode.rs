@@ -19,6 +19,9 @@ pub struct Episode {
     pub fps: f64,
     /// `observation.state` per frame (6 values for SO-101: degrees, gripper 0-100).
     pub states: Vec<Vec<f32>>,
+    /// `observation.environment_state` per frame when the source has one (simulation: cube and target
+    /// pose, see [`crate::sim::ENVIRONMENT_STATE_NAMES`]); empty otherwise.
+    pub environment_states: Vec<Vec<f32>>,
     /// `action` per frame (same units as the state).
     pub actions: Vec<Vec<f32>>,
     /// Camera frames per camera key (e.g. `observation.images.front`).

@@ -414,6 +414,7 @@ fn episodes(w: u32, h: u32) -> Vec<Episode> {
                 cameras,
                 success: None,
                 true_progress: None,
+                environment_states: Vec::new(),
             }
         })
         .collect()

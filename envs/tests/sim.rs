@@ -293,3 +293,42 @@ fn unknown_names_are_typed_errors() {
     assert_eq!(cfg.task, Task::PushCube);
     assert_eq!(cfg.image_size, 128);
 }
+
+#[test]
+fn environment_state_tracks_the_cube_and_target() {
+    let mut env = So101Env::new(physics_only(Task::PickCube)).unwrap();
+    let mut expert = ScriptedExpert::new(&env, 0.0, 5);
+    let r = rollout(
+        &mut env,
+        ActionSource::Expert(&mut expert),
+        5,
+        RolloutOptions::default(),
+    )
+    .unwrap();
+    assert!(r.success);
+    let ep = &r.episode;
+    assert_eq!(ep.environment_states.len(), ep.len());
+    let first = &ep.environment_states[0];
+    let last = ep.environment_states.last().unwrap();
+    assert_eq!(first.len(), toprl_envs::sim::ENVIRONMENT_STATE_DIM);
+    // The cube starts on the table inside the randomisation box and ends lifted.
+    assert!(
+        (0.17..0.25).contains(&first[0]) && (-0.09..0.09).contains(&first[1]),
+        "{first:?}"
+    );
+    assert!(
+        last[2] > first[2] + 0.04,
+        "cube not lifted: {first:?} -> {last:?}"
+    );
+    assert!(
+        first[3].abs() <= std::f32::consts::FRAC_PI_4 + 1e-3,
+        "yaw {}",
+        first[3]
+    );
+    // The final row equals what the env reports for its current state.
+    let now = env.environment_state();
+    assert_eq!(last.as_slice(), now.as_slice());
+    // Another scene seed moves the cube.
+    let (obs, _) = env.reset(Some(6)).unwrap();
+    assert_ne!(obs.environment_state[..2], first[..2]);
+}

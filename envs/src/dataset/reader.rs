@@ -412,6 +412,7 @@ impl LeRobotDataset {
             cameras: frames,
             success: None,
             true_progress: None,
+            environment_states: Vec::new(),
         })
     }
 

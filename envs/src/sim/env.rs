@@ -121,7 +121,19 @@ pub struct SimObservation {
     pub state: [f32; NUM_JOINTS],
     /// Rendered cameras by key `observation.images.{camera}`.
     pub images: BTreeMap<String, RgbImage>,
+    /// Privileged scene state, LeRobot's `observation.environment_state` for simulated tasks (see
+    /// [`ENVIRONMENT_STATE_NAMES`]): what a state-only policy needs to see the cube. Never available on
+    /// the real robot; image policies do without it.
+    pub environment_state: [f32; ENVIRONMENT_STATE_DIM],
 }
+
+/// Entries of [`SimObservation::environment_state`]: cube centre (metres, world frame), cube yaw about
+/// the vertical (radians), target-zone centre on the table (metres).
+pub const ENVIRONMENT_STATE_NAMES: [&str; ENVIRONMENT_STATE_DIM] =
+    ["cube.x", "cube.y", "cube.z", "cube.yaw", "target.x", "target.y"];
+
+/// Length of [`SimObservation::environment_state`].
+pub const ENVIRONMENT_STATE_DIM: usize = 6;
 
 /// Per-step facts beside the reward.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -428,6 +440,15 @@ impl So101Env {
         }
     }
 
+    /// The observation's privileged scene vector (see [`ENVIRONMENT_STATE_NAMES`]).
+    pub fn environment_state(&self) -> [f32; ENVIRONMENT_STATE_DIM] {
+        let s = self.task_state();
+        let [w, x, y, z] = self.cube_quat();
+        // Yaw of a rotation quaternion (ZYX convention); the cube only tips when knocked over.
+        let yaw = (2.0 * (w * z + x * y)).atan2(1.0 - 2.0 * (y * y + z * z));
+        [s.cube[0], s.cube[1], s.cube[2], yaw, s.target[0], s.target[1]].map(|v| v as f32)
+    }
+
     /// Cube orientation quaternion (w, x, y, z).
     pub fn cube_quat(&self) -> [f64; 4] {
         let q = self.data.qpos();
@@ -637,6 +658,7 @@ impl So101Env {
         Ok(SimObservation {
             state: self.state(),
             images: self.render()?,
+            environment_state: self.environment_state(),
         })
     }
 
@@ -665,7 +687,7 @@ impl So101Env {
 }
 
 /// Box-Muller standard normal from any generator.
-pub(crate) fn normal(rng: &mut impl Rng) -> f64 {
+pub fn normal(rng: &mut impl Rng) -> f64 {
     let u1: f64 = rng.random_range(f64::EPSILON..1.0);
     let u2: f64 = rng.random::<f64>();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()

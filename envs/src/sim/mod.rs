@@ -19,7 +19,10 @@ pub mod vec_env;
 
 use std::path::PathBuf;
 
-pub use env::{SimConfig, SimObservation, So101Env, StepInfo, StepResult};
+pub use env::{
+    ENVIRONMENT_STATE_DIM, ENVIRONMENT_STATE_NAMES, SimConfig, SimObservation, So101Env, StepInfo,
+    StepResult, normal as standard_normal,
+};
 pub use expert::ScriptedExpert;
 pub use rollout::{ActionSource, Rollout, RolloutOptions, rollout};
 pub use task::Task;

@@ -92,6 +92,7 @@ pub fn rollout(
     let mut steps = 0;
     let mut record = |obs: SimObservation, action: &[f32], p: f64, cameras: &mut BTreeMap<_, Vec<_>>| {
         ep.states.push(obs.state.to_vec());
+        ep.environment_states.push(obs.environment_state.to_vec());
         ep.actions.push(action.to_vec());
         progress.push(p as f32);
         if opts.keep_frames {
