@@ -19,6 +19,10 @@ use crate::{Observation, Policy};
 
 pub const CONFIG_FILE: &str = "policy.json";
 pub const WEIGHTS_FILE: &str = "model.bpk";
+/// Optimiser moments of a training run (present in checkpoints written by [`crate::Trainer::save`]).
+pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
+/// Trainer state beside the optimiser: parameter paths of the optimiser record, RNG position.
+pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// The contents of `policy.json`.
@@ -30,6 +34,18 @@ pub struct CheckpointMeta {
     pub normalizer: Normalizer,
     /// Optimiser steps taken to produce these weights (cumulative over fine-tuning).
     pub train_steps: u64,
+    /// The observation vectors concatenated, in this order, into the policy's state input, by LeRobot
+    /// feature name (e.g. `observation.state`, `observation.environment_state`). Callers build
+    /// [`Observation::state`] accordingly. Default: `["observation.state"]`.
+    #[serde(default = "default_state_features")]
+    pub state_features: Vec<String>,
+}
+
+/// The LeRobot feature holding the robot's joint state.
+pub const STATE_FEATURE: &str = "observation.state";
+
+pub(crate) fn default_state_features() -> Vec<String> {
+    vec![STATE_FEATURE.to_string()]
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PolicyError + '_ {
@@ -45,10 +61,18 @@ pub(crate) fn save_dir(dir: &Path, meta: &CheckpointMeta, net: PolicyNet) -> Res
         path: dir.join(CONFIG_FILE),
         reason: e.to_string(),
     })?;
-    save_files(dir, CONFIG_FILE, &json, net.into_record())
+    save_files(dir, CONFIG_FILE, &json, net.into_record(), |_| Ok(()))
 }
 
-pub(crate) fn save_files(dir: &Path, json_name: &str, json: &str, record: ModuleRecord) -> Result<()> {
+/// Write `json_name` and the weights record into a fresh temporary directory, let `extra` add files to
+/// it, then rename it over `dir`.
+pub(crate) fn save_files(
+    dir: &Path,
+    json_name: &str,
+    json: &str,
+    record: ModuleRecord,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let name = dir
         .file_name()
         .ok_or_else(|| PolicyError::Invalid {
@@ -76,6 +100,7 @@ pub(crate) fn save_files(dir: &Path, json_name: &str, json: &str, record: Module
             path: weights.clone(),
             reason: e.to_string(),
         })?;
+        extra(&tmp)?;
         if dir.exists() {
             // rename(2) cannot replace a non-empty directory: move the old one aside first.
             let old = parent.join(format!(".{name}.old-{}-{nonce}", std::process::id()));
@@ -224,6 +249,12 @@ impl LoadedPolicy {
 
     pub fn config(&self) -> &PolicyConfig {
         &self.meta.policy
+    }
+
+    /// The observation vectors, by feature name, that make up the state input (see
+    /// [`CheckpointMeta::state_features`]).
+    pub fn state_features(&self) -> &[String] {
+        &self.meta.state_features
     }
 
     pub fn normalizer(&self) -> &Normalizer {

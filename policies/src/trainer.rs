@@ -12,8 +12,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    CheckpointMeta, FORMAT_VERSION, LoadedPolicy, WEIGHTS_FILE, load_dir, save_dir, save_files,
-    strict_from_str,
+    CheckpointMeta, FORMAT_VERSION, LoadedPolicy, OPTIMIZER_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE,
+    default_state_features, load_dir, save_files, strict_from_str,
 };
 use crate::data::{
     Batch, Normalizer, ValueBatch, read_vec, to_inputs, to_targets, weighted_mean, weights_tensor,
@@ -75,6 +75,16 @@ pub struct Trainer {
     rng: ChaCha8Rng,
     device: Device,
     steps: u64,
+    state_features: Vec<String>,
+}
+
+/// `trainer_state.json`: what a resumed run needs beside the weights and the optimiser moments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainerState {
+    /// Seed and word position of the flow-matching noise stream.
+    rng_seed: u64,
+    rng_word_pos: u128,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -101,8 +111,8 @@ impl Trainer {
         Self::assemble(net, config, normalizer, train, device, 0)
     }
 
-    /// Continue from a checkpoint (fine-tuning): weights, config and normaliser come from `dir`; the
-    /// optimiser state starts fresh. With `expected`, a checkpoint of another kind is refused.
+    /// Start from a checkpoint (fine-tuning): weights, config, normaliser and state features come from
+    /// `dir`; the optimiser state starts fresh. With `expected`, a checkpoint of another kind is refused.
     pub fn from_checkpoint(
         dir: impl AsRef<Path>,
         expected: Option<PolicyKind>,
@@ -111,14 +121,60 @@ impl Trainer {
     ) -> Result<Self> {
         let device = device.clone().autodiff();
         let (meta, net) = load_dir(dir.as_ref(), expected, &device)?;
-        Self::assemble(
+        let mut me = Self::assemble(
             net.train(),
             meta.policy,
             meta.normalizer,
             train,
             device,
             meta.train_steps,
-        )
+        )?;
+        me.state_features = meta.state_features;
+        Ok(me)
+    }
+
+    /// Continue an interrupted run from a checkpoint written by [`Trainer::save`]: as
+    /// [`Trainer::from_checkpoint`], plus the AdamW moments and the position of the flow-matching noise
+    /// stream, so the next step is the one the interrupted run would have taken. Burn's dropout RNG
+    /// is process-wide and restarts from the seed.
+    pub fn resume(
+        dir: impl AsRef<Path>,
+        expected: Option<PolicyKind>,
+        train: TrainConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        let mut me = Self::from_checkpoint(dir, expected, train, device)?;
+        let optim_path = dir.join(OPTIMIZER_FILE);
+        let fresh = me.train.optimizer()?;
+        me.optim = fresh.load(&optim_path).map_err(|e| PolicyError::Record {
+            path: optim_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let state_path = dir.join(TRAINER_STATE_FILE);
+        let text = std::fs::read_to_string(&state_path).map_err(|source| PolicyError::Io {
+            path: state_path.clone(),
+            source,
+        })?;
+        let state: TrainerState = strict_from_str(&text).map_err(|reason| PolicyError::Config {
+            path: state_path,
+            reason,
+        })?;
+        me.rng = ChaCha8Rng::seed_from_u64(state.rng_seed);
+        me.rng.set_word_pos(state.rng_word_pos);
+        Ok(me)
+    }
+
+    /// The observation vectors, by feature name, that make up the state input.
+    pub fn state_features(&self) -> &[String] {
+        &self.state_features
+    }
+
+    /// Name the observation vectors concatenated into the state input (recorded in the checkpoint so
+    /// that rollouts rebuild the same input). Default: `["observation.state"]`.
+    pub fn with_state_features(mut self, features: Vec<String>) -> Self {
+        self.state_features = features;
+        self
     }
 
     fn assemble(
@@ -142,6 +198,7 @@ impl Trainer {
             rng,
             device,
             steps,
+            state_features: default_state_features(),
         })
     }
 
@@ -231,6 +288,7 @@ impl Trainer {
             policy: self.config.clone(),
             normalizer: self.normalizer.clone(),
             train_steps: self.steps,
+            state_features: self.state_features.clone(),
         }
     }
 
@@ -243,9 +301,37 @@ impl Trainer {
         )
     }
 
-    /// Write a checkpoint directory atomically (see [`crate::checkpoint`]).
+    /// Write a checkpoint directory atomically (see [`crate::checkpoint`]): the policy files that
+    /// [`crate::load_policy`] reads, plus the optimiser moments and RNG position that
+    /// [`Trainer::resume`] reads.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
-        save_dir(dir.as_ref(), &self.meta(), self.net.valid())
+        let dir = dir.as_ref();
+        let meta = self.meta();
+        let json = serde_json::to_string_pretty(&meta).map_err(|e| PolicyError::Config {
+            path: dir.join(crate::checkpoint::CONFIG_FILE),
+            reason: e.to_string(),
+        })?;
+        let state = TrainerState {
+            rng_seed: self.train.seed.wrapping_add(2),
+            rng_word_pos: self.rng.get_word_pos(),
+        };
+        let record = self.net.valid().into_record();
+        save_files(dir, crate::checkpoint::CONFIG_FILE, &json, record, |tmp| {
+            let optim_path = tmp.join(OPTIMIZER_FILE);
+            self.optim.save(&optim_path).map_err(|e| PolicyError::Record {
+                path: optim_path,
+                reason: e.to_string(),
+            })?;
+            let state_path = tmp.join(TRAINER_STATE_FILE);
+            let json = serde_json::to_string_pretty(&state).map_err(|e| PolicyError::Config {
+                path: state_path.clone(),
+                reason: e.to_string(),
+            })?;
+            std::fs::write(&state_path, json).map_err(|source| PolicyError::Io {
+                path: state_path,
+                source,
+            })
+        })
     }
 }
 
@@ -342,7 +428,8 @@ impl ValueTrainer {
         read_vec(self.net.valid().forward(x), "values")
     }
 
-    /// Write `value.json` (config + state statistics) and `model.bpk` to `dir` atomically.
+    /// Write `value.json` (config + state statistics), `model.bpk` and the optimiser moments
+    /// (`optimizer.bpk`) to `dir` atomically.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         let meta = ValueMeta {
@@ -355,10 +442,17 @@ impl ValueTrainer {
             path: dir.join(VALUE_FILE),
             reason: e.to_string(),
         })?;
-        save_files(dir, VALUE_FILE, &json, self.net.valid().into_record())
+        save_files(dir, VALUE_FILE, &json, self.net.valid().into_record(), |tmp| {
+            let path = tmp.join(OPTIMIZER_FILE);
+            self.optim.save(&path).map_err(|e| PolicyError::Record {
+                path,
+                reason: e.to_string(),
+            })
+        })
     }
 
-    /// Load a value function saved by [`ValueTrainer::save`] to continue training it.
+    /// Load a value function saved by [`ValueTrainer::save`] to continue training it exactly where it
+    /// stopped (weights and optimiser moments).
     pub fn from_checkpoint(dir: impl AsRef<Path>, train: TrainConfig, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
         let path = dir.join(VALUE_FILE);
@@ -388,6 +482,13 @@ impl ValueTrainer {
         })?;
         me.net = me.net.try_load_record(record).map_err(|e| PolicyError::Record {
             path: weights,
+            reason: e.to_string(),
+        })?;
+        // Continue with the saved Adam moments (checkpoints of this format always have them).
+        let optim_path = dir.join(OPTIMIZER_FILE);
+        let fresh = me.train.optimizer()?;
+        me.optim = fresh.load(&optim_path).map_err(|e| PolicyError::Record {
+            path: optim_path,
             reason: e.to_string(),
         })?;
         Ok(me)

@@ -174,6 +174,60 @@ fn save_load_gives_identical_outputs_and_resumes() {
 }
 
 #[test]
+fn resume_restores_optimizer_moments_and_noise_stream() {
+    // Three steps, save, two more steps; a trainer resumed from the save must take the same two steps.
+    // Starting the moments afresh (what `from_checkpoint` does for fine-tuning) takes different ones.
+    let batch = demos(3, 4);
+    let w = vec![1.0; batch.len()];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, mut cfg) in all() {
+        // Dropout masks come from Burn's process-wide RNG, which a checkpoint cannot capture.
+        match &mut cfg {
+            toprl_policies::PolicyConfig::Act(c) => c.dropout = 0.0,
+            toprl_policies::PolicyConfig::Flow(c) => c.dropout = 0.0,
+            toprl_policies::PolicyConfig::Gaussian(_) => {}
+        }
+        let mut original = trainer(cfg, &batch, 5);
+        for _ in 0..3 {
+            original.step(&batch, &w).unwrap();
+        }
+        let path = dir.path().join(name);
+        original.save(&path).unwrap();
+        let train = TrainConfig {
+            seed: 5,
+            ..TrainConfig::default()
+        };
+        let mut resumed = Trainer::resume(&path, None, train.clone(), &cpu_device()).unwrap();
+        let mut fresh = Trainer::from_checkpoint(&path, None, train, &cpu_device()).unwrap();
+        for _ in 0..2 {
+            let a = original.step(&batch, &w).unwrap();
+            let b = resumed.step(&batch, &w).unwrap();
+            assert_eq!(a, b, "{name}: resumed loss differs");
+            fresh.step(&batch, &w).unwrap();
+        }
+        let reference = original.policy().with_seed(1).act_batch(&batch.obs).unwrap();
+        assert_eq!(
+            reference,
+            resumed.policy().with_seed(1).act_batch(&batch.obs).unwrap(),
+            "{name}: resumed weights differ"
+        );
+        assert_ne!(
+            reference,
+            fresh.policy().with_seed(1).act_batch(&batch.obs).unwrap(),
+            "{name}: fresh AdamW moments should change the update"
+        );
+    }
+    // A checkpoint written without optimiser state (by `LoadedPolicy::save`) cannot be resumed.
+    let only_policy = dir.path().join("only-policy");
+    load_policy(dir.path().join("gaussian"), &cpu_device())
+        .unwrap()
+        .save(&only_policy)
+        .unwrap();
+    let err = Trainer::resume(&only_policy, None, TrainConfig::default(), &cpu_device()).unwrap_err();
+    assert!(err.to_string().contains("optimizer.bpk"), "{err}");
+}
+
+#[test]
 fn same_seed_same_weights_different_seed_different() {
     let batch = demos(3, 3);
     for (name, cfg) in all() {
@@ -335,7 +389,7 @@ fn value_function_fits_returns_with_weighted_mse() {
     let mut v = ValueTrainer::new(
         ValueConfig::new(STATE).with_hidden(vec![32, 32]),
         &norm,
-        train,
+        train.clone(),
         &cpu_device(),
     )
     .unwrap();
@@ -350,10 +404,15 @@ fn value_function_fits_returns_with_weighted_mse() {
 
     let dir = tempfile::tempdir().unwrap();
     v.save(dir.path().join("value")).unwrap();
-    let loaded =
-        ValueTrainer::from_checkpoint(dir.path().join("value"), TrainConfig::default(), &cpu_device())
-            .unwrap();
+    let mut loaded = ValueTrainer::from_checkpoint(dir.path().join("value"), train, &cpu_device()).unwrap();
     assert_eq!(loaded.predict(&vb.states).unwrap(), pred);
+    // The optimiser moments travel with the checkpoint: the next step is the one `v` takes.
+    v.step(&vb, &[1.0; 8]).unwrap();
+    loaded.step(&vb, &[1.0; 8]).unwrap();
+    assert_eq!(
+        loaded.predict(&vb.states).unwrap(),
+        v.predict(&vb.states).unwrap()
+    );
     let r = ValueTrainer::from_checkpoint(dir.path().join("nope"), TrainConfig::default(), &cpu_device());
     assert!(matches!(r, Err(PolicyError::Io { .. })));
 
