@@ -13,9 +13,13 @@ fn repo_root() -> PathBuf {
 }
 
 fn train(out: &Path, extra: &[&str]) -> std::process::Output {
+    train_config(Path::new("experiments/smoke.toml"), out, extra)
+}
+
+fn train_config(config: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_train"))
         .current_dir(repo_root())
-        .arg("experiments/smoke.toml")
+        .arg(config)
         .arg("--out")
         .arg(out)
         .args(extra)
@@ -54,7 +58,7 @@ fn smoke_experiment_runs_every_arm_deterministically_and_resumes() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    assert_eq!(arms, ["bc", "sparse", "oracle", "topreward"]);
+    assert_eq!(arms, ["bc", "sparse", "oracle", "topreward", "awr"]);
     for arm in json["arms"].as_array().unwrap() {
         assert_eq!(arm["per_seed"].as_array().unwrap().len(), 2, "two seeds per arm");
         let success = arm["success_mean"].as_f64().unwrap();
@@ -75,6 +79,16 @@ fn smoke_experiment_runs_every_arm_deterministically_and_resumes() {
         .count();
     assert_eq!(events, 1, "one event file per run");
     assert!(out.join("runs/oracle/seed-0/checkpoint/policy.json").exists());
+    // The AWR arm evaluates after the BC warm start (steps 30, 60) and after each iteration (+10 steps).
+    let awr = &json["arms"][4]["per_seed"][0]["curve"];
+    let steps: Vec<u64> = awr
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [30, 60, 70, 80]);
+    assert!(out.join("runs/awr/seed-0/value/value.json").exists());
 
     // The same config in the same directory is refused without --resume ...
     let again = train(&out, &[]);
@@ -94,5 +108,67 @@ fn smoke_experiment_runs_every_arm_deterministically_and_resumes() {
         results(&out),
         json,
         "the re-run arm reproduces its result from the seed"
+    );
+}
+
+#[test]
+fn an_interrupted_awr_run_resumes_where_it_stopped() {
+    // A run stopped after its first AWR iteration (here: a config with one iteration, then the same
+    // config with two and --resume) must end exactly where an uninterrupted two-iteration run ends:
+    // policy and value weights, their optimiser moments and the regenerated rollouts all match.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(repo_root().join("experiments/smoke.toml")).expect("smoke.toml");
+    let start = text.find("[[arms]]").expect("arms");
+    let awr_only = format!(
+        "{}[[arms]]\nname = \"awr\"\nreward = \"oracle\"\nalgorithm = \"awr\"\n",
+        &text[..start]
+    )
+    .replace("seeds = [0, 1]", "seeds = [0]");
+    let two = dir.path().join("two.toml");
+    std::fs::write(&two, &awr_only).unwrap();
+    let one = dir.path().join("one.toml");
+    std::fs::write(&one, awr_only.replace("iterations = 2", "iterations = 1")).unwrap();
+
+    let straight = dir.path().join("straight");
+    let out = train_config(&two, &straight, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let interrupted = dir.path().join("interrupted");
+    let out = train_config(&one, &interrupted, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(interrupted.join("runs/awr/seed-0/result.json")).unwrap();
+    let out = train_config(&two, &interrupted, &["--resume"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Same predictions from the policy and value checkpoints (compared numerically: burnpack files also
+    // hold parameter ids, which differ between processes).
+    let states: Vec<f32> = (0..5 * 12).map(|i| ((i * 37) % 23) as f32 * 0.3 - 3.0).collect();
+    let obs = toprl_policies::ObsBatch::new(states.clone(), 12).unwrap();
+    let device = toprl_policies::cpu_device();
+    let act = |root: &Path| {
+        toprl_policies::load_policy(root.join("runs/awr/seed-0/checkpoint"), &device)
+            .unwrap()
+            .act_batch(&obs)
+            .unwrap()
+    };
+    assert_eq!(act(&straight), act(&interrupted), "policy differs after resuming");
+    let value = |root: &Path| {
+        toprl_policies::ValueTrainer::from_checkpoint(
+            root.join("runs/awr/seed-0/value"),
+            toprl_policies::TrainConfig::default(),
+            &device,
+        )
+        .unwrap()
+        .predict(&states)
+        .unwrap()
+    };
+    assert_eq!(value(&straight), value(&interrupted), "value function differs after resuming");
+    let strip_experiment = |mut v: serde_json::Value| {
+        v["experiment"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(
+        strip_experiment(results(&interrupted)),
+        strip_experiment(results(&straight))
     );
 }

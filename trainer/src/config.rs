@@ -49,6 +49,9 @@ pub struct ExperimentConfig {
     /// Evaluation in simulation.
     #[serde(default)]
     pub eval: EvalConfig,
+    /// Online advantage-weighted regression, for arms with `algorithm = "awr"`.
+    #[serde(default)]
+    pub awr: AwrConfig,
     /// The arms to compare (at least one).
     pub arms: Vec<ArmConfig>,
 }
@@ -123,6 +126,11 @@ pub struct PolicyConfig {
     /// Actions predicted per step (and executed before the policy is queried again). Default: 10.
     #[serde(default = "default_chunk")]
     pub chunk: usize,
+    /// Feed the simulator's privileged `observation.environment_state` (cube position and yaw, target
+    /// position) to the policy after the joint state: what lets a state-only policy find the cube.
+    /// Simulated demonstrations only (a real robot has no such sensor). Default: false.
+    #[serde(default)]
+    pub environment_state: bool,
     /// Overrides of the network's own config (field names of the policies crate's `GaussianMlpConfig`,
     /// `ActConfig` or `FlowConfig`, e.g. `d_model = 64`). Default: none.
     #[serde(default)]
@@ -235,6 +243,78 @@ impl Default for EvalConfig {
     }
 }
 
+/// Online advantage-weighted regression (Peng et al. 2019) after the offline warm start: each iteration
+/// rolls the current policy out in simulation, scores the rollouts with the arm's reward source, fits a
+/// value baseline to the discounted returns and takes weighted-BC steps with weights
+/// `min(exp(A / beta), max_weight)` on the demonstrations plus the new rollouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwrConfig {
+    /// Roll-out / update iterations. Default: 5.
+    #[serde(default = "default_awr_iterations")]
+    pub iterations: u32,
+    /// Episodes rolled out per iteration. Default: 16.
+    #[serde(default = "default_awr_rollouts")]
+    pub rollouts: u32,
+    /// Policy gradient steps per iteration. Default: 200.
+    #[serde(default = "default_awr_steps")]
+    pub policy_steps: u32,
+    /// Value-function gradient steps per iteration. Default: 200.
+    #[serde(default = "default_awr_steps")]
+    pub value_steps: u32,
+    /// Advantage temperature, in the reward's units (progress, or log-probability for TOPReward).
+    /// Default: 0.1.
+    #[serde(default = "default_awr_beta")]
+    pub beta: f64,
+    /// Upper clip of the AWR weight. Default: 20.
+    #[serde(default = "default_awr_max_weight")]
+    pub max_weight: f64,
+    /// Discount per control step. Default: 0.99.
+    #[serde(default = "default_awr_gamma")]
+    pub gamma: f64,
+    /// Exploration: standard deviation of the Gaussian offset added to each executed action chunk
+    /// during rollouts, in degrees (gripper: the same number in its 0-100 units). Default: 3.0.
+    #[serde(default = "default_awr_action_noise")]
+    pub action_noise: f64,
+}
+
+fn default_awr_iterations() -> u32 {
+    5
+}
+fn default_awr_rollouts() -> u32 {
+    16
+}
+fn default_awr_steps() -> u32 {
+    200
+}
+fn default_awr_beta() -> f64 {
+    0.1
+}
+fn default_awr_max_weight() -> f64 {
+    20.0
+}
+fn default_awr_gamma() -> f64 {
+    0.99
+}
+fn default_awr_action_noise() -> f64 {
+    3.0
+}
+
+impl Default for AwrConfig {
+    fn default() -> Self {
+        Self {
+            iterations: default_awr_iterations(),
+            rollouts: default_awr_rollouts(),
+            policy_steps: default_awr_steps(),
+            value_steps: default_awr_steps(),
+            beta: default_awr_beta(),
+            max_weight: default_awr_max_weight(),
+            gamma: default_awr_gamma(),
+            action_noise: default_awr_action_noise(),
+        }
+    }
+}
+
 /// Which signal weights the demonstrations in an arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -255,6 +335,9 @@ pub enum RewardSource {
 pub enum Algorithm {
     /// Offline reward-aligned behaviour cloning (weighted imitation on the demonstrations).
     RewardAlignedBc,
+    /// Reward-aligned BC as a warm start, then online advantage-weighted regression in simulation
+    /// (see [`AwrConfig`]).
+    Awr,
 }
 
 /// One arm of the comparison.
@@ -378,6 +461,42 @@ impl ExperimentConfig {
                 Some(_) => {}
             }
         }
+        if self.policy.environment_state && matches!(self.data, DataConfig::Lerobot { .. }) {
+            return Err(invalid(
+                "policy.environment_state",
+                "needs simulated demonstrations (`data.source = \"sim\"`); datasets carry no environment state"
+                    .into(),
+            ));
+        }
+        for (i, arm) in self.arms.iter().enumerate() {
+            if arm.algorithm == Algorithm::Awr && arm.reward == RewardSource::None {
+                return Err(invalid(
+                    &format!("arms[{i}].reward"),
+                    "`awr` needs a reward to compute advantages: \"sparse\", \"oracle\" or \"topreward\""
+                        .into(),
+                ));
+            }
+        }
+        if self.arms.iter().any(|a| a.algorithm == Algorithm::Awr) {
+            let a = &self.awr;
+            let positive = |v: f64| v.is_finite() && v > 0.0;
+            let checks = [
+                ("awr.iterations", a.iterations > 0, "at least 1"),
+                ("awr.rollouts", a.rollouts > 0, "at least 1"),
+                ("awr.policy_steps", a.policy_steps > 0, "at least 1"),
+                ("awr.beta", positive(a.beta), "a positive number"),
+                ("awr.max_weight", positive(a.max_weight), "a positive number"),
+                ("awr.gamma", (0.0..=1.0).contains(&a.gamma), "in [0, 1]"),
+                (
+                    "awr.action_noise",
+                    a.action_noise.is_finite() && a.action_noise >= 0.0,
+                    "a number >= 0",
+                ),
+            ];
+            if let Some((field, _, expected)) = checks.iter().find(|c| !c.1) {
+                return Err(invalid(field, format!("expected {expected}")));
+            }
+        }
         if let Some(init) = &self.policy.init
             && !init.exists()
         {
@@ -434,6 +553,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("reward_model"), "{err}");
+    }
+
+    #[test]
+    fn awr_arms_need_a_reward_and_sane_hyper_parameters() {
+        let text = MINIMAL.replace("reward = \"none\"", "reward = \"none\"\nalgorithm = \"awr\"");
+        let err = ExperimentConfig::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("arms[0].reward") && err.contains("awr"), "{err}");
+        let text = MINIMAL.replace("reward = \"none\"", "reward = \"oracle\"\nalgorithm = \"awr\"")
+            + "\n[awr]\nbeta = 0.0\n";
+        let err = ExperimentConfig::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("awr.beta"), "{err}");
     }
 
     #[test]

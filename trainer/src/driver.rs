@@ -3,14 +3,58 @@
 
 use std::collections::VecDeque;
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
 use toprl_envs::sim::SimObservation;
 use toprl_policies::{CameraImage, Observation, Policy, PolicyError};
 
+/// LeRobot's name of the simulator's privileged scene vector.
+pub const ENVIRONMENT_STATE_FEATURE: &str = "observation.environment_state";
+/// LeRobot's name of the joint state.
+pub const STATE_FEATURE: &str = "observation.state";
+
+/// The policy's state input: the named vectors (`observation.state`, `observation.environment_state`)
+/// concatenated in order. Errors on an unknown name or a vector the source does not have.
+pub fn policy_state(
+    state: &[f32],
+    environment_state: Option<&[f32]>,
+    features: &[String],
+) -> Result<Vec<f32>, PolicyError> {
+    let mut out = Vec::with_capacity(state.len() + environment_state.map_or(0, <[f32]>::len));
+    for feature in features {
+        match feature.as_str() {
+            STATE_FEATURE => out.extend_from_slice(state),
+            ENVIRONMENT_STATE_FEATURE => {
+                out.extend_from_slice(environment_state.ok_or_else(|| PolicyError::Invalid {
+                    field: "state_features",
+                    reason: format!("the policy reads `{feature}`, which this source does not provide"),
+                })?)
+            }
+            other => {
+                return Err(PolicyError::Invalid {
+                    field: "state_features",
+                    reason: format!(
+                        "unknown feature `{other}`, expected `{STATE_FEATURE}` or `{ENVIRONMENT_STATE_FEATURE}`"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The policies crate's view of a simulator observation. `camera_keys` (e.g. `observation.images.front`)
-/// fixes which cameras the policy sees and in which order, the order it was trained with.
-pub fn policy_observation(obs: &SimObservation, instruction: &str, camera_keys: &[String]) -> Observation {
-    Observation {
-        state: obs.state.to_vec(),
+/// fixes which cameras the policy sees and in which order, the order it was trained with;
+/// `state_features` which vectors make up its state input.
+pub fn policy_observation(
+    obs: &SimObservation,
+    instruction: &str,
+    camera_keys: &[String],
+    state_features: &[String],
+) -> Result<Observation, PolicyError> {
+    Ok(Observation {
+        state: policy_state(&obs.state, Some(&obs.environment_state), state_features)?,
         images: camera_keys
             .iter()
             .filter_map(|key| {
@@ -23,38 +67,63 @@ pub fn policy_observation(obs: &SimObservation, instruction: &str, camera_keys: 
             })
             .collect(),
         instruction: instruction.to_string(),
-    }
+    })
 }
 
 /// Feeds a policy's action chunks to the simulator one action at a time.
 pub struct ChunkDriver<'a> {
     policy: &'a mut dyn Policy,
     camera_keys: Vec<String>,
+    state_features: Vec<String>,
     queue: VecDeque<Vec<f32>>,
+    exploration: Option<(f32, ChaCha8Rng)>,
     /// The first error the policy returned; after it the arm holds its pose until the episode ends.
     pub error: Option<PolicyError>,
 }
 
 impl<'a> ChunkDriver<'a> {
     /// Start an episode: the policy is reset and no actions are queued.
-    pub fn new(policy: &'a mut dyn Policy, camera_keys: Vec<String>) -> Self {
+    pub fn new(policy: &'a mut dyn Policy, camera_keys: Vec<String>, state_features: Vec<String>) -> Self {
         policy.reset();
         Self {
             policy,
             camera_keys,
+            state_features,
             queue: VecDeque::new(),
+            exploration: None,
             error: None,
         }
+    }
+
+    /// Explore: every chunk the policy returns is shifted by one Gaussian offset of standard deviation
+    /// `std` (action units) per joint, drawn from `seed`'s stream; a per-chunk offset keeps the motion
+    /// smooth, unlike per-step noise.
+    pub fn with_exploration(mut self, std: f32, seed: u64) -> Self {
+        if std > 0.0 {
+            self.exploration = Some((std, ChaCha8Rng::seed_from_u64(seed)));
+        }
+        self
     }
 
     /// The action for this control step.
     pub fn act(&mut self, obs: &SimObservation, instruction: &str) -> Vec<f32> {
         if self.queue.is_empty() && self.error.is_none() {
-            match self
-                .policy
-                .act(&policy_observation(obs, instruction, &self.camera_keys))
+            match policy_observation(obs, instruction, &self.camera_keys, &self.state_features)
+                .and_then(|o| self.policy.act(&o))
             {
-                Ok(chunk) => self.queue.extend(chunk),
+                Ok(mut chunk) => {
+                    if let Some((std, rng)) = &mut self.exploration
+                        && let Some(dim) = chunk.first().map(Vec::len)
+                    {
+                        let offset: Vec<f32> = (0..dim)
+                            .map(|_| *std * toprl_envs::sim::standard_normal(rng) as f32)
+                            .collect();
+                        for action in &mut chunk {
+                            action.iter_mut().zip(&offset).for_each(|(a, o)| *a += o);
+                        }
+                    }
+                    self.queue.extend(chunk)
+                }
                 Err(e) => self.error = Some(e),
             }
         }
@@ -99,9 +168,22 @@ mod tests {
             toprl_envs::episode::Frame::new(2, 2),
         );
         let mut policy = Counting(0);
-        let mut driver = ChunkDriver::new(&mut policy, vec!["observation.images.front".into()]);
+        let mut driver = ChunkDriver::new(
+            &mut policy,
+            vec!["observation.images.front".into()],
+            vec![STATE_FEATURE.into()],
+        );
         let got: Vec<f32> = (0..6).map(|_| driver.act(&obs, "pick")[0]).collect();
         assert_eq!(got, vec![1.0, -1.0, 2.0, -2.0, 7.0, 7.0]);
         assert!(driver.error.is_some());
+    }
+
+    #[test]
+    fn state_input_concatenates_the_named_features_in_order() {
+        let both = [ENVIRONMENT_STATE_FEATURE.to_string(), STATE_FEATURE.to_string()];
+        let s = policy_state(&[1.0, 2.0], Some(&[3.0]), &both).unwrap();
+        assert_eq!(s, vec![3.0, 1.0, 2.0]);
+        assert!(policy_state(&[1.0], None, &both).is_err());
+        assert!(policy_state(&[1.0], Some(&[3.0]), &["observation.velocity".into()]).is_err());
     }
 }

@@ -33,8 +33,8 @@ use toprl_rewards::score::EpisodeScore;
 
 use crate::arm_weights::frame_weights;
 use crate::atomic::write_atomic;
-use crate::config::{DataConfig, ExperimentConfig, RewardSource};
-use crate::driver::ChunkDriver;
+use crate::config::{Algorithm, ArmConfig, DataConfig, ExperimentConfig, RewardSource};
+use crate::driver::{ChunkDriver, ENVIRONMENT_STATE_FEATURE, STATE_FEATURE, policy_state};
 use crate::plot::{Chart, Series, render_grid, save_grid};
 use crate::results::{ArmResult, Results, SeedResult};
 use crate::tensorboard::EventWriter;
@@ -115,10 +115,15 @@ pub struct RunOptions {
 
 /// What a run has done so far, saved beside its checkpoint.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct RunProgress {
-    step: u32,
-    curve: Vec<(u32, f64)>,
-    wall_time_s: f64,
+pub(crate) struct RunProgress {
+    /// Policy gradient steps taken (BC, then AWR).
+    pub step: u32,
+    /// (step, evaluation success) so far.
+    pub curve: Vec<(u32, f64)>,
+    pub wall_time_s: f64,
+    /// AWR iterations finished (0 for BC arms).
+    #[serde(default)]
+    pub awr_iterations: u32,
 }
 
 /// Run every arm x seed of `config` and write the results into `opts.out`.
@@ -173,7 +178,12 @@ pub fn run(
             example_progress = progress_charts(&episodes, scores.as_deref());
         }
 
-        let data = Samples::new(&episodes, &config.task.cameras, config.policy.chunk)?;
+        let data = Samples::new(
+            &episodes,
+            &config.task.cameras,
+            &state_features(config),
+            config.policy.chunk,
+        )?;
         let params = WeightParams {
             tau: config.train.tau,
             delta_max: config.train.delta_max,
@@ -191,7 +201,21 @@ pub fn run(
                             source,
                         }
                     })?;
-                let result = train_one(config, &sim, &data, &weights, &arm.name, seed, opts)?;
+                let awr_inputs = if arm.algorithm == Algorithm::Awr {
+                    Some(AwrInputs {
+                        demos: &episodes,
+                        demo_signal: crate::awr::reward_signal(arm.reward, &episodes, scores.as_deref())
+                            .map_err(|source| ExperimentError::Label {
+                                arm: arm.name.clone(),
+                                source,
+                            })?,
+                        reward: arm.reward,
+                        scorer: scorer.as_deref_mut(),
+                    })
+                } else {
+                    None
+                };
+                let result = train_one(config, &sim, &data, &weights, arm, seed, opts, awr_inputs)?;
                 let json = serde_json::to_vec_pretty(&result)
                     .map_err(|e| ExperimentError::Invalid(e.to_string()))?;
                 write_atomic(&dir.join("result.json"), &json)
@@ -356,13 +380,19 @@ fn demo_seed(seed: u64, episode: usize) -> u64 {
     seed.wrapping_mul(1_000_003).wrapping_add(episode as u64)
 }
 
+/// Scene seed of AWR rollout `episode` in `iteration`: disjoint from demonstration and evaluation scenes.
+pub(crate) fn awr_seed(seed: u64, iteration: u32, episode: usize) -> u64 {
+    seed.wrapping_mul(1_000_003)
+        .wrapping_add(1_000_000 + 10_000 * u64::from(iteration) + episode as u64)
+}
+
 fn eval_seed(seed: u64, episode: usize) -> u64 {
     // Disjoint from demonstration scenes: offset far beyond any episode count.
     seed.wrapping_mul(1_000_003)
         .wrapping_add(500_000 + episode as u64)
 }
 
-fn bar(opts: &RunOptions, len: u64, msg: &'static str) -> ProgressBar {
+pub(crate) fn bar(opts: &RunOptions, len: u64, msg: &'static str) -> ProgressBar {
     if !opts.progress {
         return ProgressBar::hidden();
     }
@@ -377,15 +407,21 @@ fn bar(opts: &RunOptions, len: u64, msg: &'static str) -> ProgressBar {
 }
 
 /// Every frame of every episode as a training sample: its observation and the action chunk after it.
-struct Samples<'a> {
+pub(crate) struct Samples<'a> {
     episodes: &'a [Episode],
     index: Vec<(usize, usize)>,
     camera_keys: Vec<String>,
+    state_features: Vec<String>,
     chunk: usize,
 }
 
 impl<'a> Samples<'a> {
-    fn new(episodes: &'a [Episode], cameras: &[String], chunk: usize) -> Result<Self> {
+    pub(crate) fn new(
+        episodes: &'a [Episode],
+        cameras: &[String],
+        state_features: &[String],
+        chunk: usize,
+    ) -> Result<Self> {
         let index: Vec<(usize, usize)> = episodes
             .iter()
             .enumerate()
@@ -404,27 +440,47 @@ impl<'a> Samples<'a> {
             episodes,
             index,
             camera_keys,
+            state_features: state_features.to_vec(),
             chunk,
         })
     }
 
+    /// The policy's state input at frame `t` of episode `e`.
+    pub(crate) fn state(&self, e: usize, t: usize) -> Result<Vec<f32>> {
+        let ep = &self.episodes[e];
+        let env_state = ep.environment_states.get(t).map(Vec::as_slice);
+        policy_state(&ep.states[t], env_state, &self.state_features)
+            .map_err(policy_err(format!("episode {} frame {t}", ep.index)))
+    }
+
+    /// Every frame's state input, row-major, in the order of [`Samples::positions`].
+    pub(crate) fn all_states(&self) -> Result<Vec<f32>> {
+        let mut states = Vec::new();
+        for &(e, t) in &self.index {
+            states.extend(self.state(e, t)?);
+        }
+        Ok(states)
+    }
+
+    /// (episode, frame) of every sample.
+    pub(crate) fn positions(&self) -> &[(usize, usize)] {
+        &self.index
+    }
+
     fn normalizer(&self) -> Result<Normalizer> {
-        let states: Vec<f32> = self
-            .episodes
-            .iter()
-            .flat_map(|e| e.states.iter().flatten().copied())
-            .collect();
+        let states = self.all_states()?;
+        let dim = states.len() / self.index.len();
         let actions: Vec<f32> = self
             .episodes
             .iter()
             .flat_map(|e| e.actions.iter().flatten().copied())
             .collect();
-        let dim = toprl_envs::so101::NUM_JOINTS;
-        Normalizer::fit(&states, dim, &actions, dim).map_err(policy_err("normalisation statistics"))
+        Normalizer::fit(&states, dim, &actions, toprl_envs::so101::NUM_JOINTS)
+            .map_err(policy_err("normalisation statistics"))
     }
 
-    /// The mini-batch for one step: `size` frames drawn uniformly, with their Eq. 3 weights.
-    fn batch(
+    /// The mini-batch for one step: `size` frames drawn uniformly, with their per-frame weights.
+    pub(crate) fn batch(
         &self,
         rng: &mut ChaCha8Rng,
         size: usize,
@@ -435,7 +491,7 @@ impl<'a> Samples<'a> {
         let picks: Vec<(usize, usize)> = (0..size)
             .map(|_| self.index[rng.random_range(0..self.index.len())])
             .collect();
-        let mut states = Vec::with_capacity(size * dim);
+        let mut states = Vec::new();
         let mut actions = Vec::with_capacity(size * self.chunk * dim);
         let mut mask = Vec::with_capacity(size * self.chunk);
         let mut rgb = Vec::new();
@@ -444,7 +500,7 @@ impl<'a> Samples<'a> {
         let mut hw = (0, 0);
         for &(e, t) in &picks {
             let ep = &self.episodes[e];
-            states.extend_from_slice(&ep.states[t]);
+            states.extend(self.state(e, t)?);
             for k in 0..self.chunk {
                 // Past the episode end the last action is repeated and masked out of the loss.
                 let j = (t + k).min(ep.len() - 1);
@@ -463,7 +519,8 @@ impl<'a> Samples<'a> {
             instructions.push(ep.instruction.clone());
             w.push(weights[e][t]);
         }
-        let mut obs = ObsBatch::new(states, dim).map_err(policy_err("batch"))?;
+        let state_dim = states.len() / size.max(1);
+        let mut obs = ObsBatch::new(states, state_dim).map_err(policy_err("batch"))?;
         if images {
             obs = obs
                 .with_images(rgb, self.camera_keys.len(), hw.0, hw.1)
@@ -477,24 +534,39 @@ impl<'a> Samples<'a> {
     }
 }
 
+/// The observation vectors the policy's state input is made of, by LeRobot feature name.
+pub fn state_features(config: &ExperimentConfig) -> Vec<String> {
+    let mut features = vec![STATE_FEATURE.to_string()];
+    if config.policy.environment_state {
+        features.push(ENVIRONMENT_STATE_FEATURE.to_string());
+    }
+    features
+}
+
 /// The policy config from the experiment's `[policy]` table and its `network` overrides.
 pub fn policy_config(config: &ExperimentConfig) -> Result<PolicyConfig> {
     use toprl_policies::act::ActConfig;
     use toprl_policies::flow::FlowConfig;
     use toprl_policies::gaussian::GaussianMlpConfig;
     let dim = toprl_envs::so101::NUM_JOINTS;
+    let state_dim = dim
+        + if config.policy.environment_state {
+            toprl_envs::sim::ENVIRONMENT_STATE_DIM
+        } else {
+            0
+        };
     let cameras = config.task.cameras.len();
     let base = match config.policy.kind.as_str() {
-        "gaussian" => {
-            PolicyConfig::Gaussian(GaussianMlpConfig::new(dim, dim).with_chunk_size(config.policy.chunk))
-        }
+        "gaussian" => PolicyConfig::Gaussian(
+            GaussianMlpConfig::new(state_dim, dim).with_chunk_size(config.policy.chunk),
+        ),
         "act" => PolicyConfig::Act(
-            ActConfig::new(dim, dim)
+            ActConfig::new(state_dim, dim)
                 .with_cameras(cameras)
                 .with_chunk_size(config.policy.chunk),
         ),
         "flow" => PolicyConfig::Flow(
-            FlowConfig::new(dim, dim)
+            FlowConfig::new(state_dim, dim)
                 .with_cameras(cameras)
                 .with_chunk_size(config.policy.chunk),
         ),
@@ -528,118 +600,217 @@ pub fn policy_config(config: &ExperimentConfig) -> Result<PolicyConfig> {
     Ok(config)
 }
 
-/// Train one arm with one seed, evaluating every `eval_every` steps; resumes from its checkpoint.
+/// Train one arm with one seed: reward-aligned BC for `train.steps` steps, evaluating every
+/// `eval_every`, then, for `algorithm = "awr"`, the online AWR iterations. Resumes from its checkpoint.
+#[allow(clippy::too_many_arguments)]
 fn train_one(
     config: &ExperimentConfig,
     sim: &SimConfig,
     data: &Samples<'_>,
     weights: &[Vec<f32>],
-    arm: &str,
+    arm: &ArmConfig,
     seed: u64,
     opts: &RunOptions,
+    awr_inputs: Option<AwrInputs<'_, '_, '_>>,
 ) -> Result<SeedResult> {
-    let dir = run_dir(&opts.out, arm, seed);
-    let checkpoint = dir.join("checkpoint");
-    let progress_path = dir.join("progress.json");
-    let device = toprl_policies::cpu_device();
-    let train = toprl_policies::TrainConfig {
-        lr: config.train.lr,
-        seed,
-        ..Default::default()
-    };
-    let policy_cfg = policy_config(config)?;
-    let images = policy_cfg.cameras() > 0;
-
-    let mut progress = RunProgress::default();
-    let mut trainer = if opts.resume && checkpoint.join("policy.json").exists() && progress_path.exists() {
-        let bytes =
-            std::fs::read(&progress_path).map_err(io(format!("reading {}", progress_path.display())))?;
-        progress = serde_json::from_slice(&bytes)
-            .map_err(|e| ExperimentError::Invalid(format!("{}: {e}", progress_path.display())))?;
-        tracing::info!(arm, seed, step = progress.step, "resuming from checkpoint");
-        Trainer::from_checkpoint(&checkpoint, Some(policy_cfg.kind()), train, &device)
-            .map_err(policy_err(format!("resuming {}", checkpoint.display())))?
-    } else if let Some(init) = &config.policy.init {
-        Trainer::from_checkpoint(init, Some(policy_cfg.kind()), train, &device)
-            .map_err(policy_err(format!("policy.init {}", init.display())))?
-    } else {
-        Trainer::new(policy_cfg, data.normalizer()?, train, &device)
-            .map_err(policy_err("building the policy"))?
-    };
-
-    let mut tb = EventWriter::create(
-        &opts
-            .out
-            .join("tensorboard")
-            .join(arm)
-            .join(format!("seed-{seed}")),
-    )?;
+    let mut run = Run::start(config, sim, data, &arm.name, seed, opts)?;
     let steps = config.train.steps;
     let bar = bar(opts, u64::from(steps), "training");
-    bar.set_message(format!("{arm} seed {seed}"));
-    bar.set_position(u64::from(progress.step));
-    let started = Instant::now();
-    let mut last_eval = None;
-    while progress.step < steps {
-        let step = progress.step;
-        // The batch of step k depends only on (seed, k), so a resumed run draws the same batches.
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(step) << 20) ^ 0x6261_7463_6800_0000);
-        let (batch, w) = data.batch(&mut rng, config.train.batch_size, weights, images)?;
-        let loss = trainer
-            .step(&batch, &w)
-            .map_err(policy_err(format!("training step {step}")))?;
-        progress.step += 1;
+    bar.set_message(format!("{} seed {seed}", arm.name));
+    bar.set_position(u64::from(run.progress.step.min(steps)));
+    while run.progress.step < steps {
+        run.train_step(data, weights)?;
         bar.inc(1);
-        if step % 10 == 0 {
-            let mean_w = w.iter().sum::<f32>() / w.len() as f32;
-            tb.scalar("train/loss", u64::from(step), loss)?;
-            tb.scalar("train/weight_mean", u64::from(step), mean_w)?;
-        }
-        if progress.step % config.train.eval_every == 0 || progress.step == steps {
-            bar.suspend(|| tracing::debug!(arm, seed, step = progress.step, "evaluating"));
-            let mut policy = trainer.policy().with_seed(seed);
-            let eval = evaluate(&mut policy, sim, config, seed, opts)?;
-            tb.scalar("eval/success", u64::from(progress.step), eval.success as f32)?;
-            tb.scalar("eval/return", u64::from(progress.step), eval.mean_return as f32)?;
-            if let Some(episode) = &eval.example {
-                tb.image(
-                    "eval/rollout",
-                    u64::from(progress.step),
-                    &rollout_strip(episode, &config.task.cameras),
-                )?;
-            }
-            tb.flush()?;
-            progress.curve.push((progress.step, eval.success));
-            progress.wall_time_s += started.elapsed().as_secs_f64();
-            trainer
-                .save(&checkpoint)
-                .map_err(policy_err(format!("saving {}", checkpoint.display())))?;
-            let json =
-                serde_json::to_vec_pretty(&progress).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
-            write_atomic(&progress_path, &json)
-                .map_err(io(format!("writing {}", progress_path.display())))?;
-            last_eval = Some(eval);
+        if run.progress.step % config.train.eval_every == 0 || run.progress.step == steps {
+            bar.suspend(|| tracing::debug!(arm = arm.name, seed, step = run.progress.step, "evaluating"));
+            run.evaluate_and_save(|_| Ok(()))?;
         }
     }
     bar.finish_and_clear();
-    let eval = match last_eval {
+    if arm.algorithm == Algorithm::Awr {
+        let inputs = awr_inputs.ok_or_else(|| {
+            ExperimentError::Invalid(format!("arm `{}`: AWR inputs were not prepared", arm.name))
+        })?;
+        crate::awr::improve(&mut run, inputs)?;
+    }
+    let eval = match run.last_eval.take() {
         Some(eval) => eval,
-        None => evaluate(&mut trainer.policy().with_seed(seed), sim, config, seed, opts)?,
+        None => evaluate(&mut run.trainer.policy().with_seed(seed), sim, config, seed)?,
     };
-    tracing::info!(arm, seed, success = eval.success, "run finished");
+    tracing::info!(arm = arm.name, seed, success = eval.success, "run finished");
     Ok(SeedResult {
         seed,
         success: eval.success,
         episodes: config.eval.episodes,
         mean_return: eval.mean_return,
-        wall_time_s: progress.wall_time_s,
-        curve: progress.curve,
+        wall_time_s: run.progress.wall_time_s,
+        curve: run.progress.curve,
     })
 }
 
-struct Evaluation {
-    success: f64,
-    mean_return: f64,
+/// What AWR needs beyond a BC run: the demonstrations with their reward signal, and the reward model.
+pub(crate) struct AwrInputs<'e, 's, 'f> {
+    pub demos: &'e [Episode],
+    /// Per demonstration frame, the potential whose differences are the rewards (see [`crate::awr`]).
+    pub demo_signal: Vec<Vec<f64>>,
+    pub reward: RewardSource,
+    pub scorer: Option<&'s mut EpisodeScorer<'f>>,
+}
+
+/// One arm x seed in progress: its trainer, what it has done, where it writes.
+pub(crate) struct Run<'c> {
+    pub config: &'c ExperimentConfig,
+    pub sim: &'c SimConfig,
+    pub arm: String,
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub trainer: Trainer,
+    pub progress: RunProgress,
+    pub tb: EventWriter,
+    pub images: bool,
+    pub opts: &'c RunOptions,
+    last_eval: Option<Evaluation>,
+    clock: Instant,
+}
+
+impl<'c> Run<'c> {
+    fn start(
+        config: &'c ExperimentConfig,
+        sim: &'c SimConfig,
+        data: &Samples<'_>,
+        arm: &str,
+        seed: u64,
+        opts: &'c RunOptions,
+    ) -> Result<Self> {
+        let dir = run_dir(&opts.out, arm, seed);
+        let checkpoint = dir.join("checkpoint");
+        let progress_path = dir.join("progress.json");
+        let device = toprl_policies::cpu_device();
+        let train = toprl_policies::TrainConfig {
+            lr: config.train.lr,
+            seed,
+            ..Default::default()
+        };
+        let policy_cfg = policy_config(config)?;
+        let images = policy_cfg.cameras() > 0;
+        let mut progress = RunProgress::default();
+        let trainer = if opts.resume && checkpoint.join("policy.json").exists() && progress_path.exists() {
+            let bytes =
+                std::fs::read(&progress_path).map_err(io(format!("reading {}", progress_path.display())))?;
+            progress = serde_json::from_slice(&bytes)
+                .map_err(|e| ExperimentError::Invalid(format!("{}: {e}", progress_path.display())))?;
+            tracing::info!(arm, seed, step = progress.step, "resuming from checkpoint");
+            if checkpoint
+                .join(toprl_policies::checkpoint::OPTIMIZER_FILE)
+                .exists()
+            {
+                Trainer::resume(&checkpoint, Some(policy_cfg.kind()), train, &device)
+            } else {
+                // Written before optimiser state was checkpointed: continue with fresh moments.
+                tracing::warn!(
+                    arm,
+                    seed,
+                    "checkpoint has no optimiser state; AdamW moments restart"
+                );
+                Trainer::from_checkpoint(&checkpoint, Some(policy_cfg.kind()), train, &device)
+            }
+            .map_err(policy_err(format!("resuming {}", checkpoint.display())))?
+        } else if let Some(init) = &config.policy.init {
+            Trainer::from_checkpoint(init, Some(policy_cfg.kind()), train, &device)
+                .map_err(policy_err(format!("policy.init {}", init.display())))?
+        } else {
+            Trainer::new(policy_cfg, data.normalizer()?, train, &device)
+                .map_err(policy_err("building the policy"))?
+                .with_state_features(state_features(config))
+        };
+        if trainer.state_features() != state_features(config).as_slice() {
+            return Err(ExperimentError::Invalid(format!(
+                "policy.environment_state: the checkpoint reads {:?} but the config asks for {:?}",
+                trainer.state_features(),
+                state_features(config)
+            )));
+        }
+        let tb = EventWriter::create(
+            &opts
+                .out
+                .join("tensorboard")
+                .join(arm)
+                .join(format!("seed-{seed}")),
+        )?;
+        Ok(Self {
+            config,
+            sim,
+            arm: arm.to_string(),
+            seed,
+            dir,
+            trainer,
+            progress,
+            tb,
+            images,
+            opts,
+            last_eval: None,
+            clock: Instant::now(),
+        })
+    }
+
+    /// One weighted-BC step on a mini-batch of `data`; the batch of step k depends only on (seed, k),
+    /// so a resumed run draws the same batches.
+    pub(crate) fn train_step(&mut self, data: &Samples<'_>, weights: &[Vec<f32>]) -> Result<f32> {
+        let step = self.progress.step;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (u64::from(step) << 20) ^ 0x6261_7463_6800_0000);
+        let (batch, w) = data.batch(&mut rng, self.config.train.batch_size, weights, self.images)?;
+        let loss = self
+            .trainer
+            .step(&batch, &w)
+            .map_err(policy_err(format!("training step {step}")))?;
+        self.progress.step += 1;
+        if step.is_multiple_of(10) {
+            let mean_w = w.iter().sum::<f32>() / w.len() as f32;
+            self.tb.scalar("train/loss", u64::from(step), loss)?;
+            self.tb.scalar("train/weight_mean", u64::from(step), mean_w)?;
+        }
+        Ok(loss)
+    }
+
+    /// Evaluate the current policy, log it, and write the checkpoint (plus whatever `extra` writes
+    /// into the run directory) and `progress.json`, in that order, so a crash between the two resumes
+    /// from the previous evaluation.
+    pub(crate) fn evaluate_and_save(
+        &mut self,
+        extra: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<&Evaluation> {
+        let step = u64::from(self.progress.step);
+        let mut policy = self.trainer.policy().with_seed(self.seed);
+        let eval = evaluate(&mut policy, self.sim, self.config, self.seed)?;
+        self.tb.scalar("eval/success", step, eval.success as f32)?;
+        self.tb.scalar("eval/return", step, eval.mean_return as f32)?;
+        if let Some(episode) = &eval.example {
+            self.tb.image(
+                "eval/rollout",
+                step,
+                &rollout_strip(episode, &self.config.task.cameras),
+            )?;
+        }
+        self.tb.flush()?;
+        self.progress.curve.push((self.progress.step, eval.success));
+        self.progress.wall_time_s += self.clock.elapsed().as_secs_f64();
+        self.clock = Instant::now();
+        let checkpoint = self.dir.join("checkpoint");
+        self.trainer
+            .save(&checkpoint)
+            .map_err(policy_err(format!("saving {}", checkpoint.display())))?;
+        extra(&self.dir)?;
+        let json =
+            serde_json::to_vec_pretty(&self.progress).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
+        let path = self.dir.join("progress.json");
+        write_atomic(&path, &json).map_err(io(format!("writing {}", path.display())))?;
+        Ok(self.last_eval.insert(eval))
+    }
+}
+
+pub(crate) struct Evaluation {
+    pub success: f64,
+    pub mean_return: f64,
     /// The first evaluation episode with its frames, for TensorBoard.
     example: Option<Episode>,
 }
@@ -651,7 +822,6 @@ fn evaluate(
     sim: &SimConfig,
     config: &ExperimentConfig,
     seed: u64,
-    _opts: &RunOptions,
 ) -> Result<Evaluation> {
     let images = policy.config().cameras() > 0;
     let mut sim = sim.clone();
@@ -666,8 +836,9 @@ fn evaluate(
         .collect();
     let mut env = So101Env::new(sim).map_err(sim_err("evaluation env"))?;
     let (mut successes, mut total_return, mut example) = (0usize, 0.0, None);
+    let features = policy.state_features().to_vec();
     for i in 0..config.eval.episodes as usize {
-        let mut driver = ChunkDriver::new(&mut *policy, camera_keys.clone());
+        let mut driver = ChunkDriver::new(&mut *policy, camera_keys.clone(), features.clone());
         let mut act = |obs: &SimObservation, instruction: &str| driver.act(obs, instruction);
         let opts = RolloutOptions {
             keep_frames: i == 0 && images,

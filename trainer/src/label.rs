@@ -332,6 +332,7 @@ mod tests {
                 cameras: [(CAM.to_string(), frames)].into_iter().collect(),
                 success: None,
                 true_progress: None,
+                environment_states: Vec::new(),
             })
             .unwrap();
         }

@@ -4,6 +4,7 @@
 
 pub mod arm_weights;
 pub mod atomic;
+pub mod awr;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -315,7 +315,8 @@ fn policy_rollout(
     index: usize,
     keep_frames: bool,
 ) -> anyhow::Result<Rollout> {
-    let mut driver = ChunkDriver::new(policy, camera_keys.to_vec());
+    let state_features = policy.state_features().to_vec();
+    let mut driver = ChunkDriver::new(policy, camera_keys.to_vec(), state_features);
     let mut act = |obs: &SimObservation, instruction: &str| driver.act(obs, instruction);
     let r = rollout(
         env,

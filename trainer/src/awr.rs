@@ -1,0 +1,348 @@
+//! Online advantage-weighted regression (AWR, Peng et al. 2019) on top of reward-aligned BC, one
+//! iteration read top to bottom in [`improve`]:
+//!
+//! 1. roll the current policy out in simulation (`awr.rollouts` scenes, a Gaussian offset per action chunk
+//!    for exploration);
+//! 2. score every rollout with the arm's reward source, as a per-frame *signal* whose differences are the
+//!    rewards: `oracle` the simulator's ground-truth progress, `topreward` TOPReward's raw log p(" True")
+//!    interpolated to every frame (raw rather than min-max progress, so that episodes compare with each
+//!    other: a failed episode does not reach the log-probability a successful one does), `sparse` 0
+//!    everywhere and the success bit on the last frame;
+//! 3. discounted returns `G_t = sum_k gamma^k (s_{t+k+1} - s_{t+k})` over the demonstrations plus the new
+//!    rollouts, a value baseline `V(s)` fitted to them by MSE;
+//! 4. advantages `A = G - V(s)`, standardised over the buffer (so `beta` is unit-free across reward
+//!    sources), weights `min(exp(A / beta), max_weight)`;
+//! 5. `awr.policy_steps` weighted-BC steps on the buffer, then evaluation and a checkpoint.
+//!
+//! A resumed run restarts at the first unfinished iteration: the policy and value checkpoints are those
+//! of the last finished one, and the rollouts are regenerated from their seeds, so nothing but the
+//! checkpoints needs saving.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use toprl_envs::episode::Episode;
+use toprl_envs::sim::{ActionSource, RolloutOptions, SimObservation, So101Env, rollout};
+use toprl_policies::value::ValueConfig;
+use toprl_policies::{Normalizer, TrainConfig, ValueBatch, ValueTrainer, awr_weights};
+use toprl_rewards::metrics::interpolate_to_frames;
+use toprl_rewards::score::EpisodeScore;
+
+use crate::arm_weights::LabelError;
+use crate::config::RewardSource;
+use crate::driver::ChunkDriver;
+use crate::experiment::{AwrInputs, ExperimentError, Run, Samples, awr_seed};
+
+type Result<T> = std::result::Result<T, ExperimentError>;
+
+/// Directory of the value-function checkpoint inside a run directory.
+pub const VALUE_DIR: &str = "value";
+
+/// Per-frame reward signal of each episode under `source` (see the module docs); `scores` are the
+/// TOPReward scores with their sampling strides, one per episode, for `topreward`.
+pub fn reward_signal(
+    source: RewardSource,
+    episodes: &[Episode],
+    scores: Option<&[(EpisodeScore, f64)]>,
+) -> std::result::Result<Vec<Vec<f64>>, LabelError> {
+    match source {
+        RewardSource::None => Ok(episodes.iter().map(|e| vec![0.0; e.len()]).collect()),
+        RewardSource::Sparse => episodes
+            .iter()
+            .map(|e| {
+                let success = e.success.ok_or(LabelError::NoSuccess { episode: e.index })?;
+                let mut s = vec![0.0; e.len()];
+                if let Some(last) = s.last_mut() {
+                    *last = f64::from(u8::from(success));
+                }
+                Ok(s)
+            })
+            .collect(),
+        RewardSource::Oracle => episodes
+            .iter()
+            .map(|e| {
+                e.true_progress
+                    .as_ref()
+                    .map(|p| p.iter().map(|&x| f64::from(x)).collect())
+                    .ok_or(LabelError::NoTrueProgress { episode: e.index })
+            })
+            .collect(),
+        RewardSource::Topreward => {
+            let scores = scores.unwrap_or(&[]);
+            if scores.len() != episodes.len() {
+                return Err(LabelError::MissingScores {
+                    expected: episodes.len(),
+                    got: scores.len(),
+                });
+            }
+            Ok(episodes
+                .iter()
+                .zip(scores)
+                .map(|(e, (score, stride))| {
+                    let positions: Vec<f64> = score
+                        .prefix_lengths
+                        .iter()
+                        .map(|&k| (k as f64 - 1.0) * stride)
+                        .collect();
+                    interpolate_to_frames(&positions, &score.log_probs, e.len())
+                })
+                .collect())
+        }
+    }
+}
+
+/// Discounted return of every frame: `G_t = r_t + gamma G_{t+1}` with `r_t = s_{t+1} - s_t` and
+/// `G_{T-1} = 0` (the last frame is the final observation; no action is scored from it).
+pub fn discounted_returns(signal: &[f64], gamma: f64) -> Vec<f64> {
+    let mut returns = vec![0.0; signal.len()];
+    for t in (0..signal.len().saturating_sub(1)).rev() {
+        returns[t] = (signal[t + 1] - signal[t]) + gamma * returns[t + 1];
+    }
+    returns
+}
+
+/// `(x - mean) / std` over all values (std floored so a constant buffer gives zeros, not NaN).
+fn standardise(values: &[f64]) -> Vec<f32> {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n)
+        .sqrt()
+        .max(1e-8);
+    values.iter().map(|v| ((v - mean) / std) as f32).collect()
+}
+
+/// The AWR iterations of one arm x seed, after its BC warm start.
+pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Result<()> {
+    let AwrInputs {
+        demos,
+        demo_signal,
+        reward,
+        mut scorer,
+    } = inputs;
+    let cfg = run.config.awr.clone();
+    let mut value = value_trainer(run)?;
+    let mut env = So101Env::new(run.sim.clone()).map_err(|source| ExperimentError::Sim {
+        what: "AWR rollout env".into(),
+        source,
+    })?;
+    let cameras = run.config.task.cameras.clone();
+    let features = crate::experiment::state_features(run.config);
+    let bar = crate::experiment::bar(run.opts, u64::from(cfg.iterations), "AWR iterations");
+    bar.set_message(format!("{} seed {} AWR", run.arm, run.seed));
+    bar.set_position(u64::from(run.progress.awr_iterations));
+
+    while run.progress.awr_iterations < cfg.iterations {
+        let iteration = run.progress.awr_iterations;
+        let _span = tracing::info_span!("awr", arm = run.arm, seed = run.seed, iteration).entered();
+
+        // 1. Roll out the current policy.
+        let rollouts = collect_rollouts(run, &mut env, iteration)?;
+        let rollout_success =
+            rollouts.iter().filter(|e| e.success == Some(true)).count() as f64 / rollouts.len() as f64;
+
+        // 2. Score the rollouts with the arm's reward source.
+        let scores = if reward == RewardSource::Topreward {
+            let scorer = scorer.as_deref_mut().ok_or_else(|| {
+                ExperimentError::Reward("an AWR arm uses `topreward` but no reward model was loaded".into())
+            })?;
+            Some(scorer(&rollouts).map_err(ExperimentError::Reward)?)
+        } else {
+            None
+        };
+        let rollout_signal =
+            reward_signal(reward, &rollouts, scores.as_deref()).map_err(|source| ExperimentError::Label {
+                arm: run.arm.clone(),
+                source,
+            })?;
+
+        // 3. The buffer (demonstrations + this iteration's rollouts) and its discounted returns.
+        let buffer: Vec<Episode> = demos.iter().cloned().chain(rollouts).collect();
+        let returns: Vec<Vec<f64>> = demo_signal
+            .iter()
+            .chain(&rollout_signal)
+            .map(|s| discounted_returns(s, cfg.gamma))
+            .collect();
+        let samples = Samples::new(&buffer, &cameras, &features, run.config.policy.chunk)?;
+        let states = samples.all_states()?;
+        let index = samples.positions();
+        let targets: Vec<f32> = index.iter().map(|&(e, t)| returns[e][t] as f32).collect();
+
+        //    Fit V(s) to the returns.
+        let state_dim = states.len() / index.len();
+        let mut value_loss = 0.0;
+        for k in 0..cfg.value_steps {
+            let mut rng = ChaCha8Rng::seed_from_u64(awr_seed(run.seed, iteration, 0) ^ (u64::from(k) << 24));
+            let picks: Vec<usize> = (0..run.config.train.batch_size)
+                .map(|_| rng.random_range(0..index.len()))
+                .collect();
+            let batch_states: Vec<f32> = picks
+                .iter()
+                .flat_map(|&i| states[i * state_dim..(i + 1) * state_dim].iter().copied())
+                .collect();
+            let batch_targets: Vec<f32> = picks.iter().map(|&i| targets[i]).collect();
+            let batch =
+                ValueBatch::new(batch_states, state_dim, batch_targets).map_err(policy("value batch"))?;
+            value_loss = value
+                .step(&batch, &vec![1.0; batch.len])
+                .map_err(policy(format!("value step {k}")))?;
+        }
+
+        // 4. Advantages and AWR weights, per buffer frame.
+        let values = value.predict(&states).map_err(policy("value prediction"))?;
+        let advantages: Vec<f64> = targets
+            .iter()
+            .zip(&values)
+            .map(|(&g, &v)| f64::from(g - v))
+            .collect();
+        let flat_weights = awr_weights(&standardise(&advantages), cfg.beta as f32, cfg.max_weight as f32)
+            .map_err(policy("AWR weights"))?;
+        let mut weights: Vec<Vec<f32>> = buffer.iter().map(|e| vec![0.0; e.len()]).collect();
+        for (&(e, t), &w) in index.iter().zip(&flat_weights) {
+            weights[e][t] = w;
+        }
+
+        // 5. Weighted BC on the buffer, then evaluate and checkpoint.
+        let mut loss = 0.0;
+        for _ in 0..cfg.policy_steps {
+            loss = run.train_step(&samples, &weights)?;
+        }
+        let step = u64::from(run.progress.step);
+        let mean_w = flat_weights.iter().sum::<f32>() / flat_weights.len().max(1) as f32;
+        run.tb
+            .scalar("awr/rollout_success", step, rollout_success as f32)?;
+        run.tb.scalar("awr/value_loss", step, value_loss)?;
+        run.tb.scalar("awr/policy_loss", step, loss)?;
+        run.tb.scalar("awr/weight_mean", step, mean_w)?;
+        run.progress.awr_iterations += 1;
+        let eval = run.evaluate_and_save(|dir| {
+            value
+                .save(dir.join(VALUE_DIR))
+                .map_err(policy(format!("saving {}", dir.join(VALUE_DIR).display())))
+        })?;
+        let eval_success = eval.success;
+        bar.suspend(|| tracing::info!(rollout_success, eval_success, value_loss, "AWR iteration done"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn policy(what: impl Into<String>) -> impl FnOnce(toprl_policies::PolicyError) -> ExperimentError {
+    let what = what.into();
+    move |source| ExperimentError::Policy { what, source }
+}
+
+/// The value baseline: continued from the run's value checkpoint when resuming an AWR run, else fresh,
+/// normalising states with the policy's statistics.
+fn value_trainer(run: &Run<'_>) -> Result<ValueTrainer> {
+    let train = TrainConfig {
+        lr: run.config.train.lr,
+        seed: run.seed.wrapping_add(0x7661_6c75),
+        ..TrainConfig::default()
+    };
+    let device = toprl_policies::cpu_device();
+    let dir = run.dir.join(VALUE_DIR);
+    if run.progress.awr_iterations > 0 {
+        return ValueTrainer::from_checkpoint(&dir, train, &device)
+            .map_err(policy(format!("resuming {}", dir.display())));
+    }
+    let norm: &Normalizer = run.trainer.normalizer();
+    let config = ValueConfig::new(norm.state_dim());
+    ValueTrainer::new(config, norm, train, &device).map_err(policy("building the value function"))
+}
+
+/// `awr.rollouts` episodes of the current policy with exploration noise, seeded by (seed, iteration).
+fn collect_rollouts(run: &Run<'_>, env: &mut So101Env, iteration: u32) -> Result<Vec<Episode>> {
+    let cfg = &run.config.awr;
+    let camera_keys: Vec<String> = run
+        .config
+        .task
+        .cameras
+        .iter()
+        .map(|c| format!("observation.images.{c}"))
+        .collect();
+    let keep_frames = !run.sim.cameras.is_empty();
+    let mut episodes = Vec::with_capacity(cfg.rollouts as usize);
+    for i in 0..cfg.rollouts as usize {
+        let scene = awr_seed(run.seed, iteration, i);
+        let mut policy = run.trainer.policy().with_seed(scene);
+        let features = policy.state_features().to_vec();
+        let mut driver = ChunkDriver::new(&mut policy, camera_keys.clone(), features)
+            .with_exploration(cfg.action_noise as f32, scene ^ 0x6e6f_6973_6500);
+        let mut act = |obs: &SimObservation, instruction: &str| driver.act(obs, instruction);
+        let r = rollout(
+            env,
+            ActionSource::Policy(&mut act),
+            scene,
+            RolloutOptions {
+                keep_frames,
+                index: i,
+            },
+        )
+        .map_err(|source| ExperimentError::Sim {
+            what: format!("AWR iteration {iteration} rollout {i}"),
+            source,
+        })?;
+        if let Some(source) = driver.error.take() {
+            return Err(ExperimentError::Policy {
+                what: format!("AWR iteration {iteration} rollout {i}"),
+                source,
+            });
+        }
+        episodes.push(r.episode);
+    }
+    Ok(episodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returns_discount_the_signal_differences() {
+        let g = discounted_returns(&[0.0, 0.5, 0.5, 1.0], 0.5);
+        // r = [0.5, 0, 0.5]; G_2 = 0.5, G_1 = 0 + 0.25, G_0 = 0.5 + 0.125.
+        assert_eq!(g, vec![0.625, 0.25, 0.5, 0.0]);
+        assert_eq!(discounted_returns(&[0.0, 1.0], 1.0), vec![1.0, 0.0]);
+        assert!(discounted_returns(&[], 0.9).is_empty());
+    }
+
+    #[test]
+    fn sparse_signal_is_the_success_bit_on_the_last_frame() {
+        let ep = |success| Episode {
+            states: vec![vec![0.0; 6]; 3],
+            actions: vec![vec![0.0; 6]; 3],
+            success: Some(success),
+            ..Episode::default()
+        };
+        let s = reward_signal(RewardSource::Sparse, &[ep(true), ep(false)], None).unwrap();
+        assert_eq!(s, vec![vec![0.0, 0.0, 1.0], vec![0.0, 0.0, 0.0]]);
+        // With gamma = 1 the return of every frame of a success is 1, of a failure 0.
+        assert_eq!(discounted_returns(&s[0], 1.0), vec![1.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn topreward_signal_is_the_raw_log_prob_per_frame() {
+        let ep = Episode {
+            states: vec![vec![0.0; 6]; 5],
+            actions: vec![vec![0.0; 6]; 5],
+            ..Episode::default()
+        };
+        let score = EpisodeScore {
+            prefix_lengths: vec![1, 2, 3],
+            log_probs: vec![-3.0, -2.0, -0.5],
+            progress: vec![0.0, 0.4, 1.0],
+            num_tokens: vec![10, 20, 30],
+            voc: Some(1.0),
+        };
+        let s = reward_signal(RewardSource::Topreward, &[ep], Some(&[(score, 2.0)])).unwrap();
+        assert_eq!(s, vec![vec![-3.0, -2.5, -2.0, -1.25, -0.5]]);
+    }
+
+    #[test]
+    fn standardised_advantages_have_zero_mean_unit_spread() {
+        let z = standardise(&[1.0, 2.0, 3.0]);
+        assert!((z.iter().sum::<f32>()).abs() < 1e-6);
+        assert!((z[2] - 1.224_744_9).abs() < 1e-5);
+        assert_eq!(standardise(&[2.0, 2.0]), vec![0.0, 0.0]);
+    }
+}
