@@ -242,14 +242,8 @@ pub fn write_video(path: &Path, episodes: &[&Episode]) -> anyhow::Result<()> {
         .map(|f| f.dimensions())
         .context("episodes have no front camera frames")?;
     let fps = first.fps;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .suffix(".mp4")
-        .tempfile_in(dir)
-        .context("creating temp file")?;
+    let tmp = crate::atomic::temp_sibling(path, ".mp4")
+        .with_context(|| format!("creating a temporary file beside {}", path.display()))?;
     let mut child = Command::new("ffmpeg")
         .args([
             "-loglevel",
