@@ -201,6 +201,7 @@ pub fn run(
                             source,
                         }
                     })?;
+                log_weight_stats(&arm.name, seed, &weights);
                 let awr_inputs = if arm.algorithm == Algorithm::Awr {
                     Some(AwrInputs {
                         demos: &episodes,
@@ -261,6 +262,15 @@ pub fn run(
         )?;
     }
     Ok(results)
+}
+
+/// How much an arm's per-frame weights vary: with near-constant weights an arm is plain BC.
+fn log_weight_stats(arm: &str, seed: u64, weights: &[Vec<f32>]) {
+    let all: Vec<f64> = weights.iter().flatten().map(|&w| f64::from(w)).collect();
+    let (mean, std) = crate::results::mean_std(&all);
+    let min = all.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = all.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    tracing::info!(arm, seed, mean, std, min, max, "per-frame weights");
 }
 
 fn run_dir(out: &Path, arm: &str, seed: u64) -> PathBuf {
