@@ -62,6 +62,15 @@ impl TrainConfig {
             .with_grad_clipping(clip)
             .init())
     }
+
+    /// The optimiser with the moments saved in `dir`'s `optimizer.bpk`.
+    fn saved_optimizer(&self, dir: &Path) -> Result<ModuleOptimizer> {
+        let path = dir.join(OPTIMIZER_FILE);
+        self.optimizer()?.load(&path).map_err(|e| PolicyError::Record {
+            path,
+            reason: e.to_string(),
+        })
+    }
 }
 
 /// Trains one policy: owns the network (on an autodiff device), the optimiser, the normaliser and a
@@ -145,12 +154,7 @@ impl Trainer {
     ) -> Result<Self> {
         let dir = dir.as_ref();
         let mut me = Self::from_checkpoint(dir, expected, train, device)?;
-        let optim_path = dir.join(OPTIMIZER_FILE);
-        let fresh = me.train.optimizer()?;
-        me.optim = fresh.load(&optim_path).map_err(|e| PolicyError::Record {
-            path: optim_path.clone(),
-            reason: e.to_string(),
-        })?;
+        me.optim = me.train.saved_optimizer(dir)?;
         let state_path = dir.join(TRAINER_STATE_FILE);
         let text = std::fs::read_to_string(&state_path).map_err(|source| PolicyError::Io {
             path: state_path.clone(),
@@ -485,12 +489,7 @@ impl ValueTrainer {
             reason: e.to_string(),
         })?;
         // Continue with the saved Adam moments (checkpoints of this format always have them).
-        let optim_path = dir.join(OPTIMIZER_FILE);
-        let fresh = me.train.optimizer()?;
-        me.optim = fresh.load(&optim_path).map_err(|e| PolicyError::Record {
-            path: optim_path,
-            reason: e.to_string(),
-        })?;
+        me.optim = me.train.saved_optimizer(dir)?;
         Ok(me)
     }
 }

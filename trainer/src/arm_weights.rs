@@ -29,12 +29,50 @@ pub enum LabelError {
 /// Per-frame progress in [0, 1] for an episode of `num_frames` frames from a TOPReward score whose prefixes
 /// were taken over frames sampled every `stride` original frames (prefix k ends at sampled frame k - 1).
 pub fn progress_per_frame(score: &EpisodeScore, stride: f64, num_frames: usize) -> Vec<f64> {
+    prefix_values_per_frame(score, &score.progress, stride, num_frames)
+}
+
+/// Any per-prefix series of `score` (its progress or raw log-probabilities) interpolated to every frame.
+pub fn prefix_values_per_frame(
+    score: &EpisodeScore,
+    values: &[f64],
+    stride: f64,
+    num_frames: usize,
+) -> Vec<f64> {
     let positions: Vec<f64> = score
         .prefix_lengths
         .iter()
         .map(|&k| (k as f64 - 1.0) * stride)
         .collect();
-    interpolate_to_frames(&positions, &score.progress, num_frames)
+    interpolate_to_frames(&positions, values, num_frames)
+}
+
+/// The simulator's ground-truth progress of every episode.
+pub fn oracle_progress(episodes: &[Episode]) -> Result<Vec<Vec<f64>>, LabelError> {
+    episodes
+        .iter()
+        .map(|e| {
+            e.true_progress
+                .as_ref()
+                .map(|p| p.iter().map(|&x| f64::from(x)).collect())
+                .ok_or(LabelError::NoTrueProgress { episode: e.index })
+        })
+        .collect()
+}
+
+/// The TOPReward scores, checked to be one per episode.
+pub fn scores_for<'s>(
+    episodes: &[Episode],
+    scores: Option<&'s [(EpisodeScore, f64)]>,
+) -> Result<&'s [(EpisodeScore, f64)], LabelError> {
+    let scores = scores.unwrap_or(&[]);
+    if scores.len() != episodes.len() {
+        return Err(LabelError::MissingScores {
+            expected: episodes.len(),
+            got: scores.len(),
+        });
+    }
+    Ok(scores)
 }
 
 /// Per-frame weights for every episode under `source`.
@@ -60,29 +98,12 @@ pub fn frame_weights(
             }
             return Ok(weights);
         }
-        RewardSource::Oracle => episodes
+        RewardSource::Oracle => oracle_progress(episodes)?,
+        RewardSource::Topreward => episodes
             .iter()
-            .map(|e| {
-                e.true_progress
-                    .as_ref()
-                    .map(|p| p.iter().map(|&x| f64::from(x)).collect())
-                    .ok_or(LabelError::NoTrueProgress { episode: e.index })
-            })
-            .collect::<Result<_, _>>()?,
-        RewardSource::Topreward => {
-            let scores = scores.unwrap_or(&[]);
-            if scores.len() != episodes.len() {
-                return Err(LabelError::MissingScores {
-                    expected: episodes.len(),
-                    got: scores.len(),
-                });
-            }
-            episodes
-                .iter()
-                .zip(scores)
-                .map(|(e, (s, stride))| progress_per_frame(s, *stride, e.len()))
-                .collect()
-        }
+            .zip(scores_for(episodes, scores)?)
+            .map(|(e, (s, stride))| progress_per_frame(s, *stride, e.len()))
+            .collect(),
     };
     Ok(reward_aligned_weights(&progress, params)
         .into_iter()

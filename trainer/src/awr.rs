@@ -24,13 +24,12 @@ use toprl_envs::episode::Episode;
 use toprl_envs::sim::{ActionSource, RolloutOptions, SimObservation, So101Env, rollout};
 use toprl_policies::value::ValueConfig;
 use toprl_policies::{Normalizer, TrainConfig, ValueBatch, ValueTrainer, awr_weights};
-use toprl_rewards::metrics::interpolate_to_frames;
 use toprl_rewards::score::EpisodeScore;
 
-use crate::arm_weights::LabelError;
+use crate::arm_weights::{LabelError, oracle_progress, prefix_values_per_frame, scores_for};
 use crate::config::RewardSource;
 use crate::driver::ChunkDriver;
-use crate::experiment::{AwrInputs, ExperimentError, Run, Samples, awr_seed};
+use crate::experiment::{AwrInputs, ExperimentError, Run, Samples, awr_seed, score_with};
 
 type Result<T> = std::result::Result<T, ExperimentError>;
 
@@ -57,36 +56,12 @@ pub fn reward_signal(
                 Ok(s)
             })
             .collect(),
-        RewardSource::Oracle => episodes
+        RewardSource::Oracle => oracle_progress(episodes),
+        RewardSource::Topreward => Ok(episodes
             .iter()
-            .map(|e| {
-                e.true_progress
-                    .as_ref()
-                    .map(|p| p.iter().map(|&x| f64::from(x)).collect())
-                    .ok_or(LabelError::NoTrueProgress { episode: e.index })
-            })
-            .collect(),
-        RewardSource::Topreward => {
-            let scores = scores.unwrap_or(&[]);
-            if scores.len() != episodes.len() {
-                return Err(LabelError::MissingScores {
-                    expected: episodes.len(),
-                    got: scores.len(),
-                });
-            }
-            Ok(episodes
-                .iter()
-                .zip(scores)
-                .map(|(e, (score, stride))| {
-                    let positions: Vec<f64> = score
-                        .prefix_lengths
-                        .iter()
-                        .map(|&k| (k as f64 - 1.0) * stride)
-                        .collect();
-                    interpolate_to_frames(&positions, &score.log_probs, e.len())
-                })
-                .collect())
-        }
+            .zip(scores_for(episodes, scores)?)
+            .map(|(e, (score, stride))| prefix_values_per_frame(score, &score.log_probs, *stride, e.len()))
+            .collect()),
     }
 }
 
@@ -141,10 +116,7 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
 
         // 2. Score the rollouts with the arm's reward source.
         let scores = if reward == RewardSource::Topreward {
-            let scorer = scorer.as_deref_mut().ok_or_else(|| {
-                ExperimentError::Reward("an AWR arm uses `topreward` but no reward model was loaded".into())
-            })?;
-            Some(scorer(&rollouts).map_err(ExperimentError::Reward)?)
+            Some(score_with(scorer.as_deref_mut(), &rollouts)?)
         } else {
             None
         };

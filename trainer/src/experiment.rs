@@ -102,6 +102,17 @@ fn policy_err(what: impl Into<String>) -> impl FnOnce(toprl_policies::PolicyErro
 pub type EpisodeScorer<'a> =
     dyn FnMut(&[Episode]) -> std::result::Result<Vec<(EpisodeScore, f64)>, String> + 'a;
 
+/// TOPReward scores of `episodes` from the loaded reward model.
+pub(crate) fn score_with(
+    scorer: Option<&mut EpisodeScorer<'_>>,
+    episodes: &[Episode],
+) -> Result<Vec<(EpisodeScore, f64)>> {
+    let scorer = scorer.ok_or_else(|| {
+        ExperimentError::Reward("an arm uses `topreward` but no reward model was loaded".into())
+    })?;
+    scorer(episodes).map_err(ExperimentError::Reward)
+}
+
 /// Where and how to run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -167,10 +178,7 @@ pub fn run(
         tracing::info!(seed, episodes = episodes.len(), successes, "demonstrations ready");
 
         let scores = if config.arms.iter().any(|a| a.reward == RewardSource::Topreward) {
-            let scorer = scorer.as_deref_mut().ok_or_else(|| {
-                ExperimentError::Reward("an arm uses `topreward` but no reward model was loaded".into())
-            })?;
-            Some(scorer(&episodes).map_err(ExperimentError::Reward)?)
+            Some(score_with(scorer.as_deref_mut(), &episodes)?)
         } else {
             None
         };
