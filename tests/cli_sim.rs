@@ -111,6 +111,8 @@ fn record_writes_a_lerobot_dataset_that_reads_back() {
         ep.instruction
     );
     assert_eq!(ep.states[0].len(), 6);
+    assert_eq!(ep.environment_states.len(), ep.len());
+    assert_eq!(ep.environment_states[0].len(), toprl_envs::sim::ENVIRONMENT_STATE_DIM);
     for cam in ["observation.images.front", "observation.images.wrist"] {
         assert_eq!(ep.cameras[cam].len(), ep.len(), "{cam}");
         assert_eq!(ep.cameras[cam][0].dimensions(), (64, 64));
@@ -122,4 +124,34 @@ fn record_writes_a_lerobot_dataset_that_reads_back() {
         .output()
         .unwrap();
     assert!(!again.status.success());
+
+    // A state policy with the cube pose trains on the recorded dataset; the same config on a dataset
+    // recorded by a real robot (no environment state) is refused before training.
+    let config = |data: &std::path::Path| {
+        format!(
+            "[task]\nname = \"reach\"\nmax_steps = 20\n[data]\nsource = \"lerobot\"\npath = {:?}\n\
+             [policy]\nkind = \"gaussian\"\nchunk = 5\nenvironment_state = true\n\
+             [train]\nsteps = 4\nbatch_size = 8\neval_every = 4\n[eval]\nepisodes = 1\n\
+             [[arms]]\nname = \"bc\"\nreward = \"none\"\n",
+            data.display().to_string()
+        )
+    };
+    let train = |cfg: &str, name: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, cfg).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_train"))
+            .arg(&path)
+            .arg("--out")
+            .arg(dir.path().join(name))
+            .output()
+            .unwrap()
+    };
+    let ok = train(&config(&path), "from_recording");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let robot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../envs/fixtures/lerobot/so101_v30");
+    let refused = train(&config(&robot), "from_robot");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("observation.environment_state"), "{err}");
+    assert!(!dir.path().join("from_robot/results.json").exists());
 }

@@ -162,7 +162,11 @@ fn an_interrupted_awr_run_resumes_where_it_stopped() {
         .predict(&states)
         .unwrap()
     };
-    assert_eq!(value(&straight), value(&interrupted), "value function differs after resuming");
+    assert_eq!(
+        value(&straight),
+        value(&interrupted),
+        "value function differs after resuming"
+    );
     let strip_experiment = |mut v: serde_json::Value| {
         v["experiment"] = serde_json::Value::Null;
         v

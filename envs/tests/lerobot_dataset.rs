@@ -538,6 +538,44 @@ fn an_unfinished_or_rejected_write_leaves_nothing() {
 }
 
 #[test]
+fn environment_state_is_written_and_read_back_when_declared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut eps = episodes(64, 48);
+    for ep in &mut eps {
+        ep.environment_states = (0..ep.len())
+            .map(|f| {
+                (0..6)
+                    .map(|j| ep.index as f32 + f as f32 * 0.01 + j as f32 * 0.1)
+                    .collect()
+            })
+            .collect();
+    }
+    let path = tmp.path().join("with_env");
+    write(&path, &eps, spec(64, 48).with_sim_environment_state());
+    let ds = LeRobotDataset::open(&path).unwrap();
+    assert_eq!(
+        ds.info().features["observation.environment_state"]
+            .name_list()
+            .unwrap(),
+        toprl_envs::sim::ENVIRONMENT_STATE_NAMES
+    );
+    for (e, ep) in eps.iter().enumerate() {
+        assert_eq!(ds.episode(e).unwrap().environment_states, ep.environment_states);
+    }
+    // Without the feature declared, nothing is written and episodes read back without it.
+    let plain = tmp.path().join("plain");
+    write(&plain, &eps, spec(64, 48));
+    let ds = LeRobotDataset::open(&plain).unwrap();
+    assert!(!ds.info().features.contains_key("observation.environment_state"));
+    assert!(ds.episode(0).unwrap().environment_states.is_empty());
+    // Declared but missing from an episode: rejected before anything is written.
+    let mut w =
+        DatasetWriter::create(tmp.path().join("bad"), spec(64, 48).with_sim_environment_state()).unwrap();
+    let err = w.add_episode(&episodes(64, 48)[0]).unwrap_err().to_string();
+    assert!(err.contains("observation.environment_state"), "{err}");
+}
+
+#[test]
 fn lerobot_loads_what_toprl_writes() {
     let python = std::env::var_os("TOPRL_LEROBOT_PYTHON")
         .map(PathBuf::from)

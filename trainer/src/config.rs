@@ -128,7 +128,8 @@ pub struct PolicyConfig {
     pub chunk: usize,
     /// Feed the simulator's privileged `observation.environment_state` (cube position and yaw, target
     /// position) to the policy after the joint state: what lets a state-only policy find the cube.
-    /// Simulated demonstrations only (a real robot has no such sensor). Default: false.
+    /// Simulated demonstrations, or a dataset recorded in simulation (`so101 sim --record` writes the
+    /// feature); a real robot has no such sensor. Default: false.
     #[serde(default)]
     pub environment_state: bool,
     /// Overrides of the network's own config (field names of the policies crate's `GaussianMlpConfig`,
@@ -460,13 +461,6 @@ impl ExperimentConfig {
                 }
                 Some(_) => {}
             }
-        }
-        if self.policy.environment_state && matches!(self.data, DataConfig::Lerobot { .. }) {
-            return Err(invalid(
-                "policy.environment_state",
-                "needs simulated demonstrations (`data.source = \"sim\"`); datasets carry no environment state"
-                    .into(),
-            ));
         }
         for (i, arm) in self.arms.iter().enumerate() {
             if arm.algorithm == Algorithm::Awr && arm.reward == RewardSource::None {

@@ -376,6 +376,16 @@ fn demonstrations(
                     path: path.clone(),
                     source,
                 })?;
+                let env_dim = episode.environment_states.first().map(Vec::len);
+                if config.policy.environment_state && env_dim != Some(toprl_envs::sim::ENVIRONMENT_STATE_DIM)
+                {
+                    return Err(ExperimentError::Invalid(format!(
+                        "dataset {path}: policy.environment_state = true needs `{ENVIRONMENT_STATE_FEATURE}` \
+                         of {} values (datasets recorded with `so101 sim --record` have it); episode {i} has {}",
+                        toprl_envs::sim::ENVIRONMENT_STATE_DIM,
+                        env_dim.map_or("none".to_string(), |d| format!("{d} values")),
+                    )));
+                }
                 if let Some(action) = episode.actions.first()
                     && action.len() != toprl_envs::so101::NUM_JOINTS
                 {

@@ -17,6 +17,8 @@ use crate::episode::Episode;
 /// LeRobot's state and action feature keys.
 pub const STATE_KEY: &str = "observation.state";
 pub const ACTION_KEY: &str = "action";
+/// LeRobot's key of a simulator's privileged scene vector.
+pub const ENVIRONMENT_STATE_KEY: &str = "observation.environment_state";
 
 /// The parquet rows of one episode, ordered by frame index.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +32,8 @@ pub struct EpisodeRows {
     pub state: Vec<Vec<f32>>,
     /// `action` per row (empty vectors when the dataset declares none).
     pub action: Vec<Vec<f32>>,
+    /// `observation.environment_state` per row (empty vectors when the dataset declares none).
+    pub environment_state: Vec<Vec<f32>>,
 }
 
 /// One frame: its row and the decoded camera images.
@@ -272,6 +276,7 @@ impl LeRobotDataset {
                 task_index: t.i64s("task_index")?,
                 state: vectors(STATE_KEY)?,
                 action: vectors(ACTION_KEY)?,
+                environment_state: vectors(ENVIRONMENT_STATE_KEY)?,
             },
             path,
         });
@@ -305,6 +310,7 @@ impl LeRobotDataset {
             task_index: picked.iter().map(|&r| df.rows.task_index[r]).collect(),
             state: take(&df.rows.state),
             action: take(&df.rows.action),
+            environment_state: take(&df.rows.environment_state),
         };
         for (i, &f) in rows.frame_index.iter().enumerate() {
             if f != i as i64 {
@@ -409,10 +415,14 @@ impl LeRobotDataset {
             fps: self.info.fps,
             states: rows.state,
             actions: rows.action,
+            environment_states: if self.info.features.contains_key(ENVIRONMENT_STATE_KEY) {
+                rows.environment_state
+            } else {
+                Vec::new()
+            },
             cameras: frames,
             success: None,
             true_progress: None,
-            environment_states: Vec::new(),
         })
     }
 

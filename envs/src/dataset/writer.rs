@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 use super::error::{DatasetError, Result, io};
 use super::meta::{DEFAULT_COLUMNS, INFO_PATH, STATS_PATH, TASKS_PATH};
-use super::reader::{ACTION_KEY, STATE_KEY};
+use super::reader::{ACTION_KEY, ENVIRONMENT_STATE_KEY, STATE_KEY};
 use super::video::{VideoCodec, VideoEncoder};
 use crate::episode::Episode;
 
@@ -58,6 +58,9 @@ pub struct DatasetSpec {
     pub state_names: Vec<String>,
     /// Names of the `action` entries.
     pub action_names: Vec<String>,
+    /// Names of the `observation.environment_state` entries (simulation's privileged scene vector);
+    /// empty: the dataset has no such feature.
+    pub environment_state_names: Vec<String>,
     pub cameras: Vec<CameraSpec>,
     /// Video codec; `Auto` picks AV1 when the linked FFmpeg can encode it at this size, else H.264.
     pub codec: VideoCodec,
@@ -72,6 +75,7 @@ impl DatasetSpec {
             robot_type: Some("so101_follower".into()),
             state_names: crate::so101::feature_names(),
             action_names: crate::so101::feature_names(),
+            environment_state_names: Vec::new(),
             cameras: cameras
                 .iter()
                 .map(|&(key, width, height)| CameraSpec {
@@ -82,6 +86,37 @@ impl DatasetSpec {
                 .collect(),
             codec: VideoCodec::Auto,
         }
+    }
+
+    /// Also record the simulator's `observation.environment_state` (see
+    /// [`crate::sim::ENVIRONMENT_STATE_NAMES`]).
+    pub fn with_sim_environment_state(mut self) -> Self {
+        self.environment_state_names = crate::sim::ENVIRONMENT_STATE_NAMES
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        self
+    }
+
+    /// The float-vector features in column order, with their entry names.
+    fn vector_features(&self) -> Vec<(&'static str, &[String])> {
+        let mut features = vec![
+            (STATE_KEY, self.state_names.as_slice()),
+            (ACTION_KEY, self.action_names.as_slice()),
+        ];
+        if !self.environment_state_names.is_empty() {
+            features.push((ENVIRONMENT_STATE_KEY, self.environment_state_names.as_slice()));
+        }
+        features
+    }
+}
+
+/// An episode's rows of the vector feature `key`.
+fn episode_vectors<'e>(ep: &'e Episode, key: &str) -> &'e [Vec<f32>] {
+    match key {
+        STATE_KEY => &ep.states,
+        ACTION_KEY => &ep.actions,
+        _ => &ep.environment_states,
     }
 }
 
@@ -111,8 +146,8 @@ pub struct DatasetWriter {
     tasks: Vec<String>,
     episodes: Vec<EpisodeRecord>,
     // Frame rows.
-    state: Vec<Vec<f32>>,
-    action: Vec<Vec<f32>>,
+    /// Rows of each vector feature, in [`DatasetSpec::vector_features`] order.
+    vectors: Vec<Vec<Vec<f32>>>,
     timestamp: Vec<f32>,
     frame_index: Vec<i64>,
     episode_index: Vec<i64>,
@@ -168,6 +203,7 @@ impl DatasetWriter {
             )?);
         }
         let pixel_stats = vec![PixelStats::default(); spec.cameras.len()];
+        let vectors = vec![Vec::new(); spec.vector_features().len()];
         Ok(Self {
             target,
             tmp,
@@ -175,8 +211,7 @@ impl DatasetWriter {
             encoders,
             tasks: Vec::new(),
             episodes: Vec::new(),
-            state: Vec::new(),
-            action: Vec::new(),
+            vectors,
             timestamp: Vec::new(),
             frame_index: Vec::new(),
             episode_index: Vec::new(),
@@ -213,10 +248,11 @@ impl DatasetWriter {
                 ep.fps, self.spec.fps
             )));
         }
-        for (what, rows, names) in [
-            (STATE_KEY, &ep.states, &self.spec.state_names),
-            (ACTION_KEY, &ep.actions, &self.spec.action_names),
-        ] {
+        for (what, names) in self.spec.vector_features() {
+            let rows = episode_vectors(ep, what);
+            if rows.len() != n {
+                return Err(bad(format!("{} rows of {what} for {n} states", rows.len())));
+            }
             if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != names.len()) {
                 return Err(bad(format!(
                     "{what} of frame {i} has {} values, expected {}",
@@ -286,8 +322,9 @@ impl DatasetWriter {
         let from_index = self.timestamp.len();
         let fps = self.spec.fps as f32;
         for i in 0..n {
-            self.state.push(ep.states[i].clone());
-            self.action.push(ep.actions[i].clone());
+            for ((key, _), rows) in self.spec.vector_features().iter().zip(&mut self.vectors) {
+                rows.push(episode_vectors(ep, key)[i].clone());
+            }
             // LeRobot's add_frame: timestamp = frame_index / fps.
             self.timestamp.push(i as f32 / fps);
             self.frame_index.push(i as i64);
@@ -295,8 +332,9 @@ impl DatasetWriter {
             self.task_index.push(task as i64);
         }
         let mut stats = BTreeMap::new();
-        stats.insert(STATE_KEY, Stats::of(&ep.states));
-        stats.insert(ACTION_KEY, Stats::of(&ep.actions));
+        for (key, _) in self.spec.vector_features() {
+            stats.insert(key, Stats::of(episode_vectors(ep, key)));
+        }
         let col = |v: &[f64]| v.iter().map(|&x| vec![x as f32]).collect::<Vec<_>>();
         stats.insert(
             "timestamp",
@@ -350,28 +388,29 @@ impl DatasetWriter {
 
         // data/chunk-000/file-000.parquet
         let index: Vec<i64> = (0..total_frames as i64).collect();
-        let data = batch(
-            vec![
-                (STATE_KEY, fixed_list(&this.state, spec.state_names.len())),
-                (ACTION_KEY, fixed_list(&this.action, spec.action_names.len())),
-                (
-                    "timestamp",
-                    Arc::new(Float32Array::from(this.timestamp.clone())) as ArrayRef,
-                ),
-                (
-                    "frame_index",
-                    Arc::new(Int64Array::from(this.frame_index.clone())),
-                ),
-                (
-                    "episode_index",
-                    Arc::new(Int64Array::from(this.episode_index.clone())),
-                ),
-                ("index", Arc::new(Int64Array::from(index))),
-                ("task_index", Arc::new(Int64Array::from(this.task_index.clone()))),
-            ],
-            None,
-            &root.join(DATA_FILE),
-        )?;
+        let mut data_cols: Vec<(&str, ArrayRef)> = spec
+            .vector_features()
+            .into_iter()
+            .zip(&this.vectors)
+            .map(|((key, names), rows)| (key, fixed_list(rows, names.len())))
+            .collect();
+        data_cols.extend([
+            (
+                "timestamp",
+                Arc::new(Float32Array::from(this.timestamp.clone())) as ArrayRef,
+            ),
+            (
+                "frame_index",
+                Arc::new(Int64Array::from(this.frame_index.clone())),
+            ),
+            (
+                "episode_index",
+                Arc::new(Int64Array::from(this.episode_index.clone())),
+            ),
+            ("index", Arc::new(Int64Array::from(index))),
+            ("task_index", Arc::new(Int64Array::from(this.task_index.clone()))),
+        ]);
+        let data = batch(data_cols, None, &root.join(DATA_FILE))?;
         write_parquet(&root.join(DATA_FILE), &data)?;
 
         // meta/episodes/chunk-000/file-000.parquet
@@ -424,7 +463,8 @@ impl DatasetWriter {
                 )),
             ));
         }
-        for key in [STATE_KEY, ACTION_KEY].into_iter().chain(DEFAULT_COLUMNS) {
+        let vector_keys: Vec<&str> = spec.vector_features().iter().map(|(k, _)| *k).collect();
+        for key in vector_keys.into_iter().chain(DEFAULT_COLUMNS) {
             for part in ["min", "max", "mean", "std"] {
                 let rows = episodes.iter().map(|e| e.stats[key].get(part));
                 cols.push((format!("stats/{key}/{part}"), f64_lists(rows)));
@@ -473,8 +513,9 @@ impl DatasetWriter {
         let vec_feature =
             |names: &[String]| json!({"dtype": "float32", "shape": [names.len()], "names": names});
         let mut features = serde_json::Map::new();
-        features.insert(STATE_KEY.into(), vec_feature(&spec.state_names));
-        features.insert(ACTION_KEY.into(), vec_feature(&spec.action_names));
+        for (key, names) in spec.vector_features() {
+            features.insert(key.into(), vec_feature(names));
+        }
         for cam in &spec.cameras {
             features.insert(
                 cam.key.clone(),
@@ -518,7 +559,7 @@ impl DatasetWriter {
 
         // meta/stats.json: dataset-wide stats (LeRobot aggregates per-episode stats the same way).
         let mut stats = serde_json::Map::new();
-        for (key, rows) in [(STATE_KEY, &this.state), (ACTION_KEY, &this.action)] {
+        for ((key, _), rows) in spec.vector_features().into_iter().zip(&this.vectors) {
             stats.insert(key.into(), Stats::of(rows).to_json(true));
         }
         let scalar = |v: Vec<f64>| v.into_iter().map(|x| vec![x as f32]).collect::<Vec<_>>();

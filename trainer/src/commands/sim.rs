@@ -132,7 +132,8 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             let key = |cam: &str| format!("observation.images.{cam}");
             let (front, wrist) = (key("front"), key("wrist"));
             let size = args.image_size;
-            let spec = DatasetSpec::so101(30, &[(front.as_str(), size, size), (wrist.as_str(), size, size)]);
+            let spec = DatasetSpec::so101(30, &[(front.as_str(), size, size), (wrist.as_str(), size, size)])
+                .with_sim_environment_state();
             Some(
                 DatasetWriter::create(path, spec)
                     .with_context(|| format!("creating dataset {}", path.display()))?,
