@@ -112,7 +112,10 @@ fn record_writes_a_lerobot_dataset_that_reads_back() {
     );
     assert_eq!(ep.states[0].len(), 6);
     assert_eq!(ep.environment_states.len(), ep.len());
-    assert_eq!(ep.environment_states[0].len(), toprl_envs::sim::ENVIRONMENT_STATE_DIM);
+    assert_eq!(
+        ep.environment_states[0].len(),
+        toprl_envs::sim::ENVIRONMENT_STATE_DIM
+    );
     for cam in ["observation.images.front", "observation.images.wrist"] {
         assert_eq!(ep.cameras[cam].len(), ep.len(), "{cam}");
         assert_eq!(ep.cameras[cam][0].dimensions(), (64, 64));

@@ -61,3 +61,61 @@ fn every_shipped_experiment_config_is_valid() {
     }
     assert!(checked >= 2, "bc_reward_aligned.toml and smoke.toml at least");
 }
+
+#[test]
+fn bad_configs_are_refused_by_field_before_any_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "[task]\nname = \"reach\"\n[data]\nsource = \"sim\"\nepisodes = 2\n[policy]\nkind = \"gaussian\"\n\
+                [[arms]]\nname = \"bc\"\nreward = \"none\"\n";
+    let cases = [
+        ("task", base.replace("\"reach\"", "\"juggle\""), "task.name"),
+        (
+            "policy",
+            base.replace("\"gaussian\"", "\"diffusion\""),
+            "policy.kind",
+        ),
+        (
+            "reward",
+            base.replace("\"none\"", "\"dense\""),
+            "unknown variant `dense`",
+        ),
+        (
+            "init",
+            base.replace(
+                "kind = \"gaussian\"",
+                "kind = \"gaussian\"\ninit = \"no/such/checkpoint\"",
+            ),
+            "policy.init",
+        ),
+        (
+            "network",
+            base.replace(
+                "kind = \"gaussian\"",
+                "kind = \"gaussian\"\n[policy.network]\nhiden = [8]",
+            ),
+            "unknown field `hiden`",
+        ),
+        (
+            "awr",
+            base.replace("reward = \"none\"", "reward = \"sparse\"\nalgorithm = \"awr\"")
+                + "[awr]\ngamma = 1.5\n",
+            "awr.gamma",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out_dir = dir.path().join(format!("out-{name}"));
+        let out = train().arg(&path).arg("--out").arg(&out_dir).output().unwrap();
+        assert!(!out.status.success(), "{name} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(expected) && err.contains(&format!("{name}.toml")),
+            "{name}: {err}"
+        );
+        assert!(
+            !out_dir.exists(),
+            "{name}: output written before the config was refused"
+        );
+    }
+}

@@ -55,6 +55,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(config.name.clone().unwrap_or_else(|| "experiment".into()))
     });
+    // Fail before any training when the policy or its overrides are wrong.
+    toprl_trainer::experiment::policy_config(&config)
+        .with_context(|| format!("invalid experiment config {}", args.config.display()))?;
     if args.check {
         let resolved = toml::to_string_pretty(&config).context("serialising the resolved config")?;
         println!(
@@ -64,8 +67,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    // Fail before any training when the policy or its overrides are wrong.
-    toprl_trainer::experiment::policy_config(&config)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
