@@ -537,11 +537,9 @@ fn an_unfinished_or_rejected_write_leaves_nothing() {
     ));
 }
 
-#[test]
-fn environment_state_is_written_and_read_back_when_declared() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut eps = episodes(64, 48);
-    for ep in &mut eps {
+/// Give every episode a recognisable `observation.environment_state` per frame.
+fn with_environment_states(eps: &mut [Episode]) {
+    for ep in eps {
         ep.environment_states = (0..ep.len())
             .map(|f| {
                 (0..6)
@@ -550,6 +548,13 @@ fn environment_state_is_written_and_read_back_when_declared() {
             })
             .collect();
     }
+}
+
+#[test]
+fn environment_state_is_written_and_read_back_when_declared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut eps = episodes(64, 48);
+    with_environment_states(&mut eps);
     let path = tmp.path().join("with_env");
     write(&path, &eps, spec(64, 48).with_sim_environment_state());
     let ds = LeRobotDataset::open(&path).unwrap();
@@ -591,8 +596,9 @@ fn lerobot_loads_what_toprl_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("roundtrip");
     // 64x64: large enough for Debian's SVT-AV1, LeRobot's default encoder.
-    let eps = episodes(64, 64);
-    let written = write(&path, &eps, spec(64, 64));
+    let mut eps = episodes(64, 64);
+    with_environment_states(&mut eps);
+    let written = write(&path, &eps, spec(64, 64).with_sim_environment_state());
     assert_eq!(written.encoders[CAMS[0]], "libsvtav1");
     let video = path.join("videos/observation.images.front/chunk-000/file-000.mp4");
     assert_eq!(
@@ -609,6 +615,7 @@ fn lerobot_loads_what_toprl_writes() {
             "instruction": ep.instruction,
             "states": ep.states,
             "actions": ep.actions,
+            "environment_states": ep.environment_states,
             "block_means": CAMS.iter().map(|c| (c.to_string(), ep.cameras[*c].iter().map(|f| block_means(f, 8)).collect::<Vec<_>>())).collect::<BTreeMap<_, _>>(),
         })).collect::<Vec<_>>(),
     });
