@@ -62,6 +62,8 @@ fn score_json_matches_reference_and_plots() {
             "--json",
             "--plot",
             plot.to_str().expect("utf8"),
+            "--success-threshold",
+            "-1.0",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
@@ -78,6 +80,16 @@ fn score_json_matches_reference_and_plots() {
         }
         assert_eq!(got["progress"].as_array().map(Vec::len), Some(prefixes.len()));
         assert!(got.get("voc").is_some());
+        // The paper's success detector: mean log p(True) of the last 3 prefixes against the threshold.
+        let lps: Vec<f64> = prefixes
+            .iter()
+            .map(|p| p["log_prob_true"].as_f64().expect("reference"))
+            .collect();
+        let tail = &lps[lps.len().saturating_sub(3)..];
+        let want = tail.iter().sum::<f64>() / tail.len() as f64;
+        let success_score = got["success_score"].as_f64().expect("success_score");
+        assert!((success_score - want).abs() < 1e-3, "{success_score} vs {want}");
+        assert_eq!(got["success"].as_bool(), Some(success_score >= -1.0));
         let img = image::open(&plot).expect("plot png").to_rgb8();
         assert!(img.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 1000);
     }

@@ -69,6 +69,54 @@ pub fn voc(values: &[f64]) -> Option<f64> {
     spearman(values, &time)
 }
 
+/// TOPReward's episode success score (paper v1): the mean raw log p(" True") over the last `last` prefixes
+/// (the paper uses 3). An episode counts as a success when the score is at least a threshold theta chosen on
+/// a labelled set's ROC curve (typically in [-1.5, -0.5]). `None` without prefixes or with `last == 0`.
+pub fn success_score(log_probs: &[f64], last: usize) -> Option<f64> {
+    let tail = &log_probs[log_probs.len().saturating_sub(last)..];
+    if tail.is_empty() || last == 0 {
+        return None;
+    }
+    Some(tail.iter().sum::<f64>() / tail.len() as f64)
+}
+
+/// Area under the ROC curve of `scores` for binary `labels` (true = success): the probability that a random
+/// success scores above a random failure, ties counting one half (Mann-Whitney U). `None` when either
+/// class is absent or the lengths differ.
+pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    if scores.len() != labels.len() {
+        return None;
+    }
+    let positives: Vec<f64> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| **l)
+        .map(|(&s, _)| s)
+        .collect();
+    let negatives: Vec<f64> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| !**l)
+        .map(|(&s, _)| s)
+        .collect();
+    if positives.is_empty() || negatives.is_empty() {
+        return None;
+    }
+    let mut wins = 0.0;
+    for p in &positives {
+        for n in &negatives {
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    Some(wins / (positives.len() * negatives.len()) as f64)
+}
+
 /// Linearly interpolate values known at (strictly increasing) frame positions to every frame in
 /// `0..num_frames`. Frames before the first known position take the first value, after the last the last.
 pub fn interpolate_to_frames(positions: &[f64], values: &[f64], num_frames: usize) -> Vec<f64> {
@@ -161,6 +209,33 @@ pub fn reward_aligned_weights(episodes_progress: &[Vec<f64>], params: &WeightPar
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn success_score_is_the_mean_of_the_last_prefixes() {
+        assert_eq!(success_score(&[-5.0, -3.0, -1.0, -2.0, -0.0], 3), Some(-1.0));
+        assert_eq!(success_score(&[-2.0, -1.0], 3), Some(-1.5));
+        assert_eq!(success_score(&[], 3), None);
+        assert_eq!(success_score(&[-1.0], 0), None);
+    }
+
+    #[test]
+    fn roc_auc_counts_pairs_and_half_ties() {
+        // Perfect separation, perfectly inverted, and one tie among four pairs.
+        assert_eq!(
+            roc_auc(&[0.9, 0.8, 0.1, 0.2], &[true, true, false, false]),
+            Some(1.0)
+        );
+        assert_eq!(
+            roc_auc(&[0.1, 0.2, 0.9, 0.8], &[true, true, false, false]),
+            Some(0.0)
+        );
+        assert_eq!(
+            roc_auc(&[0.5, 0.9, 0.5, 0.1], &[true, true, false, false]),
+            Some(0.875)
+        );
+        assert_eq!(roc_auc(&[0.5, 0.9], &[true, true]), None);
+        assert_eq!(roc_auc(&[0.5], &[true, false]), None);
+    }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-12

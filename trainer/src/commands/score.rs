@@ -46,9 +46,14 @@ pub struct ScoreArgs {
     /// Directory of cached episode scores (JSON, keyed by content and settings).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// Print one JSON object (prefix_lengths, log_probs, progress, num_tokens, voc) on stdout.
+    /// Print one JSON object (prefix_lengths, log_probs, progress, num_tokens, voc, success_score and,
+    /// with --success-threshold, success) on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Call the episode a success when its success score (mean log p(" True") over the last 3 prefixes,
+    /// the paper's detector) is at least this; pick it on labelled episodes (typically -1.5 to -0.5).
+    #[arg(long, allow_hyphen_values = true)]
+    pub success_threshold: Option<f64>,
     /// Write a PNG plot of the progress curve.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -93,7 +98,15 @@ pub fn load_scorer(model: &str, mode: Mode, options: &ScorerOptions) -> Result<T
     Ok(TopReward::new(reward_model, encoder, config, model.to_string())?)
 }
 
+/// Prefixes averaged by the success detector (paper v1).
+const SUCCESS_PREFIXES: usize = 3;
+
 pub fn run(args: ScoreArgs) -> Result<()> {
+    if let Some(theta) = args.success_threshold
+        && !theta.is_finite()
+    {
+        bail!("--success-threshold must be a finite log-probability, got {theta}");
+    }
     if !(args.fps.is_finite() && args.fps > 0.0) {
         bail!("--fps must be positive, got {}", args.fps);
     }
@@ -146,8 +159,20 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         };
         save_chart(path, &chart).with_context(|| format!("writing plot {}", path.display()))?;
     }
+    let success_score = toprl_rewards::metrics::success_score(&score.log_probs, SUCCESS_PREFIXES);
+    let success = args
+        .success_threshold
+        .zip(success_score)
+        .map(|(theta, s)| s >= theta);
     if args.json {
-        println!("{}", serde_json::to_string(&score)?);
+        let mut json = serde_json::to_value(&score)?;
+        if let Some(object) = json.as_object_mut() {
+            object.insert("success_score".into(), serde_json::json!(success_score));
+            if args.success_threshold.is_some() {
+                object.insert("success".into(), serde_json::json!(success));
+            }
+        }
+        println!("{json}");
     } else {
         println!(
             "{:>6} {:>8} {:>12} {:>9}",
@@ -160,6 +185,16 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             );
         }
         println!("VOC {}", fmt_voc(score.voc));
+        if let Some(value) = success_score {
+            print!("success score {value:.4} (mean log p(True) of the last {SUCCESS_PREFIXES} prefixes)");
+            match (success, args.success_threshold) {
+                (Some(ok), Some(theta)) => println!(
+                    ": {} at threshold {theta}",
+                    if ok { "success" } else { "failure" }
+                ),
+                _ => println!(),
+            }
+        }
     }
     Ok(())
 }
