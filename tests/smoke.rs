@@ -176,3 +176,57 @@ fn an_interrupted_awr_run_resumes_where_it_stopped() {
         strip_experiment(results(&straight))
     );
 }
+
+#[test]
+fn a_trained_checkpoint_drives_the_sim_and_seeds_fine_tuning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(repo_root().join("experiments/smoke.toml")).expect("smoke.toml");
+    let start = text.find("[[arms]]").expect("arms");
+    let bc_only = format!("{}[[arms]]\nname = \"bc\"\nreward = \"none\"\n", &text[..start])
+        .replace("seeds = [0, 1]", "seeds = [0]");
+    let config = dir.path().join("bc.toml");
+    std::fs::write(&config, &bc_only).unwrap();
+    let first = dir.path().join("first");
+    let out = train_config(&config, &first, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let checkpoint = first.join("runs/bc/seed-0/checkpoint");
+
+    // `so101 sim` rebuilds the policy's input (joint state + environment state) from the checkpoint.
+    let sim = Command::new(env!("CARGO_BIN_EXE_so101"))
+        .args(["sim", "--task", "reach", "--episodes", "2", "--json", "--policy"])
+        .arg(&checkpoint)
+        .output()
+        .expect("so101 runs");
+    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&sim.stdout).expect("json");
+    assert_eq!(report["episodes"], 2);
+
+    // Fine-tuning from it: the step count carries on from the checkpoint's.
+    let tuned_config = dir.path().join("tuned.toml");
+    let init = format!(
+        "environment_state = true\ninit = {:?}",
+        checkpoint.display().to_string()
+    );
+    std::fs::write(&tuned_config, bc_only.replace("environment_state = true", &init)).unwrap();
+    let tuned = dir.path().join("tuned");
+    let out = train_config(&tuned_config, &tuned, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta = |root: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(root.join("runs/bc/seed-0/checkpoint/policy.json")).unwrap())
+            .unwrap()
+    };
+    assert_eq!(meta(&first)["train_steps"], 60);
+    assert_eq!(meta(&tuned)["train_steps"], 120);
+
+    // A checkpoint whose inputs differ from the config's is refused before training.
+    let mismatched = dir.path().join("mismatched.toml");
+    let init = format!(
+        "environment_state = false\ninit = {:?}",
+        checkpoint.display().to_string()
+    );
+    std::fs::write(&mismatched, bc_only.replace("environment_state = true", &init)).unwrap();
+    let out = train_config(&mismatched, &dir.path().join("mismatched"), &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("environment_state"), "{err}");
+}
