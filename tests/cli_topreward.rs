@@ -138,6 +138,49 @@ fn bad_inputs_exit_nonzero_with_a_message() {
     // Too long for the token limit.
     let err = run(&model, &frames, &["--max-tokens", "50"]);
     assert!(err.contains("longer than the limit of 50"), "{err}");
+    // A custom suffix that drops the instruction.
+    let err = run(
+        &model,
+        &frames,
+        &["--prompt-suffix", "Is it done? The answer is: True"],
+    );
+    assert!(err.contains("{instruction}"), "{err}");
+}
+
+#[test]
+fn custom_prompt_text_changes_the_input_and_the_score() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let model = fixtures().join("qwen3vl-tiny");
+    let frames = frames_dir("square256", tmp.path());
+    let score = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "score",
+            "--model",
+            model.to_str().expect("utf8"),
+            "--frames",
+            frames.to_str().expect("utf8"),
+            "--instruction",
+            "push the cube",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = topreward(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let paper = score(&[]);
+    let custom = score(&[
+        "--prompt-prefix",
+        "The video shows a robot arm. Task: ",
+        "--prompt-suffix",
+        "{instruction}. Was the task completed? The answer is: True",
+    ]);
+    let tokens = |v: &serde_json::Value| v["num_tokens"][0].as_u64().expect("tokens");
+    assert!(
+        tokens(&custom) < tokens(&paper),
+        "the shorter prompt has fewer tokens"
+    );
+    assert_ne!(custom["log_probs"], paper["log_probs"]);
 }
 
 #[test]

@@ -157,6 +157,16 @@ pub struct RewardModelConfig {
     /// Camera key scored. Default: `observation.images.front`.
     #[serde(default = "default_camera")]
     pub camera: String,
+    /// Wrap the prompt in the chat template (the paper reports lower VOC with it). Default: false.
+    #[serde(default)]
+    pub chat_template: bool,
+    /// Replace the paper's prompt prefix (text after the video). Default: the paper's.
+    #[serde(default)]
+    pub prompt_prefix: Option<String>,
+    /// Replace the paper's suffix template; must contain `{instruction}` and end with the scored answer
+    /// word. Default: the paper's.
+    #[serde(default)]
+    pub prompt_suffix: Option<String>,
 }
 
 fn default_mode() -> String {
@@ -451,6 +461,17 @@ impl ExperimentConfig {
                             "unknown mode `{}`, expected \"exact\" or \"incremental\"",
                             rm.mode
                         ),
+                    ));
+                }
+                Some(rm)
+                    if rm
+                        .prompt_suffix
+                        .as_ref()
+                        .is_some_and(|t| !t.contains("{instruction}")) =>
+                {
+                    return Err(invalid(
+                        "reward_model.prompt_suffix",
+                        "must contain `{instruction}` where the task text goes".into(),
                     ));
                 }
                 Some(rm) if rm.fps.is_nan() || rm.fps <= 0.0 => {

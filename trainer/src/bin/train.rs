@@ -81,6 +81,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let mode: Mode = rm.mode.parse().map_err(anyhow::Error::msg)?;
             let options = ScorerOptions {
                 cache_dir: Some(out.join("topreward_cache")),
+                chat_template: rm.chat_template,
+                prompt_prefix: rm.prompt_prefix.clone(),
+                prompt_suffix: rm.prompt_suffix.clone(),
                 ..Default::default()
             };
             Some(

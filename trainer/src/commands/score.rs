@@ -43,6 +43,14 @@ pub struct ScoreArgs {
     /// Wrap the prompt in the chat template (the paper reports lower VOC with it).
     #[arg(long)]
     pub chat_template: bool,
+    /// Text right after the video (default: the paper's "The above video shows a robot manipulation
+    /// trajectory that completes the following task: ").
+    #[arg(long)]
+    pub prompt_prefix: Option<String>,
+    /// Text after the prefix, with `{instruction}` where the task goes and ending in the scored answer word
+    /// (default: "{instruction} Decide whether the above statement is True or not. The answer is: True").
+    #[arg(long)]
+    pub prompt_suffix: Option<String>,
     /// Directory of cached episode scores (JSON, keyed by content and settings).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -66,6 +74,10 @@ pub struct ScorerOptions {
     pub tokenizer: Option<PathBuf>,
     /// Wrap the prompt in the chat template.
     pub chat_template: bool,
+    /// Replace the paper's prompt prefix (text after the video).
+    pub prompt_prefix: Option<String>,
+    /// Replace the paper's suffix template (must contain `{instruction}`).
+    pub prompt_suffix: Option<String>,
     /// Refuse inputs longer than this many tokens.
     pub max_tokens: Option<usize>,
     /// Directory of cached episode scores.
@@ -75,10 +87,19 @@ pub struct ScorerOptions {
 /// Load a Qwen3-VL checkpoint (local directory or hub id) as a TOPReward scorer on the CPU in f32.
 pub fn load_scorer(model: &str, mode: Mode, options: &ScorerOptions) -> Result<TopReward<QwenPrefixEncoder>> {
     let files = CheckpointFiles::resolve(model).with_context(|| format!("resolving model {model}"))?;
-    let prompt = PromptConfig {
+    let mut prompt = PromptConfig {
         chat_template: options.chat_template,
         ..PromptConfig::default()
     };
+    if let Some(prefix) = &options.prompt_prefix {
+        prompt.prefix = prefix.clone();
+    }
+    if let Some(suffix) = &options.prompt_suffix {
+        if !suffix.contains("{instruction}") {
+            bail!("--prompt-suffix must contain {{instruction}} where the task goes, got {suffix:?}");
+        }
+        prompt.suffix_template = suffix.clone();
+    }
     let encoder = QwenPrefixEncoder::from_checkpoint(&files, options.tokenizer.as_deref(), prompt)
         .context("building the video processor and prompt")?;
     tracing::info!(
@@ -126,6 +147,8 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let options = ScorerOptions {
         tokenizer: args.tokenizer.clone(),
         chat_template: args.chat_template,
+        prompt_prefix: args.prompt_prefix.clone(),
+        prompt_suffix: args.prompt_suffix.clone(),
         max_tokens: args.max_tokens,
         cache_dir: args.cache_dir.clone(),
     };
