@@ -175,6 +175,10 @@ fn custom_prompt_text_changes_the_input_and_the_score() {
         "--prompt-suffix",
         "{instruction}. Was the task completed? The answer is: True",
     ]);
+    assert!(paper.get("static_voc").is_none(), "only with --static-check");
+    let checked = score(&["--static-check"]);
+    assert_eq!(checked["log_probs"], paper["log_probs"]);
+    assert!(checked.get("static_voc").is_some(), "{checked}");
     let tokens = |v: &serde_json::Value| v["num_tokens"][0].as_u64().expect("tokens");
     assert!(
         tokens(&custom) < tokens(&paper),

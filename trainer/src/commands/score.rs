@@ -62,6 +62,11 @@ pub struct ScoreArgs {
     /// the paper's detector) is at least this; pick it on labelled episodes (typically -1.5 to -0.5).
     #[arg(long, allow_hyphen_values = true)]
     pub success_threshold: Option<f64>,
+    /// Also score a static video (the first frame repeated as often as there are frames) and report its
+    /// VOC as `static_voc`: a model that finds progress in a video where nothing happens (Qwen3-VL-8B
+    /// does, about 0.99) has a time bias that the real VOC includes.
+    #[arg(long)]
+    pub static_check: bool,
     /// Write a PNG plot of the progress curve.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -163,6 +168,16 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         .score_frames(&frames, args.fps, &args.instruction)
         .context("scoring the episode")?;
     bar.finish_and_clear();
+    let static_voc = if args.static_check {
+        let first = frames.first().context("no frames to build a static video from")?;
+        let still = vec![first.clone(); frames.len()];
+        let score = scorer
+            .score_frames(&still, args.fps, &args.instruction)
+            .context("scoring the static video")?;
+        Some(score.voc)
+    } else {
+        None
+    };
     if let Some(path) = &args.plot {
         let chart = Chart {
             title: format!("TOPReward: {} (VOC {})", args.instruction, fmt_voc(score.voc)),
@@ -194,6 +209,9 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             if args.success_threshold.is_some() {
                 object.insert("success".into(), serde_json::json!(success));
             }
+            if let Some(voc) = static_voc {
+                object.insert("static_voc".into(), serde_json::json!(voc));
+            }
         }
         println!("{json}");
     } else {
@@ -208,6 +226,12 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             );
         }
         println!("VOC {}", fmt_voc(score.voc));
+        if let Some(voc) = static_voc {
+            println!(
+                "static-video VOC {} (progress found where nothing moves)",
+                fmt_voc(voc)
+            );
+        }
         if let Some(value) = success_score {
             print!("success score {value:.4} (mean log p(True) of the last {SUCCESS_PREFIXES} prefixes)");
             match (success, args.success_threshold) {
