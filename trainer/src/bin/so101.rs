@@ -1,13 +1,13 @@
-//! `so101`: the SO-101 arm in simulation and on hardware, and LeRobotDataset tools.
+//! `so101`: the SO-101 arm in simulation, and LeRobotDataset tools.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use toprl_envs::{assets, so101};
 
-/// SO-101 tools: simulation, datasets and the real arm.
+/// SO-101 tools: simulation in MuJoCo and LeRobotDataset inspection.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     #[command(subcommand)]
     command: Command,

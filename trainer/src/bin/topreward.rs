@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 /// TOPReward tools: token-probability progress rewards from a video VLM (arXiv 2602.19313).
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     #[command(subcommand)]
     command: Command,

@@ -14,9 +14,13 @@ use toprl_trainer::experiment::RunOptions;
 
 /// Train SO-101 policies and compare reward sources (sparse, TOPReward, oracle, plain BC).
 ///
+/// Every arm x seed of the config is trained (reward-aligned BC, then online AWR for `algorithm = "awr"`
+/// arms), evaluated in simulation and checkpointed; the run ends with a results table in
+/// <out>/results.md and results.json, plots in <out>/plots and TensorBoard logs in <out>/tensorboard.
+///
 /// Example: `train experiments/bc_reward_aligned.toml`
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Experiment config (TOML); see experiments/ for documented examples.
     config: PathBuf,
