@@ -801,8 +801,9 @@ impl<'c> Run<'c> {
     }
 
     /// Evaluate the current policy, log it, and write the checkpoint (plus whatever `extra` writes
-    /// into the run directory) and `progress.json`, in that order, so a crash between the two resumes
-    /// from the previous evaluation.
+    /// into the run directory), then `progress.json`. Each file is replaced atomically; a crash between
+    /// them leaves weights newer than `progress.json` says, and the resumed run repeats those steps from
+    /// the newer weights: nothing is lost, but that run is no longer bit-identical to an uninterrupted one.
     pub(crate) fn evaluate_and_save(
         &mut self,
         extra: impl FnOnce(&Path) -> Result<()>,
