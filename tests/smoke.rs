@@ -70,7 +70,11 @@ fn smoke_experiment_runs_every_arm_deterministically_and_resumes() {
             .unwrap()
             .contains("| topreward | topreward |")
     );
-    for plot in ["plots/success.png", "plots/progress_examples.png"] {
+    for plot in [
+        "plots/success.png",
+        "plots/final_success.png",
+        "plots/progress_examples.png",
+    ] {
         let img = image::open(out.join(plot)).unwrap_or_else(|e| panic!("{plot}: {e}"));
         assert!(img.width() > 100);
     }

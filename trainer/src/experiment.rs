@@ -35,7 +35,7 @@ use crate::arm_weights::frame_weights;
 use crate::atomic::write_atomic;
 use crate::config::{Algorithm, ArmConfig, DataConfig, ExperimentConfig, RewardSource};
 use crate::driver::{ChunkDriver, ENVIRONMENT_STATE_FEATURE, STATE_FEATURE, policy_state};
-use crate::plot::{Chart, Series, render_grid, save_grid};
+use crate::plot::{Bar, Chart, Series, render_grid, save_bars, save_grid};
 use crate::results::{ArmResult, Results, SeedResult};
 use crate::tensorboard::EventWriter;
 
@@ -260,6 +260,22 @@ pub fn run(
         &[success_chart(&name, &results)],
         1,
         (900, 540),
+    )?;
+    let bars: Vec<Bar> = results
+        .arms
+        .iter()
+        .map(|arm| Bar {
+            label: arm.name.clone(),
+            value: arm.success_mean,
+            error: arm.success_std,
+        })
+        .collect();
+    save_bars(
+        &out.join("plots/final_success.png"),
+        &format!("{name}: final success (mean ± std over seeds)"),
+        "success rate",
+        &bars,
+        (0.0, 1.05),
     )?;
     if !example_progress.is_empty() {
         save_grid(

@@ -158,6 +158,93 @@ where
     Ok(())
 }
 
+/// One bar of a bar chart: a label, a value and a symmetric error (e.g. mean and std over seeds).
+#[derive(Debug, Clone)]
+pub struct Bar {
+    pub label: String,
+    pub value: f64,
+    pub error: f64,
+}
+
+/// A bar chart with error bars and each value printed above its bar, as a PNG written atomically.
+pub fn save_bars(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    bars: &[Bar],
+    y_range: (f64, f64),
+) -> Result<(), PlotError> {
+    ensure_font()?;
+    let (w, h) = (160 * bars.len().max(3) as u32, 480);
+    let mut buffer = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
+        let draw = || -> Result<(), String> {
+            root.fill(&WHITE).map_err(|e| e.to_string())?;
+            let n = bars.len();
+            let mut ctx = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(52)
+                .build_cartesian_2d(-0.5..n as f64 - 0.5, y_range.0..y_range.1)
+                .map_err(|e| e.to_string())?;
+            ctx.configure_mesh()
+                .disable_x_mesh()
+                .x_labels(n)
+                .x_label_formatter(&|x| {
+                    let i = x.round();
+                    if (x - i).abs() < 1e-6 && i >= 0.0 {
+                        bars.get(i as usize).map(|b| b.label.clone()).unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
+                })
+                .y_desc(y_label)
+                .label_style(("sans-serif", 13))
+                .draw()
+                .map_err(|e| e.to_string())?;
+            for (i, bar) in bars.iter().enumerate() {
+                let x = i as f64;
+                let color = PALETTE[i % PALETTE.len()];
+                ctx.draw_series(std::iter::once(Rectangle::new(
+                    [(x - 0.35, y_range.0), (x + 0.35, bar.value)],
+                    color.mix(0.8).filled(),
+                )))
+                .map_err(|e| e.to_string())?;
+                ctx.draw_series(std::iter::once(ErrorBar::new_vertical(
+                    x,
+                    bar.value - bar.error,
+                    bar.value,
+                    bar.value + bar.error,
+                    BLACK.stroke_width(2),
+                    12,
+                )))
+                .map_err(|e| e.to_string())?;
+                let text_y = (bar.value + bar.error + 0.03 * (y_range.1 - y_range.0)).min(y_range.1);
+                ctx.draw_series(std::iter::once(Text::new(
+                    format!("{:.3} ± {:.3}", bar.value, bar.error),
+                    (x - 0.3, text_y),
+                    ("sans-serif", 13),
+                )))
+                .map_err(|e| e.to_string())?;
+            }
+            root.present().map_err(|e| e.to_string())
+        };
+        draw().map_err(draw_error(path))?;
+    }
+    let image = image::RgbImage::from_raw(w, h, buffer)
+        .ok_or_else(|| draw_error(path)("plot buffer has the wrong size".into()))?;
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| draw_error(path)(e.to_string()))?;
+    crate::atomic::write_atomic(path, &png).map_err(|source| PlotError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Render charts in a grid (`columns` wide) to an RGB image of `cell` pixels per chart.
 pub fn render_grid(charts: &[Chart], columns: usize, cell: (u32, u32)) -> Result<image::RgbImage, String> {
     ensure_font().map_err(|e| e.to_string())?;
@@ -232,5 +319,43 @@ mod tests {
         let path = dir.path().join("sub/chart.png");
         save_chart(&path, &Chart::default()).unwrap();
         assert_eq!(image::open(&path).unwrap().width(), 800);
+    }
+
+    #[test]
+    fn bar_heights_follow_the_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bars.png");
+        let bar = |label: &str, value| Bar {
+            label: label.into(),
+            value,
+            error: 0.05,
+        };
+        save_bars(
+            &path,
+            "t",
+            "success",
+            &[bar("low", 0.2), bar("", 0.0), bar("high", 0.8)],
+            (0.0, 1.0),
+        )
+        .unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        // Pixels of each bar's fill (its palette colour blended over white) in its third of the image.
+        let fill = |i: usize| {
+            let c = PALETTE[i];
+            let blend = |v: u8| (f64::from(v) * 0.8 + 255.0 * 0.2).round() as i32;
+            let want = [blend(c.0), blend(c.1), blend(c.2)];
+            img.enumerate_pixels()
+                .filter(|(x, _, p)| {
+                    (*x as usize * 3 / img.width() as usize) == i
+                        && p.0.iter().zip(want).all(|(&a, b)| (i32::from(a) - b).abs() <= 2)
+                })
+                .count()
+        };
+        let (low, empty, high) = (fill(0), fill(1), fill(2));
+        assert!(low > 1000 && empty < 50, "{low} {empty}");
+        assert!(
+            high > 3 * low,
+            "a bar four times as tall has far more fill: {low} vs {high}"
+        );
     }
 }
