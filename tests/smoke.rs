@@ -92,7 +92,7 @@ fn smoke_experiment_runs_every_arm_deterministically_and_resumes() {
         .map(|p| p[0].as_u64().unwrap())
         .collect();
     assert_eq!(steps, [30, 60, 70, 80]);
-    assert!(out.join("runs/awr/seed-0/value/value.json").exists());
+    assert!(out.join("runs/awr/seed-0/checkpoint/value/value.json").exists());
 
     // The same config in the same directory is refused without --resume ...
     let again = train(&out, &[]);
@@ -158,7 +158,7 @@ fn an_interrupted_awr_run_resumes_where_it_stopped() {
     assert_eq!(act(&straight), act(&interrupted), "policy differs after resuming");
     let value = |root: &Path| {
         toprl_policies::ValueTrainer::from_checkpoint(
-            root.join("runs/awr/seed-0/value"),
+            root.join("runs/awr/seed-0/checkpoint/value"),
             toprl_policies::TrainConfig::default(),
             &device,
         )

@@ -309,6 +309,12 @@ impl Trainer {
     /// [`crate::load_policy`] reads, plus the optimiser moments and RNG position that
     /// [`Trainer::resume`] reads.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        self.save_with(dir, |_| Ok(()))
+    }
+
+    /// [`Trainer::save`], letting `extra` add files (run progress, a value function, ...) to the new
+    /// checkpoint directory before it is renamed into place, so they appear together or not at all.
+    pub fn save_with(&self, dir: impl AsRef<Path>, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let dir = dir.as_ref();
         let meta = self.meta();
         let json = serde_json::to_string_pretty(&meta).map_err(|e| PolicyError::Config {
@@ -334,7 +340,8 @@ impl Trainer {
             std::fs::write(&state_path, json).map_err(|source| PolicyError::Io {
                 path: state_path,
                 source,
-            })
+            })?;
+            extra(tmp)
         })
     }
 }

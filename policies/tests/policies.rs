@@ -217,6 +217,38 @@ fn resume_restores_optimizer_moments_and_noise_stream() {
             "{name}: fresh AdamW moments should change the update"
         );
     }
+    // Files added with `save_with` land inside the new checkpoint; if adding them fails, the previous
+    // checkpoint stays as it was and no temporary directory is left.
+    let path = dir.path().join("gaussian");
+    let mut t = Trainer::resume(&path, None, TrainConfig::default(), &cpu_device()).unwrap();
+    t.save_with(&path, |tmp| {
+        std::fs::write(tmp.join("progress.json"), b"{}").map_err(|source| PolicyError::Io {
+            path: tmp.join("progress.json"),
+            source,
+        })
+    })
+    .unwrap();
+    assert!(path.join("progress.json").exists());
+    t.step(&batch, &w).unwrap();
+    let failed = t.save_with(&path, |tmp| {
+        Err(PolicyError::Io {
+            path: tmp.to_path_buf(),
+            source: std::io::Error::other("disk full"),
+        })
+    });
+    assert!(failed.is_err());
+    assert_eq!(
+        load_policy(&path, &cpu_device()).unwrap().meta().train_steps,
+        3,
+        "not the failed step-4 save"
+    );
+    assert!(path.join("progress.json").exists());
+    let leftovers = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(leftovers, 0, "temporary directories left behind");
     // A checkpoint written without optimiser state (by `LoadedPolicy::save`) cannot be resumed.
     let only_policy = dir.path().join("only-policy");
     load_policy(dir.path().join("gaussian"), &cpu_device())

@@ -33,7 +33,7 @@ use crate::experiment::{AwrInputs, ExperimentError, Run, Samples, awr_seed, scor
 
 type Result<T> = std::result::Result<T, ExperimentError>;
 
-/// Directory of the value-function checkpoint inside a run directory.
+/// Directory of the value-function checkpoint inside the run's checkpoint directory.
 pub const VALUE_DIR: &str = "value";
 
 /// Per-frame reward signal of each episode under `source` (see the module docs); `scores` are the
@@ -185,11 +185,7 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
         run.tb.scalar("awr/policy_loss", step, loss)?;
         run.tb.scalar("awr/weight_mean", step, mean_w)?;
         run.progress.awr_iterations += 1;
-        let eval = run.evaluate_and_save(|dir| {
-            value
-                .save(dir.join(VALUE_DIR))
-                .map_err(policy(format!("saving {}", dir.join(VALUE_DIR).display())))
-        })?;
+        let eval = run.evaluate_and_save(|checkpoint| value.save(checkpoint.join(VALUE_DIR)))?;
         let eval_success = eval.success;
         bar.suspend(|| tracing::info!(rollout_success, eval_success, value_loss, "AWR iteration done"));
         bar.inc(1);
@@ -212,7 +208,7 @@ fn value_trainer(run: &Run<'_>) -> Result<ValueTrainer> {
         ..TrainConfig::default()
     };
     let device = toprl_policies::cpu_device();
-    let dir = run.dir.join(VALUE_DIR);
+    let dir = run.dir.join("checkpoint").join(VALUE_DIR);
     if run.progress.awr_iterations > 0 {
         return ValueTrainer::from_checkpoint(&dir, train, &device)
             .map_err(policy(format!("resuming {}", dir.display())));

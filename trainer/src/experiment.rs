@@ -4,8 +4,9 @@
 //! Layout of the output directory (`runs/<config stem>/` by default):
 //! ```text
 //! experiment.toml                      the resolved config this run was started with
-//! runs/<arm>/seed-<s>/checkpoint/      latest policy checkpoint (Burn record + policy.json)
-//! runs/<arm>/seed-<s>/progress.json    steps done and the evaluation curve so far
+//! runs/<arm>/seed-<s>/checkpoint/      latest policy checkpoint: weights, policy.json, AdamW moments,
+//!                                      progress.json (steps and evaluation curve so far) and, for AWR
+//!                                      arms, value/ (the baseline); replaced as one directory
 //! runs/<arm>/seed-<s>/result.json      written once the run is finished; `--resume` skips it
 //! tensorboard/<arm>/seed-<s>/          TensorBoard event files
 //! plots/success.png, plots/progress_examples.png
@@ -296,6 +297,9 @@ fn log_weight_stats(arm: &str, seed: u64, weights: &[Vec<f32>]) {
     let max = all.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     tracing::info!(arm, seed, mean, std, min, max, "per-frame weights");
 }
+
+/// The run's progress, saved inside its checkpoint directory.
+const PROGRESS_FILE: &str = "progress.json";
 
 fn run_dir(out: &Path, arm: &str, seed: u64) -> PathBuf {
     out.join("runs").join(arm).join(format!("seed-{seed}"))
@@ -728,7 +732,7 @@ impl<'c> Run<'c> {
     ) -> Result<Self> {
         let dir = run_dir(&opts.out, arm, seed);
         let checkpoint = dir.join("checkpoint");
-        let progress_path = dir.join("progress.json");
+        let progress_path = checkpoint.join(PROGRESS_FILE);
         let device = toprl_policies::cpu_device();
         let train = toprl_policies::TrainConfig {
             lr: config.train.lr,
@@ -816,13 +820,12 @@ impl<'c> Run<'c> {
         Ok(loss)
     }
 
-    /// Evaluate the current policy, log it, and write the checkpoint (plus whatever `extra` writes
-    /// into the run directory), then `progress.json`. Each file is replaced atomically; a crash between
-    /// them leaves weights newer than `progress.json` says, and the resumed run repeats those steps from
-    /// the newer weights: nothing is lost, but that run is no longer bit-identical to an uninterrupted one.
+    /// Evaluate the current policy, log it, and write the checkpoint with `progress.json` and whatever
+    /// `extra` adds inside it, as one directory renamed into place: a crash leaves the previous
+    /// checkpoint or this one, never a mix, so a resumed run is identical to an uninterrupted one.
     pub(crate) fn evaluate_and_save(
         &mut self,
-        extra: impl FnOnce(&Path) -> Result<()>,
+        extra: impl FnOnce(&Path) -> std::result::Result<(), toprl_policies::PolicyError>,
     ) -> Result<&Evaluation> {
         let step = u64::from(self.progress.step);
         let mut policy = self.trainer.policy().with_seed(self.seed);
@@ -841,14 +844,16 @@ impl<'c> Run<'c> {
         self.progress.wall_time_s += self.clock.elapsed().as_secs_f64();
         self.clock = Instant::now();
         let checkpoint = self.dir.join("checkpoint");
-        self.trainer
-            .save(&checkpoint)
-            .map_err(policy_err(format!("saving {}", checkpoint.display())))?;
-        extra(&self.dir)?;
         let json =
             serde_json::to_vec_pretty(&self.progress).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
-        let path = self.dir.join("progress.json");
-        write_atomic(&path, &json).map_err(io(format!("writing {}", path.display())))?;
+        self.trainer
+            .save_with(&checkpoint, |tmp| {
+                let path = tmp.join(PROGRESS_FILE);
+                std::fs::write(&path, &json)
+                    .map_err(|source| toprl_policies::PolicyError::Io { path, source })?;
+                extra(tmp)
+            })
+            .map_err(policy_err(format!("saving {}", checkpoint.display())))?;
         Ok(self.last_eval.insert(eval))
     }
 }
