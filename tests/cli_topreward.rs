@@ -95,24 +95,29 @@ fn score_json_matches_reference_and_plots() {
     }
 }
 
+/// `topreward score --model M --frames F --instruction I EXTRA...`.
+fn score(model: &Path, frames: &Path, instruction: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "score",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--frames",
+        frames.to_str().expect("utf8"),
+        "--instruction",
+        instruction,
+    ];
+    args.extend_from_slice(extra);
+    topreward(&args)
+}
+
 #[test]
 fn bad_inputs_exit_nonzero_with_a_message() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let model = fixtures().join("qwen3vl-tiny");
     let frames = frames_dir("square256", tmp.path());
     let run = |model: &Path, frames: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "score",
-            "--model",
-            model.to_str().expect("utf8"),
-            "--frames",
-            frames.to_str().expect("utf8"),
-            "--instruction",
-            "push",
-        ];
-        args.extend_from_slice(extra);
-        let out = topreward(&args);
-        assert!(!out.status.success(), "expected failure for {args:?}");
+        let out = score(model, frames, "push", extra);
+        assert!(!out.status.success(), "expected failure with {extra:?}");
         String::from_utf8_lossy(&out.stderr).to_string()
     };
     // Missing model directory.
@@ -153,18 +158,7 @@ fn custom_prompt_text_changes_the_input_and_the_score() {
     let model = fixtures().join("qwen3vl-tiny");
     let frames = frames_dir("square256", tmp.path());
     let score = |extra: &[&str]| -> serde_json::Value {
-        let mut args = vec![
-            "score",
-            "--model",
-            model.to_str().expect("utf8"),
-            "--frames",
-            frames.to_str().expect("utf8"),
-            "--instruction",
-            "push the cube",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let out = topreward(&args);
+        let out = score(&model, &frames, "push the cube", &[&["--json"], extra].concat());
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("json")
     };

@@ -235,14 +235,7 @@ pub fn save_bars(
     }
     let image = image::RgbImage::from_raw(w, h, buffer)
         .ok_or_else(|| draw_error(path)("plot buffer has the wrong size".into()))?;
-    let mut png = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| draw_error(path)(e.to_string()))?;
-    crate::atomic::write_atomic(path, &png).map_err(|source| PlotError::Io {
-        path: path.to_owned(),
-        source,
-    })
+    write_png(path, &image)
 }
 
 /// Render charts in a grid (`columns` wide) to an RGB image of `cell` pixels per chart.
@@ -268,6 +261,11 @@ pub fn render_grid(charts: &[Chart], columns: usize, cell: (u32, u32)) -> Result
 pub fn save_grid(path: &Path, charts: &[Chart], columns: usize, cell: (u32, u32)) -> Result<(), PlotError> {
     ensure_font()?;
     let image = render_grid(charts, columns, cell).map_err(draw_error(path))?;
+    write_png(path, &image)
+}
+
+/// Encode `image` as PNG and write it to `path` atomically.
+fn write_png(path: &Path, image: &image::RgbImage) -> Result<(), PlotError> {
     let mut png = Vec::new();
     image
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
@@ -275,8 +273,7 @@ pub fn save_grid(path: &Path, charts: &[Chart], columns: usize, cell: (u32, u32)
     crate::atomic::write_atomic(path, &png).map_err(|source| PlotError::Io {
         path: path.to_owned(),
         source,
-    })?;
-    Ok(())
+    })
 }
 
 /// Write a single chart to a PNG file (800x480), atomically.
