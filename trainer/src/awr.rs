@@ -21,15 +21,17 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use toprl_envs::episode::Episode;
-use toprl_envs::sim::{ActionSource, RolloutOptions, SimObservation, So101Env, rollout};
+use toprl_envs::sim::{RolloutOptions, So101Env};
 use toprl_policies::value::ValueConfig;
 use toprl_policies::{Normalizer, TrainConfig, ValueBatch, ValueTrainer, awr_weights};
 use toprl_rewards::score::EpisodeScore;
 
 use crate::arm_weights::{LabelError, oracle_progress, prefix_values_per_frame, scores_for};
 use crate::config::RewardSource;
-use crate::driver::ChunkDriver;
-use crate::experiment::{AwrInputs, ExperimentError, Run, Samples, awr_seed, score_with};
+use crate::driver::policy_rollout;
+use crate::experiment::{
+    AwrInputs, ExperimentError, Run, Samples, awr_seed, camera_keys, drive_err, policy_err, score_with,
+};
 
 type Result<T> = std::result::Result<T, ExperimentError>;
 
@@ -152,21 +154,21 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
                 .collect();
             let batch_targets: Vec<f32> = picks.iter().map(|&i| targets[i]).collect();
             let batch =
-                ValueBatch::new(batch_states, state_dim, batch_targets).map_err(policy("value batch"))?;
+                ValueBatch::new(batch_states, state_dim, batch_targets).map_err(policy_err("value batch"))?;
             value_loss = value
                 .step(&batch, &vec![1.0; batch.len])
-                .map_err(policy(format!("value step {k}")))?;
+                .map_err(policy_err(format!("value step {k}")))?;
         }
 
         // 4. Advantages and AWR weights, per buffer frame.
-        let values = value.predict(&states).map_err(policy("value prediction"))?;
+        let values = value.predict(&states).map_err(policy_err("value prediction"))?;
         let advantages: Vec<f64> = targets
             .iter()
             .zip(&values)
             .map(|(&g, &v)| f64::from(g - v))
             .collect();
         let flat_weights = awr_weights(&standardise(&advantages), cfg.beta as f32, cfg.max_weight as f32)
-            .map_err(policy("AWR weights"))?;
+            .map_err(policy_err("AWR weights"))?;
         let mut weights: Vec<Vec<f32>> = buffer.iter().map(|e| vec![0.0; e.len()]).collect();
         for (&(e, t), &w) in index.iter().zip(&flat_weights) {
             weights[e][t] = w;
@@ -194,11 +196,6 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
     Ok(())
 }
 
-fn policy(what: impl Into<String>) -> impl FnOnce(toprl_policies::PolicyError) -> ExperimentError {
-    let what = what.into();
-    move |source| ExperimentError::Policy { what, source }
-}
-
 /// The value baseline: continued from the run's value checkpoint when resuming an AWR run, else fresh,
 /// normalising states with the policy's statistics.
 fn value_trainer(run: &Run<'_>) -> Result<ValueTrainer> {
@@ -211,51 +208,30 @@ fn value_trainer(run: &Run<'_>) -> Result<ValueTrainer> {
     let dir = run.dir.join("checkpoint").join(VALUE_DIR);
     if run.progress.awr_iterations > 0 {
         return ValueTrainer::from_checkpoint(&dir, train, &device)
-            .map_err(policy(format!("resuming {}", dir.display())));
+            .map_err(policy_err(format!("resuming {}", dir.display())));
     }
     let norm: &Normalizer = run.trainer.normalizer();
     let config = ValueConfig::new(norm.state_dim());
-    ValueTrainer::new(config, norm, train, &device).map_err(policy("building the value function"))
+    ValueTrainer::new(config, norm, train, &device).map_err(policy_err("building the value function"))
 }
 
 /// `awr.rollouts` episodes of the current policy with exploration noise, seeded by (seed, iteration).
 fn collect_rollouts(run: &Run<'_>, env: &mut So101Env, iteration: u32) -> Result<Vec<Episode>> {
     let cfg = &run.config.awr;
-    let camera_keys: Vec<String> = run
-        .config
-        .task
-        .cameras
-        .iter()
-        .map(|c| format!("observation.images.{c}"))
-        .collect();
+    let camera_keys = camera_keys(&run.config.task.cameras);
     let keep_frames = !run.sim.cameras.is_empty();
+    let mut policy = run.trainer.policy();
     let mut episodes = Vec::with_capacity(cfg.rollouts as usize);
     for i in 0..cfg.rollouts as usize {
         let scene = awr_seed(run.seed, iteration, i);
-        let mut policy = run.trainer.policy().with_seed(scene);
-        let features = policy.state_features().to_vec();
-        let mut driver = ChunkDriver::new(&mut policy, camera_keys.clone(), features)
-            .with_exploration(cfg.action_noise as f32, scene ^ 0x6e6f_6973_6500);
-        let mut act = |obs: &SimObservation, instruction: &str| driver.act(obs, instruction);
-        let r = rollout(
-            env,
-            ActionSource::Policy(&mut act),
-            scene,
-            RolloutOptions {
-                keep_frames,
-                index: i,
-            },
-        )
-        .map_err(|source| ExperimentError::Sim {
-            what: format!("AWR iteration {iteration} rollout {i}"),
-            source,
-        })?;
-        if let Some(source) = driver.error.take() {
-            return Err(ExperimentError::Policy {
-                what: format!("AWR iteration {iteration} rollout {i}"),
-                source,
-            });
-        }
+        policy.set_seed(scene);
+        let opts = RolloutOptions {
+            keep_frames,
+            index: i,
+        };
+        let exploration = Some((cfg.action_noise as f32, scene ^ 0x6e6f_6973_6500));
+        let r = policy_rollout(env, &mut policy, &camera_keys, scene, opts, exploration)
+            .map_err(drive_err(format!("AWR iteration {iteration} rollout {i}")))?;
         episodes.push(r.episode);
     }
     Ok(episodes)

@@ -6,13 +6,51 @@ use std::collections::VecDeque;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use toprl_envs::sim::SimObservation;
-use toprl_policies::{CameraImage, Observation, Policy, PolicyError};
+use toprl_envs::sim::{ActionSource, Rollout, RolloutOptions, SimError, SimObservation, So101Env, rollout};
+use toprl_policies::{CameraImage, LoadedPolicy, Observation, Policy, PolicyError};
 
 /// LeRobot's name of the simulator's privileged scene vector.
 pub const ENVIRONMENT_STATE_FEATURE: &str = "observation.environment_state";
 /// LeRobot's name of the joint state.
 pub const STATE_FEATURE: &str = "observation.state";
+
+/// LeRobot's feature key of camera `name` (`front` -> `observation.images.front`).
+pub fn camera_key(name: &str) -> String {
+    format!("observation.images.{name}")
+}
+
+/// Why an episode driven by a learned policy stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    #[error("the policy failed: {0}")]
+    Policy(#[from] PolicyError),
+}
+
+/// One episode of `policy` in `env` from scene `seed`, its action chunks executed in full (see
+/// [`ChunkDriver`]); the policy's state input is rebuilt from its checkpoint's state features. With
+/// `exploration = Some((std, seed))` each chunk is offset as [`ChunkDriver::with_exploration`] does.
+pub fn policy_rollout(
+    env: &mut So101Env,
+    policy: &mut LoadedPolicy,
+    camera_keys: &[String],
+    seed: u64,
+    opts: RolloutOptions,
+    exploration: Option<(f32, u64)>,
+) -> Result<Rollout, DriveError> {
+    let features = policy.state_features().to_vec();
+    let mut driver = ChunkDriver::new(policy, camera_keys.to_vec(), features);
+    if let Some((std, noise_seed)) = exploration {
+        driver = driver.with_exploration(std, noise_seed);
+    }
+    let mut act = |obs: &SimObservation, instruction: &str| driver.act(obs, instruction);
+    let r = rollout(env, ActionSource::Policy(&mut act), seed, opts)?;
+    match driver.error.take() {
+        Some(e) => Err(e.into()),
+        None => Ok(r),
+    }
+}
 
 /// The policy's state input: the named vectors (`observation.state`, `observation.environment_state`)
 /// concatenated in order. Errors on an unknown name or a vector the source does not have.

@@ -24,10 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use toprl_envs::episode::Episode;
-use toprl_envs::sim::{
-    ActionSource, BuiltinPolicy, RolloutOptions, SimConfig, SimObservation, So101Env, Task,
-    parallel_rollouts, rollout,
-};
+use toprl_envs::sim::{BuiltinPolicy, RolloutOptions, SimConfig, So101Env, Task, parallel_rollouts};
 use toprl_policies::{Batch, LoadedPolicy, Normalizer, ObsBatch, PolicyConfig, Trainer};
 use toprl_rewards::metrics::WeightParams;
 use toprl_rewards::score::EpisodeScore;
@@ -35,7 +32,9 @@ use toprl_rewards::score::EpisodeScore;
 use crate::arm_weights::frame_weights;
 use crate::atomic::write_atomic;
 use crate::config::{Algorithm, ArmConfig, DataConfig, ExperimentConfig, RewardSource};
-use crate::driver::{ChunkDriver, ENVIRONMENT_STATE_FEATURE, STATE_FEATURE, policy_state};
+use crate::driver::{
+    DriveError, ENVIRONMENT_STATE_FEATURE, STATE_FEATURE, camera_key, policy_rollout, policy_state,
+};
 use crate::plot::{Bar, Chart, Series, render_grid, save_bars, save_grid};
 use crate::results::{ArmResult, Results, SeedResult};
 use crate::tensorboard::EventWriter;
@@ -88,12 +87,27 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ExperimentError
     move |source| ExperimentError::Io { what, source }
 }
 
+pub(crate) fn drive_err(what: impl Into<String>) -> impl FnOnce(DriveError) -> ExperimentError {
+    let what = what.into();
+    move |e| match e {
+        DriveError::Sim(source) => ExperimentError::Sim { what, source },
+        DriveError::Policy(source) => ExperimentError::Policy { what, source },
+    }
+}
+
+/// Feature keys of the config's cameras, in order.
+pub(crate) fn camera_keys(cameras: &[String]) -> Vec<String> {
+    cameras.iter().map(|c| camera_key(c)).collect()
+}
+
 fn sim_err(what: impl Into<String>) -> impl FnOnce(toprl_envs::sim::SimError) -> ExperimentError {
     let what = what.into();
     move |source| ExperimentError::Sim { what, source }
 }
 
-fn policy_err(what: impl Into<String>) -> impl FnOnce(toprl_policies::PolicyError) -> ExperimentError {
+pub(crate) fn policy_err(
+    what: impl Into<String>,
+) -> impl FnOnce(toprl_policies::PolicyError) -> ExperimentError {
     let what = what.into();
     move |source| ExperimentError::Policy { what, source }
 }
@@ -480,14 +494,10 @@ impl<'a> Samples<'a> {
                 "no demonstration frames to train on".into(),
             ));
         }
-        let camera_keys = cameras
-            .iter()
-            .map(|c| format!("observation.images.{c}"))
-            .collect();
         Ok(Self {
             episodes,
             index,
-            camera_keys,
+            camera_keys: camera_keys(cameras),
             state_features: state_features.to_vec(),
             chunk,
         })
@@ -741,6 +751,7 @@ impl<'c> Run<'c> {
         };
         let policy_cfg = policy_config(config)?;
         let images = policy_cfg.cameras() > 0;
+        let features = state_features(config);
         let mut progress = RunProgress::default();
         let trainer = if opts.resume && checkpoint.join("policy.json").exists() && progress_path.exists() {
             let bytes =
@@ -769,13 +780,13 @@ impl<'c> Run<'c> {
         } else {
             Trainer::new(policy_cfg, data.normalizer()?, train, &device)
                 .map_err(policy_err("building the policy"))?
-                .with_state_features(state_features(config))
+                .with_state_features(features.clone())
         };
-        if trainer.state_features() != state_features(config).as_slice() {
+        if trainer.state_features() != features.as_slice() {
             return Err(ExperimentError::Invalid(format!(
                 "policy.environment_state: the checkpoint reads {:?} but the config asks for {:?}",
                 trainer.state_features(),
-                state_features(config)
+                features
             )));
         }
         let tb = EventWriter::create(
@@ -878,30 +889,16 @@ fn evaluate(
     if !images {
         sim.cameras.clear();
     }
-    let camera_keys: Vec<String> = config
-        .task
-        .cameras
-        .iter()
-        .map(|c| format!("observation.images.{c}"))
-        .collect();
+    let camera_keys = camera_keys(&config.task.cameras);
     let mut env = So101Env::new(sim).map_err(sim_err("evaluation env"))?;
     let (mut successes, mut total_return, mut example) = (0usize, 0.0, None);
-    let features = policy.state_features().to_vec();
     for i in 0..config.eval.episodes as usize {
-        let mut driver = ChunkDriver::new(&mut *policy, camera_keys.clone(), features.clone());
-        let mut act = |obs: &SimObservation, instruction: &str| driver.act(obs, instruction);
         let opts = RolloutOptions {
             keep_frames: i == 0 && images,
             index: i,
         };
-        let r = rollout(&mut env, ActionSource::Policy(&mut act), eval_seed(seed, i), opts)
-            .map_err(sim_err(format!("evaluation episode {i}")))?;
-        if let Some(e) = driver.error.take() {
-            return Err(ExperimentError::Policy {
-                what: format!("evaluation episode {i}"),
-                source: e,
-            });
-        }
+        let r = policy_rollout(&mut env, policy, &camera_keys, eval_seed(seed, i), opts, None)
+            .map_err(drive_err(format!("evaluation episode {i}")))?;
         successes += usize::from(r.success);
         total_return += r.total_reward;
         if i == 0 {
@@ -920,7 +917,7 @@ fn evaluate(
 fn rollout_strip(episode: &Episode, cameras: &[String]) -> image::RgbImage {
     let frames = cameras
         .first()
-        .and_then(|c| episode.cameras.get(&format!("observation.images.{c}")))
+        .and_then(|c| episode.cameras.get(&camera_key(c)))
         .filter(|f| !f.is_empty());
     let progress: Vec<(f64, f64)> = episode
         .true_progress

@@ -12,12 +12,9 @@ use serde::Serialize;
 use toprl_envs::dataset::{DatasetSpec, DatasetWriter};
 use toprl_envs::episode::Episode;
 use toprl_envs::sim::vec_env::{BuiltinPolicy, parallel_rollouts};
-use toprl_envs::sim::{
-    ActionSource, Rollout, RolloutOptions, SimConfig, SimObservation, So101Env, Task, rollout,
-};
-use toprl_policies::LoadedPolicy;
+use toprl_envs::sim::{Rollout, RolloutOptions, SimConfig, So101Env, Task};
 
-use crate::driver::ChunkDriver;
+use crate::driver::{camera_key, policy_rollout};
 
 /// Run episodes of one task and print the success rate.
 #[derive(Debug, Args)]
@@ -129,8 +126,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     bar.set_prefix(format!("sim {}", args.task));
     let mut writer = match &args.record {
         Some(path) => {
-            let key = |cam: &str| format!("observation.images.{cam}");
-            let (front, wrist) = (key("front"), key("wrist"));
+            let (front, wrist) = (camera_key("front"), camera_key("wrist"));
             let size = args.image_size;
             let spec = DatasetSpec::so101(30, &[(front.as_str(), size, size), (wrist.as_str(), size, size)])
                 .with_sim_environment_state();
@@ -159,11 +155,16 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         let camera_keys: Vec<String> = ["front", "wrist"]
             .iter()
             .take(policy_cameras.max(1))
-            .map(|c| format!("observation.images.{c}"))
+            .map(|c| camera_key(c))
             .collect();
         let mut env = So101Env::new(cfg.clone()).context("building the simulator")?;
         for (i, &seed) in seeds.iter().enumerate() {
-            let mut r = policy_rollout(&mut env, loaded, &camera_keys, seed, i, keep_frames)?;
+            let opts = RolloutOptions {
+                keep_frames,
+                index: i,
+            };
+            let mut r = policy_rollout(&mut env, loaded, &camera_keys, seed, opts, None)
+                .with_context(|| format!("episode {i} (seed {seed})"))?;
             record(&mut r)?;
             bar.inc(1);
             rollouts.push(r);
@@ -299,31 +300,4 @@ pub fn write_video(path: &Path, episodes: &[&Episode]) -> anyhow::Result<()> {
     tmp.persist(path)
         .with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
-}
-
-/// One episode of a learned policy, its action chunks executed in full before it is asked again.
-fn policy_rollout(
-    env: &mut So101Env,
-    policy: &mut LoadedPolicy,
-    camera_keys: &[String],
-    seed: u64,
-    index: usize,
-    keep_frames: bool,
-) -> anyhow::Result<Rollout> {
-    let state_features = policy.state_features().to_vec();
-    let mut driver = ChunkDriver::new(policy, camera_keys.to_vec(), state_features);
-    let mut act = |obs: &SimObservation, instruction: &str| driver.act(obs, instruction);
-    let r = rollout(
-        env,
-        ActionSource::Policy(&mut act),
-        seed,
-        RolloutOptions { keep_frames, index },
-    )
-    .with_context(|| format!("episode {index} (seed {seed})"))?;
-    if let Some(err) = driver.error.take() {
-        return Err(
-            anyhow::Error::new(err).context(format!("policy failed in episode {index} (seed {seed})"))
-        );
-    }
-    Ok(r)
 }
