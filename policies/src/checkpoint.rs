@@ -21,7 +21,7 @@ pub const CONFIG_FILE: &str = "policy.json";
 pub const WEIGHTS_FILE: &str = "model.bpk";
 /// Optimiser moments of a training run (present in checkpoints written by [`crate::Trainer::save`]).
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
-/// Trainer state beside the optimiser: parameter paths of the optimiser record, RNG position.
+/// Trainer state beside the optimiser: seed and position of the flow-matching noise stream.
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 pub const FORMAT_VERSION: u32 = 1;
 

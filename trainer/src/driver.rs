@@ -9,10 +9,11 @@ use rand_chacha::ChaCha8Rng;
 use toprl_envs::sim::{ActionSource, Rollout, RolloutOptions, SimError, SimObservation, So101Env, rollout};
 use toprl_policies::{CameraImage, LoadedPolicy, Observation, Policy, PolicyError};
 
-/// LeRobot's name of the simulator's privileged scene vector.
-pub const ENVIRONMENT_STATE_FEATURE: &str = "observation.environment_state";
-/// LeRobot's name of the joint state.
-pub const STATE_FEATURE: &str = "observation.state";
+/// LeRobot's feature names of the joint state and of the simulator's privileged scene vector, as the
+/// dataset reader and writer spell them.
+pub use toprl_envs::dataset::{
+    ENVIRONMENT_STATE_KEY as ENVIRONMENT_STATE_FEATURE, STATE_KEY as STATE_FEATURE,
+};
 
 /// LeRobot's feature key of camera `name` (`front` -> `observation.images.front`).
 pub fn camera_key(name: &str) -> String {

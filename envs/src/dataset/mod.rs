@@ -31,6 +31,8 @@ pub mod writer;
 pub use error::DatasetError;
 pub use meta::{EpisodeMeta, Feature, Info, Version, VideoInfo, VideoSpan};
 pub use progress::{ProgressTable, read_progress, write_progress};
-pub use reader::{ACTION_KEY, EpisodeRows, FrameItem, HubOptions, LeRobotDataset, STATE_KEY};
+pub use reader::{
+    ACTION_KEY, ENVIRONMENT_STATE_KEY, EpisodeRows, FrameItem, HubOptions, LeRobotDataset, STATE_KEY,
+};
 pub use video::VideoCodec;
 pub use writer::{CameraSpec, DatasetSpec, DatasetWriter, WrittenDataset};

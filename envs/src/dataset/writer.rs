@@ -321,10 +321,10 @@ impl DatasetWriter {
         }
         let from_index = self.timestamp.len();
         let fps = self.spec.fps as f32;
+        for ((key, _), rows) in self.spec.vector_features().iter().zip(&mut self.vectors) {
+            rows.extend_from_slice(episode_vectors(ep, key));
+        }
         for i in 0..n {
-            for ((key, _), rows) in self.spec.vector_features().iter().zip(&mut self.vectors) {
-                rows.push(episode_vectors(ep, key)[i].clone());
-            }
             // LeRobot's add_frame: timestamp = frame_index / fps.
             self.timestamp.push(i as f32 / fps);
             self.frame_index.push(i as i64);

@@ -411,10 +411,6 @@ impl So101Env {
     /// Privileged state for rewards, progress and experts.
     pub fn task_state(&self) -> TaskState {
         let d = &self.data;
-        let q = d.qpos();
-        let c = self.ids.cube_qpos;
-        let cube = [q[c], q[c + 1], q[c + 2]];
-        let target = d.mocap_pos()[self.ids.target_mocap];
         let mut jaw_contact = false;
         let mut fixed_contact = false;
         let bodies = self.data.model().geom_bodyid();
@@ -433,20 +429,33 @@ impl So101Env {
         }
         TaskState {
             tcp: d.site_xpos()[self.ids.tcp_site],
-            cube,
-            target,
+            cube: self.cube_position(),
+            target: self.target_position(),
             gripper: f64::from(self.state()[NUM_JOINTS - 1]),
             grasped: jaw_contact && fixed_contact,
         }
     }
 
-    /// The observation's privileged scene vector (see [`ENVIRONMENT_STATE_NAMES`]).
+    /// The observation's privileged scene vector (see [`ENVIRONMENT_STATE_NAMES`]). Reads poses only,
+    /// not the contact scan of [`So101Env::task_state`], since it is computed at every step.
     pub fn environment_state(&self) -> [f32; ENVIRONMENT_STATE_DIM] {
-        let s = self.task_state();
+        let (cube, target) = (self.cube_position(), self.target_position());
         let [w, x, y, z] = self.cube_quat();
         // Yaw of a rotation quaternion (ZYX convention); the cube only tips when knocked over.
         let yaw = (2.0 * (w * z + x * y)).atan2(1.0 - 2.0 * (y * y + z * z));
-        [s.cube[0], s.cube[1], s.cube[2], yaw, s.target[0], s.target[1]].map(|v| v as f32)
+        [cube[0], cube[1], cube[2], yaw, target[0], target[1]].map(|v| v as f32)
+    }
+
+    /// Cube centre (metres, world frame).
+    fn cube_position(&self) -> [f64; 3] {
+        let q = self.data.qpos();
+        let c = self.ids.cube_qpos;
+        [q[c], q[c + 1], q[c + 2]]
+    }
+
+    /// Target-zone centre on the table (metres, world frame).
+    fn target_position(&self) -> [f64; 3] {
+        self.data.mocap_pos()[self.ids.target_mocap]
     }
 
     /// Cube orientation quaternion (w, x, y, z).
