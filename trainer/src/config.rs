@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use toprl_rewards::topreward::prompt::PromptConfig;
 
 /// Why a config could not be used. Messages name the file and, for TOML errors, line, column and key.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +168,17 @@ pub struct RewardModelConfig {
     /// word. Default: the paper's.
     #[serde(default)]
     pub prompt_suffix: Option<String>,
+}
+
+impl RewardModelConfig {
+    /// The TOPReward prompt these settings describe (the paper's where not overridden).
+    pub fn prompt(&self) -> PromptConfig {
+        PromptConfig::paper_with(
+            self.chat_template,
+            self.prompt_prefix.as_deref(),
+            self.prompt_suffix.as_deref(),
+        )
+    }
 }
 
 fn default_mode() -> String {
@@ -463,15 +475,10 @@ impl ExperimentConfig {
                         ),
                     ));
                 }
-                Some(rm)
-                    if rm
-                        .prompt_suffix
-                        .as_ref()
-                        .is_some_and(|t| !t.contains("{instruction}")) =>
-                {
+                Some(rm) if let Err(e) = rm.prompt().validate() => {
                     return Err(invalid(
-                        "reward_model.prompt_suffix",
-                        "must contain `{instruction}` where the task text goes".into(),
+                        "reward_model.prompt_prefix / prompt_suffix",
+                        e.to_string(),
                     ));
                 }
                 Some(rm) if rm.fps.is_nan() || rm.fps <= 0.0 => {
@@ -583,6 +590,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("awr.beta"), "{err}");
+    }
+
+    #[test]
+    fn a_prompt_suffix_without_the_instruction_is_refused_before_loading_the_model() {
+        let text = MINIMAL.replace("reward = \"none\"", "reward = \"topreward\"")
+            + "\n[reward_model]\nmodel = \"m\"\nprompt_suffix = \"Done? The answer is: True\"\n";
+        let err = ExperimentConfig::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("prompt_suffix") && err.contains("{instruction}"),
+            "{err}"
+        );
     }
 
     #[test]

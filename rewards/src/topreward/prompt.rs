@@ -83,6 +83,33 @@ pub struct PromptConfig {
     pub answer_in_input: bool,
 }
 
+impl PromptConfig {
+    /// The paper's prompt with the given variant and, where given, another prefix or suffix template.
+    pub fn paper_with(chat_template: bool, prefix: Option<&str>, suffix_template: Option<&str>) -> Self {
+        let paper = Self::default();
+        Self {
+            prefix: prefix.map_or(paper.prefix, str::to_string),
+            suffix_template: suffix_template.map_or(paper.suffix_template, str::to_string),
+            chat_template,
+            ..paper
+        }
+    }
+
+    /// Check the texts without a tokenizer: no control tokens, and a suffix that places the instruction.
+    pub fn validate(&self) -> Result<(), PromptError> {
+        for (field, text) in [
+            ("prefix", &self.prefix),
+            ("suffix_template", &self.suffix_template),
+        ] {
+            check_control(field, text)?;
+        }
+        if !self.suffix_template.contains("{instruction}") {
+            return Err(PromptError::NoInstruction(self.suffix_template.clone()));
+        }
+        Ok(())
+    }
+}
+
 impl Default for PromptConfig {
     fn default() -> Self {
         Self {
@@ -110,6 +137,8 @@ pub enum PromptError {
     AnswerNotOneToken { answer: String },
     #[error("the suffix template must end with an answer word (e.g. \"True\"), got {0:?}")]
     NoAnswer(String),
+    #[error("the suffix template must contain {{instruction}} where the task text goes, got {0:?}")]
+    NoInstruction(String),
     #[error("the chat-template variant needs a suffix ending in \"True\", got {0:?}")]
     ChatSuffix(String),
     #[error("a video needs at least one temporal group")]
@@ -214,12 +243,7 @@ impl PromptBuilder {
 
     /// Use an already loaded tokenizer.
     pub fn new(tokenizer: Tokenizer, config: PromptConfig) -> Result<Self, PromptError> {
-        for (field, text) in [
-            ("prefix", &config.prefix),
-            ("suffix_template", &config.suffix_template),
-        ] {
-            check_control(field, text)?;
-        }
+        config.validate()?;
         Ok(Self { tokenizer, config })
     }
 

@@ -85,9 +85,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let mode: Mode = rm.mode.parse().map_err(anyhow::Error::msg)?;
             let options = ScorerOptions {
                 cache_dir: Some(out.join("topreward_cache")),
-                chat_template: rm.chat_template,
-                prompt_prefix: rm.prompt_prefix.clone(),
-                prompt_suffix: rm.prompt_suffix.clone(),
+                prompt: rm.prompt(),
                 ..Default::default()
             };
             Some(

@@ -77,12 +77,8 @@ pub struct ScoreArgs {
 pub struct ScorerOptions {
     /// tokenizer.json (default: the checkpoint's, else the cached Qwen3 tokenizer).
     pub tokenizer: Option<PathBuf>,
-    /// Wrap the prompt in the chat template.
-    pub chat_template: bool,
-    /// Replace the paper's prompt prefix (text after the video).
-    pub prompt_prefix: Option<String>,
-    /// Replace the paper's suffix template (must contain `{instruction}`).
-    pub prompt_suffix: Option<String>,
+    /// The prompt (default: the paper's).
+    pub prompt: PromptConfig,
     /// Refuse inputs longer than this many tokens.
     pub max_tokens: Option<usize>,
     /// Directory of cached episode scores.
@@ -92,21 +88,9 @@ pub struct ScorerOptions {
 /// Load a Qwen3-VL checkpoint (local directory or hub id) as a TOPReward scorer on the CPU in f32.
 pub fn load_scorer(model: &str, mode: Mode, options: &ScorerOptions) -> Result<TopReward<QwenPrefixEncoder>> {
     let files = CheckpointFiles::resolve(model).with_context(|| format!("resolving model {model}"))?;
-    let mut prompt = PromptConfig {
-        chat_template: options.chat_template,
-        ..PromptConfig::default()
-    };
-    if let Some(prefix) = &options.prompt_prefix {
-        prompt.prefix = prefix.clone();
-    }
-    if let Some(suffix) = &options.prompt_suffix {
-        if !suffix.contains("{instruction}") {
-            bail!("--prompt-suffix must contain {{instruction}} where the task goes, got {suffix:?}");
-        }
-        prompt.suffix_template = suffix.clone();
-    }
-    let encoder = QwenPrefixEncoder::from_checkpoint(&files, options.tokenizer.as_deref(), prompt)
-        .context("building the video processor and prompt")?;
+    let encoder =
+        QwenPrefixEncoder::from_checkpoint(&files, options.tokenizer.as_deref(), options.prompt.clone())
+            .context("building the video processor and prompt")?;
     tracing::info!(
         "loading {} ({} weight file(s))",
         files.dir.display(),
@@ -122,6 +106,17 @@ pub fn load_scorer(model: &str, mode: Mode, options: &ScorerOptions) -> Result<T
         cache_dir: options.cache_dir.clone(),
     };
     Ok(TopReward::new(reward_model, encoder, config, model.to_string())?)
+}
+
+impl ScoreArgs {
+    /// The prompt the flags describe (the paper's where not overridden).
+    fn prompt(&self) -> PromptConfig {
+        PromptConfig::paper_with(
+            self.chat_template,
+            self.prompt_prefix.as_deref(),
+            self.prompt_suffix.as_deref(),
+        )
+    }
 }
 
 /// Prefixes averaged by the success detector (paper v1).
@@ -151,9 +146,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     }
     let options = ScorerOptions {
         tokenizer: args.tokenizer.clone(),
-        chat_template: args.chat_template,
-        prompt_prefix: args.prompt_prefix.clone(),
-        prompt_suffix: args.prompt_suffix.clone(),
+        prompt: args.prompt(),
         max_tokens: args.max_tokens,
         cache_dir: args.cache_dir.clone(),
     };
