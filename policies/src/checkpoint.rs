@@ -55,13 +55,19 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PolicyError + '_ {
     }
 }
 
-/// Write `net` and its metadata to `dir` atomically (replacing an existing checkpoint there).
-pub(crate) fn save_dir(dir: &Path, meta: &CheckpointMeta, net: PolicyNet) -> Result<()> {
+/// Write `net` and its metadata to `dir` atomically (replacing an existing checkpoint there), with
+/// whatever `extra` adds to the new directory before it is renamed into place.
+pub(crate) fn save_dir(
+    dir: &Path,
+    meta: &CheckpointMeta,
+    net: PolicyNet,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let json = serde_json::to_string_pretty(meta).map_err(|e| PolicyError::Config {
         path: dir.join(CONFIG_FILE),
         reason: e.to_string(),
     })?;
-    save_files(dir, CONFIG_FILE, &json, net.into_record(), |_| Ok(()))
+    save_files(dir, CONFIG_FILE, &json, net.into_record(), extra)
 }
 
 /// Write `json_name` and the weights record into a fresh temporary directory, let `extra` add files to
@@ -286,7 +292,7 @@ impl LoadedPolicy {
 
     /// Save this policy as a checkpoint directory.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
-        save_dir(dir.as_ref(), &self.meta, self.net.clone())
+        save_dir(dir.as_ref(), &self.meta, self.net.clone(), |_| Ok(()))
     }
 }
 

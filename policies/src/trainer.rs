@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
     CheckpointMeta, FORMAT_VERSION, LoadedPolicy, OPTIMIZER_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE,
-    default_state_features, load_dir, save_files, strict_from_str,
+    default_state_features, load_dir, save_dir, save_files, strict_from_str,
 };
 use crate::data::{
     Batch, Normalizer, ValueBatch, read_vec, to_inputs, to_targets, weighted_mean, weights_tensor,
@@ -71,6 +71,20 @@ impl TrainConfig {
             reason: e.to_string(),
         })
     }
+
+    /// Seed of the flow-matching noise stream (distinct from the initialisation and dropout seeds).
+    fn noise_seed(&self) -> u64 {
+        self.seed.wrapping_add(2)
+    }
+}
+
+/// Write `optim`'s moments as `dir`'s `optimizer.bpk` (read back by [`TrainConfig::saved_optimizer`]).
+fn save_optimizer(optim: &ModuleOptimizer, dir: &Path) -> Result<()> {
+    let path = dir.join(OPTIMIZER_FILE);
+    optim.save(&path).map_err(|e| PolicyError::Record {
+        path,
+        reason: e.to_string(),
+    })
 }
 
 /// Trains one policy: owns the network (on an autodiff device), the optimiser, the normaliser and a
@@ -192,7 +206,7 @@ impl Trainer {
         let optim = train.optimizer()?;
         // Dropout draws from Burn's process-wide RNG; seed it for single-threaded reproducibility.
         device.seed(train.seed.wrapping_add(1));
-        let rng = ChaCha8Rng::seed_from_u64(train.seed.wrapping_add(2));
+        let rng = ChaCha8Rng::seed_from_u64(train.noise_seed());
         Ok(Self {
             net,
             optim,
@@ -315,23 +329,12 @@ impl Trainer {
     /// [`Trainer::save`], letting `extra` add files (run progress, a value function, ...) to the new
     /// checkpoint directory before it is renamed into place, so they appear together or not at all.
     pub fn save_with(&self, dir: impl AsRef<Path>, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-        let dir = dir.as_ref();
-        let meta = self.meta();
-        let json = serde_json::to_string_pretty(&meta).map_err(|e| PolicyError::Config {
-            path: dir.join(crate::checkpoint::CONFIG_FILE),
-            reason: e.to_string(),
-        })?;
         let state = TrainerState {
-            rng_seed: self.train.seed.wrapping_add(2),
+            rng_seed: self.train.noise_seed(),
             rng_word_pos: self.rng.get_word_pos(),
         };
-        let record = self.net.valid().into_record();
-        save_files(dir, crate::checkpoint::CONFIG_FILE, &json, record, |tmp| {
-            let optim_path = tmp.join(OPTIMIZER_FILE);
-            self.optim.save(&optim_path).map_err(|e| PolicyError::Record {
-                path: optim_path,
-                reason: e.to_string(),
-            })?;
+        save_dir(dir.as_ref(), &self.meta(), self.net.valid(), |tmp| {
+            save_optimizer(&self.optim, tmp)?;
             let state_path = tmp.join(TRAINER_STATE_FILE);
             let json = serde_json::to_string_pretty(&state).map_err(|e| PolicyError::Config {
                 path: state_path.clone(),
@@ -454,11 +457,7 @@ impl ValueTrainer {
             reason: e.to_string(),
         })?;
         save_files(dir, VALUE_FILE, &json, self.net.valid().into_record(), |tmp| {
-            let path = tmp.join(OPTIMIZER_FILE);
-            self.optim.save(&path).map_err(|e| PolicyError::Record {
-                path,
-                reason: e.to_string(),
-            })
+            save_optimizer(&self.optim, tmp)
         })
     }
 
