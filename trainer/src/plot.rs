@@ -175,66 +175,59 @@ pub fn save_bars(
     y_range: (f64, f64),
 ) -> Result<(), PlotError> {
     ensure_font()?;
-    let (w, h) = (160 * bars.len().max(3) as u32, 480);
-    let mut buffer = vec![255u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
-        let draw = || -> Result<(), String> {
-            root.fill(&WHITE).map_err(|e| e.to_string())?;
-            let n = bars.len();
-            let mut ctx = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 18))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(52)
-                .build_cartesian_2d(-0.5..n as f64 - 0.5, y_range.0..y_range.1)
-                .map_err(|e| e.to_string())?;
-            ctx.configure_mesh()
-                .disable_x_mesh()
-                .x_labels(n)
-                .x_label_formatter(&|x| {
-                    let i = x.round();
-                    if (x - i).abs() < 1e-6 && i >= 0.0 {
-                        bars.get(i as usize).map(|b| b.label.clone()).unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                })
-                .y_desc(y_label)
-                .label_style(("sans-serif", 13))
-                .draw()
-                .map_err(|e| e.to_string())?;
-            for (i, bar) in bars.iter().enumerate() {
-                let x = i as f64;
-                let color = PALETTE[i % PALETTE.len()];
-                ctx.draw_series(std::iter::once(Rectangle::new(
-                    [(x - 0.35, y_range.0), (x + 0.35, bar.value)],
-                    color.mix(0.8).filled(),
-                )))
-                .map_err(|e| e.to_string())?;
-                ctx.draw_series(std::iter::once(ErrorBar::new_vertical(
-                    x,
-                    bar.value - bar.error,
-                    bar.value,
-                    bar.value + bar.error,
-                    BLACK.stroke_width(2),
-                    12,
-                )))
-                .map_err(|e| e.to_string())?;
-                let text_y = (bar.value + bar.error + 0.03 * (y_range.1 - y_range.0)).min(y_range.1);
-                ctx.draw_series(std::iter::once(Text::new(
-                    format!("{:.3} ± {:.3}", bar.value, bar.error),
-                    (x - 0.3, text_y),
-                    ("sans-serif", 13),
-                )))
-                .map_err(|e| e.to_string())?;
-            }
-            root.present().map_err(|e| e.to_string())
-        };
-        draw().map_err(draw_error(path))?;
-    }
-    let image = image::RgbImage::from_raw(w, h, buffer)
-        .ok_or_else(|| draw_error(path)("plot buffer has the wrong size".into()))?;
+    let size = (160 * bars.len().max(3) as u32, 480);
+    let image = render(size, |root| {
+        let n = bars.len();
+        let mut ctx = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(52)
+            .build_cartesian_2d(-0.5..n as f64 - 0.5, y_range.0..y_range.1)
+            .map_err(|e| e.to_string())?;
+        ctx.configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 {
+                    bars.get(i as usize).map(|b| b.label.clone()).unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc(y_label)
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, bar) in bars.iter().enumerate() {
+            let x = i as f64;
+            let color = PALETTE[i % PALETTE.len()];
+            ctx.draw_series(std::iter::once(Rectangle::new(
+                [(x - 0.35, y_range.0), (x + 0.35, bar.value)],
+                color.mix(0.8).filled(),
+            )))
+            .map_err(|e| e.to_string())?;
+            ctx.draw_series(std::iter::once(ErrorBar::new_vertical(
+                x,
+                bar.value - bar.error,
+                bar.value,
+                bar.value + bar.error,
+                BLACK.stroke_width(2),
+                12,
+            )))
+            .map_err(|e| e.to_string())?;
+            let text_y = (bar.value + bar.error + 0.03 * (y_range.1 - y_range.0)).min(y_range.1);
+            ctx.draw_series(std::iter::once(Text::new(
+                format!("{:.3} ± {:.3}", bar.value, bar.error),
+                (x - 0.3, text_y),
+                ("sans-serif", 13),
+            )))
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .map_err(draw_error(path))?;
     write_png(path, &image)
 }
 
@@ -243,15 +236,26 @@ pub fn render_grid(charts: &[Chart], columns: usize, cell: (u32, u32)) -> Result
     ensure_font().map_err(|e| e.to_string())?;
     let columns = columns.max(1);
     let rows = charts.len().div_ceil(columns).max(1);
-    let (w, h) = (cell.0 * columns as u32, cell.1 * rows as u32);
-    let mut buffer = vec![255u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+    render((cell.0 * columns as u32, cell.1 * rows as u32), |root| {
         let areas = root.split_evenly((rows, columns));
         for (chart, area) in charts.iter().zip(areas.iter()) {
             draw_chart(area, chart)?;
         }
+        Ok(())
+    })
+}
+
+/// Draw on a white `size` canvas and return it as an image.
+fn render(
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<(), String>,
+) -> Result<image::RgbImage, String> {
+    let (w, h) = size;
+    let mut buffer = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        draw(&root)?;
         root.present().map_err(|e| e.to_string())?;
     }
     image::RgbImage::from_raw(w, h, buffer).ok_or_else(|| "plot buffer has the wrong size".to_string())
