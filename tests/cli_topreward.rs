@@ -47,24 +47,22 @@ fn score_json_matches_reference_and_plots() {
         let ep = &r["episodes"][name];
         let frames = frames_dir(name, tmp.path());
         let plot = tmp.path().join(format!("{name}.png"));
-        let out = topreward(&[
-            "score",
-            "--model",
-            model.to_str().expect("utf8"),
-            "--frames",
-            frames.to_str().expect("utf8"),
-            "--fps",
-            "2",
-            "--instruction",
+        let out = score(
+            &model,
+            &frames,
             ep["instruction"].as_str().expect("instruction"),
-            "--mode",
-            mode,
-            "--json",
-            "--plot",
-            plot.to_str().expect("utf8"),
-            "--success-threshold",
-            "-1.0",
-        ]);
+            &[
+                "--fps",
+                "2",
+                "--mode",
+                mode,
+                "--json",
+                "--plot",
+                plot.to_str().expect("utf8"),
+                "--success-threshold",
+                "-1.0",
+            ],
+        );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
         let prefixes = ep["prefixes"].as_array().expect("prefixes");
