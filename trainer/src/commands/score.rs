@@ -63,8 +63,8 @@ pub struct ScoreArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub success_threshold: Option<f64>,
     /// Also score a static video (the first frame repeated as often as there are frames) and report its
-    /// VOC as `static_voc`: a model that finds progress in a video where nothing happens (Qwen3-VL-8B
-    /// does, about 0.99) has a time bias that the real VOC includes.
+    /// VOC as `static_voc`: a model that finds progress in a video where nothing happens (the authors
+    /// report about 0.99 for Qwen3-VL-8B) has a time bias that the real VOC includes.
     #[arg(long)]
     pub static_check: bool,
     /// Write a PNG plot of the progress curve.
