@@ -585,14 +585,12 @@ fn lerobot_loads_what_toprl_writes() {
     let python = std::env::var_os("TOPRL_LEROBOT_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-lerobot/bin/python"));
-    if !python.exists() {
-        eprintln!(
-            "SKIPPED lerobot_loads_what_toprl_writes: no LeRobot Python at {} (run scripts/setup.sh --lerobot \
-             or set TOPRL_LEROBOT_PYTHON)",
-            python.display()
-        );
-        return;
-    }
+    // A missing LeRobot is a failure with the fix, never a silent pass.
+    assert!(
+        python.exists(),
+        "no LeRobot Python at {}: run scripts/setup.sh (it installs .venv-lerobot) or set TOPRL_LEROBOT_PYTHON",
+        python.display()
+    );
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("roundtrip");
     // 64x64: large enough for Debian's SVT-AV1, LeRobot's default encoder.

@@ -188,8 +188,7 @@ impl DatasetWriter {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}.partial-"))
+        let tmp = super::progress::plain_mode(tempfile::Builder::new().prefix(&format!(".{name}.partial-")), true)
             .tempdir_in(&parent)
             .map_err(io(&parent))?;
         let mut encoders = Vec::new();
