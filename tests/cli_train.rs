@@ -279,7 +279,11 @@ fn resume_is_guarded_by_config_lock_and_progress() {
     let moved = dir.path().join("run.replaced-1");
     assert!(err.contains(&moved.display().to_string()), "{err}");
     assert!(moved.join("runs/bc/seed-0/checkpoint/progress.json").exists());
-    assert_eq!(std::fs::read_to_string(out.join("results.json")).unwrap(), results);
+    // A fresh run of the same config gives the same results (wall-clock times aside).
+    assert_eq!(
+        without_times(&std::fs::read_to_string(out.join("results.json")).unwrap()),
+        without_times(&results)
+    );
 
     // The checkpoint names its task: `so101 sim` refuses it on another task unless asked.
     let checkpoint = out.join("runs/bc/seed-0/checkpoint");
@@ -296,4 +300,21 @@ fn resume_is_guarded_by_config_lock_and_progress() {
     assert!(!refused.status.success() && err.contains("trained on `reach`"), "{err}");
     let allowed = sim(&["--allow-task-mismatch"]);
     assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
+}
+
+/// A results.json without its wall-clock times, which differ between two runs of the same config.
+fn without_times(json: &str) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("wall_time_s");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+    strip(&mut v);
+    v
 }
