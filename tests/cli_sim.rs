@@ -80,7 +80,10 @@ fn bad_task_policy_and_noise_exit_nonzero() {
         let out = so101().args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}");
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{args:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+            "{args:?}"
+        );
     }
 }
 

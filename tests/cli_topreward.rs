@@ -227,13 +227,43 @@ fn bad_inputs_are_refused_before_the_model_loads() {
     std::fs::write(&not_a_folder, "x").unwrap();
     let cases: Vec<(&Path, &str, Vec<String>, &str)> = vec![
         // 1e9 fps over the 2 s fixture: refused from the duration, not after materialising frames.
-        (&video, "push", vec!["--fps".into(), "1e9".into(), "--max-frames".into(), "16".into()], "lower the sampling fps"),
-        (&video, "push", vec!["--fps".into(), "1e9".into()], "lower the sampling fps"),
+        (
+            &video,
+            "push",
+            vec!["--fps".into(), "1e9".into(), "--max-frames".into(), "16".into()],
+            "lower the sampling fps",
+        ),
+        (
+            &video,
+            "push",
+            vec!["--fps".into(), "1e9".into()],
+            "lower the sampling fps",
+        ),
         (&frames, "", vec![], "--instruction is empty"),
-        (&frames, "push", vec!["--cache-dir".into(), not_a_folder.display().to_string()], "is a file, not a folder"),
-        (&frames, "push", vec!["--plot".into(), frames.join("frame_00.png").display().to_string()], "--plot"),
-        (&frames, "push", vec!["--plot".into(), tmp.path().join("x.json").display().to_string()], "must end in .png"),
-        (&frames, "push", vec!["--max-frames".into(), "0".into()], "--max-frames"),
+        (
+            &frames,
+            "push",
+            vec!["--cache-dir".into(), not_a_folder.display().to_string()],
+            "is a file, not a folder",
+        ),
+        (
+            &frames,
+            "push",
+            vec!["--plot".into(), frames.join("frame_00.png").display().to_string()],
+            "--plot",
+        ),
+        (
+            &frames,
+            "push",
+            vec!["--plot".into(), tmp.path().join("x.json").display().to_string()],
+            "must end in .png",
+        ),
+        (
+            &frames,
+            "push",
+            vec!["--max-frames".into(), "0".into()],
+            "--max-frames",
+        ),
     ];
     for (input, instruction, extra, expected) in cases {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -243,7 +273,11 @@ fn bad_inputs_are_refused_before_the_model_loads() {
         assert!(!out.status.success(), "{extra:?} accepted");
         assert!(err.contains(expected), "{extra:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
-        assert!(started.elapsed().as_secs() < 20, "{extra:?} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "{extra:?} took {:?}",
+            started.elapsed()
+        );
     }
     assert_eq!(std::fs::read(&not_a_folder).unwrap(), b"x");
 }
@@ -272,12 +306,35 @@ fn label_refuses_bad_inputs_before_the_model_loads() {
     copy_tree(&root.join("envs/fixtures/lerobot/so101_v30"), &dataset);
     let info_before = std::fs::read(dataset.join("meta/info.json")).unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--min-weight".into(), "5".into(), "--delta-max".into(), "1".into()], "min_weight (5) must be at most delta_max (1)"),
-        (vec!["--delta-max".into(), "NaN".into()], "delta_max must be a finite number"),
+        (
+            vec![
+                "--min-weight".into(),
+                "5".into(),
+                "--delta-max".into(),
+                "1".into(),
+            ],
+            "min_weight (5) must be at most delta_max (1)",
+        ),
+        (
+            vec!["--delta-max".into(), "NaN".into()],
+            "delta_max must be a finite number",
+        ),
         (vec!["--tau".into(), "NaN".into()], "tau must be a finite number"),
-        (vec!["--camera".into(), "observation.images.nope".into()], "observation.images.nope"),
-        (vec!["--plot".into(), dataset.join("meta/info.json").display().to_string()], "--plot"),
-        (vec!["--max-frames".into(), "1".into()], "max_frames must be at least 2"),
+        (
+            vec!["--camera".into(), "observation.images.nope".into()],
+            "observation.images.nope",
+        ),
+        (
+            vec![
+                "--plot".into(),
+                dataset.join("meta/info.json").display().to_string(),
+            ],
+            "--plot",
+        ),
+        (
+            vec!["--max-frames".into(), "1".into()],
+            "max_frames must be at least 2",
+        ),
     ];
     for (extra, expected) in cases {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_topreward"))
@@ -291,9 +348,15 @@ fn label_refuses_bad_inputs_before_the_model_loads() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{extra:?} accepted");
         assert!(err.contains(expected), "{extra:?}: {err}");
-        assert!(!err.contains("no-model") && !err.contains("panicked"), "{extra:?}: {err}");
+        assert!(
+            !err.contains("no-model") && !err.contains("panicked"),
+            "{extra:?}: {err}"
+        );
     }
-    assert_eq!(std::fs::read(dataset.join("meta/info.json")).unwrap(), info_before);
+    assert_eq!(
+        std::fs::read(dataset.join("meta/info.json")).unwrap(),
+        info_before
+    );
     assert!(!dataset.join("topreward_progress.parquet").exists());
 }
 

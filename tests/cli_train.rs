@@ -136,28 +136,67 @@ const TINY: &str = "[task]\nname = \"reach\"\nmax_steps = 20\ncameras = [\"front
 #[test]
 fn check_refuses_exactly_what_the_run_refuses() {
     let dir = tempfile::tempdir().unwrap();
-    let with_topreward = |rm: &str| {
-        TINY.replace("reward = \"none\"", "reward = \"topreward\"") + "[reward_model]\n" + rm
-    };
+    let with_topreward =
+        |rm: &str| TINY.replace("reward = \"none\"", "reward = \"topreward\"") + "[reward_model]\n" + rm;
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "clip",
             TINY.replace("steps = 4", "steps = 4\nmin_weight = 5.0\ndelta_max = 1.0"),
             "min_weight (5) must be at most delta_max (1)",
         ),
-        ("delta_nan", TINY.replace("steps = 4", "steps = 4\ndelta_max = nan"), "delta_max"),
-        ("tau_nan", TINY.replace("steps = 4", "steps = 4\ntau = nan"), "tau"),
-        ("lr_nan", TINY.replace("steps = 4", "steps = 4\nlr = nan"), "train.lr"),
-        ("lr_inf", TINY.replace("steps = 4", "steps = 4\nlr = inf"), "train.lr"),
-        ("image0", TINY.replace("image_size = 32", "image_size = 0"), "task.image_size"),
+        (
+            "delta_nan",
+            TINY.replace("steps = 4", "steps = 4\ndelta_max = nan"),
+            "delta_max",
+        ),
+        (
+            "tau_nan",
+            TINY.replace("steps = 4", "steps = 4\ntau = nan"),
+            "tau",
+        ),
+        (
+            "lr_nan",
+            TINY.replace("steps = 4", "steps = 4\nlr = nan"),
+            "train.lr",
+        ),
+        (
+            "lr_inf",
+            TINY.replace("steps = 4", "steps = 4\nlr = inf"),
+            "train.lr",
+        ),
+        (
+            "image0",
+            TINY.replace("image_size = 32", "image_size = 0"),
+            "task.image_size",
+        ),
         ("seeds", format!("seeds = [0, 0]\n{TINY}"), "seeds"),
         ("steps0", TINY.replace("steps = 4", "steps = 0"), "train.steps"),
-        ("eval0", TINY.replace("episodes = 1", "episodes = 0"), "eval.episodes"),
+        (
+            "eval0",
+            TINY.replace("episodes = 1", "episodes = 0"),
+            "eval.episodes",
+        ),
         ("noise_nan", TINY.replace("[0.0]", "[nan]"), "data.noise_levels"),
-        ("batch", TINY.replace("batch_size = 4", "batch_size = 100000000"), "train.batch_size"),
-        ("escape", TINY.replace("name = \"bc\"", "name = \"../../escape\""), "arms[0].name"),
-        ("empty_arm", TINY.replace("name = \"bc\"", "name = \"\""), "arms[0].name"),
-        ("camera", TINY.replace("[\"front\"]", "[\"side\"]"), "task.cameras"),
+        (
+            "batch",
+            TINY.replace("batch_size = 4", "batch_size = 100000000"),
+            "train.batch_size",
+        ),
+        (
+            "escape",
+            TINY.replace("name = \"bc\"", "name = \"../../escape\""),
+            "arms[0].name",
+        ),
+        (
+            "empty_arm",
+            TINY.replace("name = \"bc\"", "name = \"\""),
+            "arms[0].name",
+        ),
+        (
+            "camera",
+            TINY.replace("[\"front\"]", "[\"side\"]"),
+            "task.cameras",
+        ),
         (
             "model",
             with_topreward("model = \"/no/such/model\"\n"),
@@ -184,7 +223,10 @@ fn check_refuses_exactly_what_the_run_refuses() {
             assert!(!out.status.success(), "{name} (check: {check}) was accepted");
             assert!(err.contains(expected), "{name} (check: {check}): {err}");
             assert!(!err.contains("panicked"), "{name}: {err}");
-            assert!(!out_dir.exists(), "{name}: output written before the config was refused");
+            assert!(
+                !out_dir.exists(),
+                "{name}: output written before the config was refused"
+            );
         }
     }
 }
@@ -231,7 +273,11 @@ fn resume_is_guarded_by_config_lock_and_progress() {
     std::fs::write(&config, TINY).unwrap();
     let out = dir.path().join("run");
     let first = run(&config, &out, &[]);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let results = std::fs::read_to_string(out.join("results.json")).unwrap();
     assert!(out.join("run.json").exists());
 
@@ -243,21 +289,44 @@ fn resume_is_guarded_by_config_lock_and_progress() {
     std::fs::write(&longer, TINY.replace("steps = 4", "steps = 2000")).unwrap();
     let refused = run(&longer, &out, &["--resume"]);
     let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success() && err.contains("train.steps: 4 -> 2000"), "{err}");
-    assert!(std::fs::read_to_string(out.join("experiment.toml")).unwrap().contains("steps = 4"));
-    assert_eq!(std::fs::read_to_string(out.join("results.json")).unwrap(), results);
+    assert!(
+        !refused.status.success() && err.contains("train.steps: 4 -> 2000"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_to_string(out.join("experiment.toml"))
+            .unwrap()
+            .contains("steps = 4")
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.json")).unwrap(),
+        results
+    );
 
     // Same config: finished runs are kept, the results are the same.
     let resumed = run(&config, &out, &["--resume"]);
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
-    assert_eq!(std::fs::read_to_string(out.join("results.json")).unwrap(), results);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.json")).unwrap(),
+        results
+    );
 
     // A second process on the same folder is refused while the first holds the lock.
-    let lock = std::fs::File::options().write(true).open(out.join(".lock")).unwrap();
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(out.join(".lock"))
+        .unwrap();
     lock.try_lock().unwrap();
     let busy = run(&config, &out, &["--resume"]);
     let err = String::from_utf8_lossy(&busy.stderr);
-    assert!(!busy.status.success() && err.contains("in use by another train process"), "{err}");
+    assert!(
+        !busy.status.success() && err.contains("in use by another train process"),
+        "{err}"
+    );
     drop(lock);
 
     // A progress.json past the config's steps is not a finished run.
@@ -270,7 +339,10 @@ fn resume_is_guarded_by_config_lock_and_progress() {
     std::fs::write(&progress_path, progress.to_string()).unwrap();
     let past = run(&config, &out, &["--resume"]);
     let err = String::from_utf8_lossy(&past.stderr);
-    assert!(!past.status.success() && err.contains("not from this run"), "{err}");
+    assert!(
+        !past.status.success() && err.contains("not from this run"),
+        "{err}"
+    );
 
     // --restart starts over and says where the previous run went; nothing is deleted.
     let restarted = run(&config, &out, &["--restart"]);
@@ -289,7 +361,16 @@ fn resume_is_guarded_by_config_lock_and_progress() {
     let checkpoint = out.join("runs/bc/seed-0/checkpoint");
     let sim = |extra: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_so101"))
-            .args(["sim", "--task", "pick_place", "--episodes", "1", "--threads", "1", "--policy"])
+            .args([
+                "sim",
+                "--task",
+                "pick_place",
+                "--episodes",
+                "1",
+                "--threads",
+                "1",
+                "--policy",
+            ])
             .arg(&checkpoint)
             .args(extra)
             .output()
@@ -297,9 +378,16 @@ fn resume_is_guarded_by_config_lock_and_progress() {
     };
     let refused = sim(&[]);
     let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success() && err.contains("trained on `reach`"), "{err}");
+    assert!(
+        !refused.status.success() && err.contains("trained on `reach`"),
+        "{err}"
+    );
     let allowed = sim(&["--allow-task-mismatch"]);
-    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
 }
 
 /// A results.json without its wall-clock times, which differ between two runs of the same config.

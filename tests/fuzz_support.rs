@@ -116,13 +116,23 @@ pub fn hostile_json() -> impl Strategy<Value = serde_json::Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|v| json!(v)),
-        proptest::sample::select(vec![0i64, -1, 1, i64::MAX, i64::MIN, 1 << 40])
-            .prop_map(|v| json!(v)),
+        proptest::sample::select(vec![0i64, -1, 1, i64::MAX, i64::MIN, 1 << 40]).prop_map(|v| json!(v)),
         any::<u64>().prop_map(|v| json!(v)),
         any::<f64>()
             .prop_filter("JSON numbers are finite", |v| v.is_finite())
             .prop_map(|v| json!(v)),
-        proptest::sample::select(vec!["", "/etc/passwd", "../../escape", "data/../../x.parquet", "v2.1", "v3.0", "{chunk_index:03d}", "{", "video", "float32"])
+        proptest::sample::select(vec![
+            "",
+            "/etc/passwd",
+            "../../escape",
+            "data/../../x.parquet",
+            "v2.1",
+            "v3.0",
+            "{chunk_index:03d}",
+            "{",
+            "video",
+            "float32"
+        ])
         .prop_map(|s| Value::String(s.to_string())),
         "[ -~]{0,12}".prop_map(Value::String),
     ];

@@ -111,8 +111,21 @@ mod tests {
 
     #[test]
     fn components_are_single_plain_names() {
-        assert_eq!(safe_component("bc_topreward", "arm name").unwrap(), "bc_topreward");
-        for bad in ["", "../../escape", "a/b", "..", ".", ".hidden", " x", "x\n", "a\\b"] {
+        assert_eq!(
+            safe_component("bc_topreward", "arm name").unwrap(),
+            "bc_topreward"
+        );
+        for bad in [
+            "",
+            "../../escape",
+            "a/b",
+            "..",
+            ".",
+            ".hidden",
+            " x",
+            "x\n",
+            "a\\b",
+        ] {
             assert!(safe_component(bad, "arm name").is_err(), "{bad:?} accepted");
         }
     }

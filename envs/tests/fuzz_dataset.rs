@@ -113,14 +113,18 @@ fn hostile_info_json_values_never_panic_or_escape_the_root() {
 #[test]
 fn damaged_dataset_files_never_panic() {
     let strategy = (any::<usize>(), damage_strategy());
-    fuzz("dataset file bytes", strategy, |(which, damage): (usize, Vec<Damage>)| {
-        let dir = tempfile::tempdir().unwrap();
-        copy_base(dir.path());
-        let rel = &files()[which % files().len()];
-        let bytes = std::fs::read(base().join(rel)).unwrap();
-        std::fs::write(dir.path().join(rel), apply(&bytes, &damage)).unwrap();
-        read_everything(dir.path())
-    });
+    fuzz(
+        "dataset file bytes",
+        strategy,
+        |(which, damage): (usize, Vec<Damage>)| {
+            let dir = tempfile::tempdir().unwrap();
+            copy_base(dir.path());
+            let rel = &files()[which % files().len()];
+            let bytes = std::fs::read(base().join(rel)).unwrap();
+            std::fs::write(dir.path().join(rel), apply(&bytes, &damage)).unwrap();
+            read_everything(dir.path())
+        },
+    );
 }
 
 #[test]

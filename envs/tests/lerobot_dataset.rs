@@ -222,7 +222,11 @@ fn copy_dir(src: &Path, dst: &Path) {
 fn path_templates_that_leave_the_dataset_are_refused() {
     for (version, field, template) in [
         ("so101_v30", "data_path", "/etc/passwd"),
-        ("so101_v30", "data_path", "../../outside/{chunk_index}-{file_index}.parquet"),
+        (
+            "so101_v30",
+            "data_path",
+            "../../outside/{chunk_index}-{file_index}.parquet",
+        ),
         ("so101_v30", "video_path", "../{video_key}.mp4"),
         ("so101_v21", "data_path", "/etc/passwd"),
         ("so101_v21", "video_path", "/tmp/{video_key}/{episode_index}.mp4"),

@@ -24,7 +24,8 @@ fn checkpoints() -> &'static [PathBuf] {
             let batch = demos(3, 1);
             let mut dirs = Vec::new();
             for (name, cfg) in all() {
-                let mut t = Trainer::new(cfg, normalizer(&batch), TrainConfig::default(), &cpu_device()).unwrap();
+                let mut t =
+                    Trainer::new(cfg, normalizer(&batch), TrainConfig::default(), &cpu_device()).unwrap();
                 t.step(&batch, &[1.0; 3]).unwrap();
                 let path = dir.path().join(name);
                 t.save(&path).unwrap();
@@ -63,7 +64,10 @@ fn load_everything(dir: &Path) {
 #[derive(Debug, Clone)]
 enum Mutation {
     /// Replace a value somewhere in policy.json.
-    Json { path: Vec<usize>, value: serde_json::Value },
+    Json {
+        path: Vec<usize>,
+        value: serde_json::Value,
+    },
     /// Damage the bytes of one of the checkpoint's files.
     Bytes { file: usize, damage: Vec<Damage> },
 }
@@ -75,25 +79,29 @@ fn hostile_checkpoints_never_panic() {
             .prop_map(|(path, value)| Mutation::Json { path, value }),
         (any::<usize>(), damage_strategy()).prop_map(|(file, damage)| Mutation::Bytes { file, damage }),
     ];
-    fuzz("policy checkpoints", (any::<usize>(), mutation), |(kind, mutation)| {
-        let source = &checkpoints()[kind % checkpoints().len()];
-        let dir = tempfile::tempdir().unwrap();
-        let names = copy_dir(source, dir.path());
-        match mutation {
-            Mutation::Json { path, value } => {
-                let file = dir.path().join(toprl_policies::checkpoint::CONFIG_FILE);
-                let mut doc: serde_json::Value =
-                    serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-                replace_somewhere(&mut doc, &path, value);
-                std::fs::write(&file, doc.to_string()).unwrap();
+    fuzz(
+        "policy checkpoints",
+        (any::<usize>(), mutation),
+        |(kind, mutation)| {
+            let source = &checkpoints()[kind % checkpoints().len()];
+            let dir = tempfile::tempdir().unwrap();
+            let names = copy_dir(source, dir.path());
+            match mutation {
+                Mutation::Json { path, value } => {
+                    let file = dir.path().join(toprl_policies::checkpoint::CONFIG_FILE);
+                    let mut doc: serde_json::Value =
+                        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+                    replace_somewhere(&mut doc, &path, value);
+                    std::fs::write(&file, doc.to_string()).unwrap();
+                }
+                Mutation::Bytes { file, damage } => {
+                    let file = dir.path().join(&names[file % names.len()]);
+                    let bytes = std::fs::read(&file).unwrap();
+                    std::fs::write(&file, apply(&bytes, &damage)).unwrap();
+                }
             }
-            Mutation::Bytes { file, damage } => {
-                let file = dir.path().join(&names[file % names.len()]);
-                let bytes = std::fs::read(&file).unwrap();
-                std::fs::write(&file, apply(&bytes, &damage)).unwrap();
-            }
-        }
-        load_everything(dir.path());
-        Ok(())
-    });
+            load_everything(dir.path());
+            Ok(())
+        },
+    );
 }

@@ -16,9 +16,15 @@ use toprl_rewards::qwen3_vl::{CheckpointFiles, Qwen3VL};
 #[derive(Debug, Clone)]
 enum Mutation {
     /// Replace a value somewhere in config.json.
-    Config { path: Vec<usize>, value: serde_json::Value },
+    Config {
+        path: Vec<usize>,
+        value: serde_json::Value,
+    },
     /// Replace a value somewhere in the safetensors JSON header (shapes, dtypes, offsets, names).
-    Header { path: Vec<usize>, value: serde_json::Value },
+    Header {
+        path: Vec<usize>,
+        value: serde_json::Value,
+    },
     /// Damage the bytes of model.safetensors (header length, header text or tensor data).
     Bytes { damage: Vec<Damage> },
 }
@@ -57,26 +63,32 @@ fn hostile_qwen_checkpoints_never_panic() {
             .prop_map(|(path, value)| Mutation::Header { path, value }),
         damage_strategy().prop_map(|damage| Mutation::Bytes { damage }),
     ];
-    fuzz("qwen3-vl checkpoint (config.json, safetensors)", mutation, |mutation| {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = config.clone();
-        let mut bytes = None;
-        match mutation {
-            Mutation::Config { path, value } => replace_somewhere(&mut config, &path, value),
-            Mutation::Header { path, value } => {
-                let mut h = header.clone();
-                replace_somewhere(&mut h, &path, value);
-                bytes = Some(join(&h, data));
+    fuzz(
+        "qwen3-vl checkpoint (config.json, safetensors)",
+        mutation,
+        |mutation| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = config.clone();
+            let mut bytes = None;
+            match mutation {
+                Mutation::Config { path, value } => replace_somewhere(&mut config, &path, value),
+                Mutation::Header { path, value } => {
+                    let mut h = header.clone();
+                    replace_somewhere(&mut h, &path, value);
+                    bytes = Some(join(&h, data));
+                }
+                Mutation::Bytes { damage } => bytes = Some(apply(&weights, &damage)),
             }
-            Mutation::Bytes { damage } => bytes = Some(apply(&weights, &damage)),
-        }
-        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-        let weights_path = dir.path().join("model.safetensors");
-        match bytes {
-            Some(b) => std::fs::write(&weights_path, b).unwrap(),
-            None => std::fs::copy(tiny.join("model.safetensors"), &weights_path).map(drop).unwrap(),
-        }
-        load(dir.path());
-        Ok(())
-    });
+            std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+            let weights_path = dir.path().join("model.safetensors");
+            match bytes {
+                Some(b) => std::fs::write(&weights_path, b).unwrap(),
+                None => std::fs::copy(tiny.join("model.safetensors"), &weights_path)
+                    .map(drop)
+                    .unwrap(),
+            }
+            load(dir.path());
+            Ok(())
+        },
+    );
 }

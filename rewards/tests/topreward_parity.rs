@@ -356,9 +356,7 @@ fn non_finite_model_outputs_are_errors_not_progress() {
         let files = CheckpointFiles::from_dir(dir.path()).unwrap();
         let model = TopRewardModel::new(Qwen3VL::load(&files, &Device::Cpu, DType::F32).unwrap());
         let mut s = TopReward::new(model, real_encoder(), ScorerConfig::default(), "poisoned").unwrap();
-        let err = s
-            .score_episode(&frames, r.fps, &ep.instruction)
-            .unwrap_err();
+        let err = s.score_episode(&frames, r.fps, &ep.instruction).unwrap_err();
         assert!(
             matches!(err, TopRewardError::NonFiniteScore { .. }),
             "{poison}: {err}"

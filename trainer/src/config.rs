@@ -646,10 +646,17 @@ impl ExperimentConfig {
             .filter(|_| self.arms.iter().any(|a| a.reward == RewardSource::Topreward))
         {
             if rm.model.trim().is_empty() {
-                return bad("reward_model.model", "expected a checkpoint folder or hub id".into());
+                return bad(
+                    "reward_model.model",
+                    "expected a checkpoint folder or hub id".into(),
+                );
             }
             if let DataConfig::Sim { .. } = self.data {
-                let rendered: Vec<String> = t.cameras.iter().map(|c| format!("observation.images.{c}")).collect();
+                let rendered: Vec<String> = t
+                    .cameras
+                    .iter()
+                    .map(|c| format!("observation.images.{c}"))
+                    .collect();
                 if !rendered.contains(&rm.camera) {
                     return bad(
                         "reward_model.camera",
@@ -668,7 +675,11 @@ impl ExperimentConfig {
             }
         }
         // Memory before work: one mini-batch of camera images as f32, and the demonstrations' frames.
-        let cameras = if self.policy.kind == "gaussian" { 0 } else { t.cameras.len() };
+        let cameras = if self.policy.kind == "gaussian" {
+            0
+        } else {
+            t.cameras.len()
+        };
         let pixels = u64::from(t.image_size) * u64::from(t.image_size) * 3;
         let batch_bytes = tr.batch_size as u64 * (cameras as u64 * pixels * 4 + 4096);
         if batch_bytes > MAX_BATCH_BYTES {
@@ -685,8 +696,8 @@ impl ExperimentConfig {
         }
         // Simulated demonstrations keep their camera frames in memory when an image policy or the reward
         // model needs them: refuse a config whose frames alone would not fit.
-        let keeps_frames = self.policy.kind != "gaussian"
-            || self.arms.iter().any(|a| a.reward == RewardSource::Topreward);
+        let keeps_frames =
+            self.policy.kind != "gaussian" || self.arms.iter().any(|a| a.reward == RewardSource::Topreward);
         if let DataConfig::Sim { episodes, .. } = &self.data
             && keeps_frames
             && let Ok(task) = t.name.parse::<toprl_envs::sim::Task>()
@@ -730,7 +741,10 @@ impl ExperimentConfig {
             toprl_rewards::qwen3_vl::CheckpointFiles::check(&rm.model)
                 .map_err(|e| invalid("reward_model.model", e.to_string()))?;
         }
-        if let DataConfig::Lerobot { path: dataset, camera } = &self.data
+        if let DataConfig::Lerobot {
+            path: dataset,
+            camera,
+        } = &self.data
             && Path::new(dataset).is_dir()
         {
             let ds = toprl_envs::dataset::LeRobotDataset::open(dataset)
@@ -871,13 +885,25 @@ mod tests {
             (train("batch_size = 100000000"), "train.batch_size"),
             (MINIMAL.to_string() + "[eval]\nepisodes = 0\n", "eval.episodes"),
             (format!("seeds = [0, 0]\n{MINIMAL}"), "seeds"),
-            (MINIMAL.replace("episodes = 4", "episodes = 4\nnoise_levels = [nan]"), "data.noise_levels"),
+            (
+                MINIMAL.replace("episodes = 4", "episodes = 4\nnoise_levels = [nan]"),
+                "data.noise_levels",
+            ),
             (MINIMAL.replace("episodes = 4", "episodes = 0"), "data.episodes"),
-            (MINIMAL.replace("name = \"pick_cube\"", "name = \"pick_cube\"\nimage_size = 0"), "task.image_size"),
-            (MINIMAL.replace("name = \"bc\"", "name = \"../../escape\""), "arms[0].name"),
+            (
+                MINIMAL.replace("name = \"pick_cube\"", "name = \"pick_cube\"\nimage_size = 0"),
+                "task.image_size",
+            ),
+            (
+                MINIMAL.replace("name = \"bc\"", "name = \"../../escape\""),
+                "arms[0].name",
+            ),
             (MINIMAL.replace("name = \"bc\"", "name = \"\""), "arms[0].name"),
             (
-                MINIMAL.replace("name = \"pick_cube\"", "name = \"pick_cube\"\ncameras = [\"side\"]"),
+                MINIMAL.replace(
+                    "name = \"pick_cube\"",
+                    "name = \"pick_cube\"\ncameras = [\"side\"]",
+                ),
                 "task.cameras[0]",
             ),
             (
@@ -886,7 +912,8 @@ mod tests {
                 "reward_model.camera",
             ),
             (
-                MINIMAL.replace("kind = \"gaussian\"", "kind = \"act\"")
+                MINIMAL
+                    .replace("kind = \"gaussian\"", "kind = \"act\"")
                     .replace("episodes = 4", "episodes = 1000000")
                     .replace("name = \"pick_cube\"", "name = \"pick_cube\"\nimage_size = 512"),
                 "data.episodes",

@@ -488,7 +488,12 @@ mod tests {
 
     impl ProgressModel for NanModel {
         type Error = std::io::Error;
-        fn score_episode(&mut self, frames: &[RgbImage], _: f64, _: &str) -> Result<EpisodeScore, Self::Error> {
+        fn score_episode(
+            &mut self,
+            frames: &[RgbImage],
+            _: f64,
+            _: &str,
+        ) -> Result<EpisodeScore, Self::Error> {
             let log_probs = vec![f64::NAN; frames.len()];
             let progress = min_max_progress(&log_probs);
             Ok(EpisodeScore {
@@ -522,7 +527,10 @@ mod tests {
         let mut o = opts(tmp.path().join("x.parquet"));
         o.weights.min_weight = 5.0;
         o.weights.delta_max = 1.0;
-        assert!(matches!(label_dataset(&ds, &mut model, &o), Err(LabelError::Weights(_))));
+        assert!(matches!(
+            label_dataset(&ds, &mut model, &o),
+            Err(LabelError::Weights(_))
+        ));
         let mut o = opts(tmp.path().join("x.parquet"));
         o.weights.tau = f64::NAN;
         assert!(matches!(check_inputs(&ds, &o), Err(LabelError::Weights(_))));
@@ -535,7 +543,9 @@ mod tests {
             fps: 30.0,
             states: vec![vec![0.0; 6]; 2],
             actions: vec![vec![0.0; 6]; 2],
-            cameras: [(CAM.to_string(), vec![RgbImage::new(16, 16); 2])].into_iter().collect(),
+            cameras: [(CAM.to_string(), vec![RgbImage::new(16, 16); 2])]
+                .into_iter()
+                .collect(),
             success: None,
             true_progress: None,
             environment_states: Vec::new(),

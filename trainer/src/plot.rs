@@ -43,12 +43,18 @@ pub fn check_plot_path(path: &Path, protected: &[&Path], protected_dirs: &[&Path
     let resolved = resolve(path);
     for p in protected {
         if resolve(p) == resolved {
-            return Err(refuse(format!("it is {}, which this command reads or writes", p.display())));
+            return Err(refuse(format!(
+                "it is {}, which this command reads or writes",
+                p.display()
+            )));
         }
     }
     for d in protected_dirs {
         if resolved.starts_with(resolve(d)) {
-            return Err(refuse(format!("it is inside {}, which this command reads", d.display())));
+            return Err(refuse(format!(
+                "it is inside {}, which this command reads",
+                d.display()
+            )));
         }
     }
     if path.is_dir() {

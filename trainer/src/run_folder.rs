@@ -269,7 +269,10 @@ mod tests {
         let first = open(&out, "a = 1\n", StartMode::Fresh).unwrap();
         let err = open(&out, "a = 1\n", StartMode::Resume).unwrap_err();
         assert!(matches!(err, RunFolderError::Locked { .. }), "{err}");
-        assert!(err.to_string().contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.to_string().contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         drop(first);
         open(&out, "a = 1\n", StartMode::Resume).unwrap();
     }
@@ -284,7 +287,10 @@ mod tests {
         assert!(matches!(err, RunFolderError::Exists { .. }), "{err}");
         let err = open(&out, "[train]\nsteps = 2000\n", StartMode::Resume).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("train.steps: 20 -> 2000") && text.contains("--restart"), "{text}");
+        assert!(
+            text.contains("train.steps: 20 -> 2000") && text.contains("--restart"),
+            "{text}"
+        );
         // Nothing was rewritten by the refused resume.
         assert_eq!(
             std::fs::read_to_string(out.join("experiment.toml")).unwrap(),
@@ -294,7 +300,10 @@ mod tests {
         let restarted = open(&out, "[train]\nsteps = 2000\n", StartMode::Restart).unwrap();
         let moved = restarted.moved_to.clone().unwrap();
         assert_eq!(moved, dir.path().join("run.replaced-1"));
-        assert_eq!(std::fs::read_to_string(moved.join("results.md")).unwrap(), "finished");
+        assert_eq!(
+            std::fs::read_to_string(moved.join("results.md")).unwrap(),
+            "finished"
+        );
         assert!(!out.join("results.md").exists());
         assert_eq!(
             std::fs::read_to_string(out.join("experiment.toml")).unwrap(),

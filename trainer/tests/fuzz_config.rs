@@ -110,13 +110,52 @@ fn hostile_toml() -> impl Strategy<Value = toml::Value> {
     use toml::Value;
     let leaf = prop_oneof![
         any::<bool>().prop_map(Value::Boolean),
-        proptest::sample::select(vec![0i64, -1, 1, 2, i64::MAX, i64::MIN, u32::MAX as i64, 100_000_000])
+        proptest::sample::select(vec![
+            0i64,
+            -1,
+            1,
+            2,
+            i64::MAX,
+            i64::MIN,
+            u32::MAX as i64,
+            100_000_000
+        ])
         .prop_map(Value::Integer),
         any::<i64>().prop_map(Value::Integer),
-        proptest::sample::select(vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0, -1.0, 5.0, 1e308, 1e-320])
+        proptest::sample::select(vec![
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.0,
+            -0.0,
+            -1.0,
+            5.0,
+            1e308,
+            1e-320
+        ])
         .prop_map(Value::Float),
         any::<f64>().prop_map(Value::Float),
-        proptest::sample::select(vec!["", " ", "../../escape", "/etc/passwd", ".hidden", "a/b", "reach", "pick_place", "gaussian", "flow", "topreward", "oracle", "sparse", "awr", "exact", "top", "lerobot", "observation.images.top", "{instruction} The answer is: True"])
+        proptest::sample::select(vec![
+            "",
+            " ",
+            "../../escape",
+            "/etc/passwd",
+            ".hidden",
+            "a/b",
+            "reach",
+            "pick_place",
+            "gaussian",
+            "flow",
+            "topreward",
+            "oracle",
+            "sparse",
+            "awr",
+            "exact",
+            "top",
+            "lerobot",
+            "observation.images.top",
+            "{instruction} The answer is: True"
+        ])
         .prop_map(|s| Value::String(s.to_string())),
         "[ -~]{0,10}".prop_map(Value::String),
     ];
@@ -190,7 +229,11 @@ fn check(text: &str) -> Result<(), TestCaseError> {
             arm.name
         );
     }
-    if let DataConfig::Sim { noise_levels, episodes } = &c.data {
+    if let DataConfig::Sim {
+        noise_levels,
+        episodes,
+    } = &c.data
+    {
         prop_assert!(*episodes >= 1);
         prop_assert!(noise_levels.iter().all(|v| v.is_finite() && *v >= 0.0));
     }
@@ -198,7 +241,8 @@ fn check(text: &str) -> Result<(), TestCaseError> {
     let _ = c.check_resources(path);
     // The resolved config (recorded in the run folder, compared by --resume) parses back to itself.
     let resolved = toml::to_string_pretty(&c).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let again = ExperimentConfig::parse(&resolved, path).map_err(|e| TestCaseError::fail(format!("{e}\n{resolved}")))?;
+    let again = ExperimentConfig::parse(&resolved, path)
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{resolved}")))?;
     let resolved_again = toml::to_string_pretty(&again).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(resolved, resolved_again);
     Ok(())
@@ -216,42 +260,52 @@ fn hostile_config_values_are_refused_or_usable() {
         (any::<usize>(), hostile_toml()).prop_map(|(k, v)| Edit::Set(k, v)),
         any::<usize>().prop_map(Edit::Remove),
     ];
-    fuzz("experiment config values", proptest::collection::vec(edit, 1..5), |edits| {
-        let mut doc = base.clone();
-        for e in edits {
-            match e {
-                Edit::Set(k, v) => set(&mut doc, KEYS[k % KEYS.len()], v),
-                Edit::Remove(k) => {
-                    let key = KEYS[k % KEYS.len()];
-                    let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
-                    let mut slot = Some(&mut doc);
-                    for part in table.split('.').filter(|p| !p.is_empty()) {
-                        slot = slot.and_then(|s| match s {
-                            toml::Value::Table(t) => t.get_mut(part),
-                            toml::Value::Array(a) => part.parse::<usize>().ok().and_then(|n| a.get_mut(n)),
-                            _ => None,
-                        });
-                    }
-                    if let Some(toml::Value::Table(t)) = slot {
-                        t.remove(leaf);
+    fuzz(
+        "experiment config values",
+        proptest::collection::vec(edit, 1..5),
+        |edits| {
+            let mut doc = base.clone();
+            for e in edits {
+                match e {
+                    Edit::Set(k, v) => set(&mut doc, KEYS[k % KEYS.len()], v),
+                    Edit::Remove(k) => {
+                        let key = KEYS[k % KEYS.len()];
+                        let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+                        let mut slot = Some(&mut doc);
+                        for part in table.split('.').filter(|p| !p.is_empty()) {
+                            slot = slot.and_then(|s| match s {
+                                toml::Value::Table(t) => t.get_mut(part),
+                                toml::Value::Array(a) => {
+                                    part.parse::<usize>().ok().and_then(|n| a.get_mut(n))
+                                }
+                                _ => None,
+                            });
+                        }
+                        if let Some(toml::Value::Table(t)) = slot {
+                            t.remove(leaf);
+                        }
                     }
                 }
             }
-        }
-        let Ok(text) = toml::to_string(&doc) else {
-            return Ok(());
-        };
-        check(&text)
-    });
+            let Ok(text) = toml::to_string(&doc) else {
+                return Ok(());
+            };
+            check(&text)
+        },
+    );
 }
 
 #[test]
 fn damaged_config_text_is_refused_or_usable() {
-    fuzz("experiment config text", damage_strategy(), |damage: Vec<Damage>| {
-        let bytes = apply(BASE.as_bytes(), &damage);
-        match std::str::from_utf8(&bytes) {
-            Ok(text) => check(text),
-            Err(_) => Ok(()),
-        }
-    });
+    fuzz(
+        "experiment config text",
+        damage_strategy(),
+        |damage: Vec<Damage>| {
+            let bytes = apply(BASE.as_bytes(), &damage);
+            match std::str::from_utf8(&bytes) {
+                Ok(text) => check(text),
+                Err(_) => Ok(()),
+            }
+        },
+    );
 }

@@ -96,9 +96,14 @@ pub fn write_progress(path: &Path, table: &ProgressTable) -> Result<()> {
         _ => std::path::PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let tmp = plain_mode(tempfile::Builder::new().prefix(".progress.partial-").suffix(".parquet"), false)
-        .tempfile_in(&dir)
-        .map_err(io(&dir))?;
+    let tmp = plain_mode(
+        tempfile::Builder::new()
+            .prefix(".progress.partial-")
+            .suffix(".parquet"),
+        false,
+    )
+    .tempfile_in(&dir)
+    .map_err(io(&dir))?;
     {
         let file: File = tmp.as_file().try_clone().map_err(io(tmp.path()))?;
         let props = WriterProperties::builder()

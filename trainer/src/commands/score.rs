@@ -138,7 +138,9 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     if args.instruction.trim().is_empty() {
         bail!("--instruction is empty; TOPReward asks whether the video completes it");
     }
-    args.prompt().validate().context("--prompt-prefix / --prompt-suffix")?;
+    args.prompt()
+        .validate()
+        .context("--prompt-prefix / --prompt-suffix")?;
     if let Some(dir) = &args.cache_dir {
         toprl_rewards::topreward::ScoreCache::check_dir(dir).context("--cache-dir")?;
     }
@@ -225,12 +227,18 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     } else {
         crate::outln!(
             "{:>6} {:>8} {:>12} {:>9}",
-            "frames", "tokens", "log p(True)", "progress"
+            "frames",
+            "tokens",
+            "log p(True)",
+            "progress"
         );
         for i in 0..score.prefix_lengths.len() {
             crate::outln!(
                 "{:>6} {:>8} {:>12.5} {:>9.4}",
-                score.prefix_lengths[i], score.num_tokens[i], score.log_probs[i], score.progress[i]
+                score.prefix_lengths[i],
+                score.num_tokens[i],
+                score.log_probs[i],
+                score.progress[i]
             );
         }
         crate::outln!("VOC {}", fmt_voc(score.voc));
@@ -241,7 +249,9 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             );
         }
         if let Some(value) = success_score {
-            crate::out!("success score {value:.4} (mean log p(True) of the last {SUCCESS_PREFIXES} prefixes)");
+            crate::out!(
+                "success score {value:.4} (mean log p(True) of the last {SUCCESS_PREFIXES} prefixes)"
+            );
             match (success, args.success_threshold) {
                 (Some(ok), Some(theta)) => crate::outln!(
                     ": {} at threshold {theta}",

@@ -106,7 +106,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                         args.task
                     );
                 }
-                tracing::warn!("--policy {path} was trained on `{trained_on}`; running it on `{}`", args.task);
+                tracing::warn!(
+                    "--policy {path} was trained on `{trained_on}`; running it on `{}`",
+                    args.task
+                );
             }
             let loaded = toprl_policies::load_policy(path, &toprl_policies::cpu_device())
                 .with_context(|| format!("--policy {path}: loading the checkpoint"))?
