@@ -71,11 +71,10 @@ kill_when() { # file log command...
 model=$repo/rewards/fixtures/qwen3vl-tiny
 dataset=$work/dataset
 cp -r "$repo/envs/fixtures/lerobot/so101_v30" "$dataset"
-label() { # out [extra...]
-  local out=$1
-  shift
-  "$bin/topreward" label "$dataset" --model "$model" --mode exact --max-frames 16 --out "$out" \
-    --plot "${out%.parquet}.png" "$@"
+# Commands as arrays, so that kill_when runs (and kill -9 hits) the binary itself, not a shell around it.
+label_cmd=("$bin/topreward" label "$dataset" --model "$model" --mode exact --max-frames 16)
+label() { # out: label the dataset into OUT (plot beside it)
+  "${label_cmd[@]}" --out "$1" --plot "${1%.parquet}.png"
 }
 
 # Results without wall-clock times, for comparing two runs.
@@ -119,16 +118,18 @@ reward = "none"
 name = "oracle"
 reward = "oracle"
 EOF
-train() { "$bin/train" "$work/train.toml" --threads 1 "$@"; }
+train_cmd=("$bin/train" "$work/train.toml" --threads 1)
+train() { "${train_cmd[@]}" "$@"; }
 
 echo "== references (uninterrupted runs)"
 label "$work/label_ref.parquet" >/dev/null 2>&1
 train --out "$work/train_ref" >/dev/null 2>&1
 
 echo "== 1. kill -9 during topreward label"
-state=$(kill_when "$work/label_cut.parquet" "$work/label_cut.log" label "$work/label_cut.parquet")
+state=$(kill_when "$work/label_cut.parquet" "$work/label_cut.log" "${label_cmd[@]}" --out "$work/label_cut.parquet" \
+  --plot "$work/label_cut.png")
 check "label was killed mid-run (state: $state)" test "$state" = killed
-label "$work/label_cut.parquet" >"$work/label_rerun.log" 2>&1
+label "$work/label_cut.parquet" >"$work/label_rerun.log" 2>&1 || true
 check "rerun kept the finished episodes ($(grep -o '[0-9]* kept' "$work/label_rerun.log" || true))" \
   grep -q "[1-9][0-9]* kept" "$work/label_rerun.log"
 check "rerun progress file equals the uninterrupted one byte for byte" \
@@ -136,13 +137,14 @@ check "rerun progress file equals the uninterrupted one byte for byte" \
 
 echo "== 2. kill -9 during train, then --resume"
 cut=$work/train_cut
-state=$(kill_when "$cut/runs/bc/seed-0/checkpoint/progress.json" "$work/train_cut1.log" train --out "$cut")
+state=$(kill_when "$cut/runs/bc/seed-0/checkpoint/progress.json" "$work/train_cut1.log" "${train_cmd[@]}" \
+  --out "$cut")
 check "train was killed after the first checkpoint (state: $state)" test "$state" = killed
 state=$(kill_when "$cut/runs/oracle/seed-0/checkpoint/progress.json" "$work/train_cut2.log" \
-  train --out "$cut" --resume)
+  "${train_cmd[@]}" --out "$cut" --resume)
 check "the resumed train was killed again in the next arm (state: $state)" test "$state" = killed
 check "the dead run's lock file is left behind" test -e "$cut/.lock"
-train --out "$cut" --resume >"$work/train_resume.log" 2>&1
+train --out "$cut" --resume >"$work/train_resume.log" 2>&1 || true
 check "--resume finished despite the stale lock file" grep -q "results:" "$work/train_resume.log"
 check "every checkpoint's weights equal the uninterrupted run's" same_weights "$work/train_ref" "$cut"
 check "results equal the uninterrupted run's (wall-clock times aside)" same_results "$work/train_ref" "$cut"
@@ -168,7 +170,7 @@ if [[ $disk_full == 1 ]]; then
     check "no panic from label" bash -c "! grep -q panicked '$work/label_full.log'"
     check "no partial temporary file is left by label" bash -c "! ls '$full'/.progress.partial-* >/dev/null 2>&1"
     rm -f "$full/filler"
-    label "$full/p.parquet" >/dev/null 2>&1
+    label "$full/p.parquet" >/dev/null 2>&1 || true
     check "after freeing space label completes with the uninterrupted result" \
       cmp -s "$work/label_ref.parquet" "$full/p.parquet"
     rm -rf "${full:?}"/*
@@ -183,7 +185,7 @@ if [[ $disk_full == 1 ]]; then
     check "train says the disk is full" grep -q "No space left on device" "$work/train_full.log"
     check "no panic from train" bash -c "! grep -q panicked '$work/train_full.log'"
     rm -f "$full/filler"
-    train --out "$full/run" --resume >"$work/train_full_resume.log" 2>&1
+    train --out "$full/run" --resume >"$work/train_full_resume.log" 2>&1 || true
     check "after freeing space --resume completes" grep -q "results:" "$work/train_full_resume.log"
     check "its weights equal the uninterrupted run's" same_weights "$work/train_ref" "$full/run"
     check "its results equal the uninterrupted run's (wall-clock times aside)" \
@@ -191,5 +193,8 @@ if [[ $disk_full == 1 ]]; then
   fi
 fi
 
+if [[ $failed != 0 ]]; then
+  for f in "$work"/*.log; do echo "--- $(basename "$f")"; tail -n 5 "$f"; done
+fi
 echo "fault tests: $passed passed, $failed failed"
 [[ $failed == 0 ]]

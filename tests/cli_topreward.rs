@@ -361,14 +361,14 @@ fn label_refuses_bad_inputs_before_the_model_loads() {
 }
 
 fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
+    std::fs::create_dir_all(to).expect("create the copy");
+    for entry in std::fs::read_dir(from).expect("read the fixture") {
+        let entry = entry.expect("read the fixture");
         let dst = to.join(entry.file_name());
         if entry.path().is_dir() {
             copy_tree(&entry.path(), &dst);
         } else {
-            std::fs::copy(entry.path(), &dst).unwrap();
+            std::fs::copy(entry.path(), &dst).expect("copy the fixture");
         }
     }
 }

@@ -1,4 +1,5 @@
 //! End-to-end checks of the `train` binary's handling of configs.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::process::Command;
 

@@ -42,12 +42,23 @@ where
             cases += u64::from(batch);
         }
         Some(seconds) => {
-            let mut runner = TestRunner::new(config);
+            // A runner runs `cases` cases once; each batch gets a new runner with its own seed (printed
+            // on failure, so a failing batch can be replayed).
+            let base = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let mut batch_index = 0u64;
             while started.elapsed().as_secs() < seconds {
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&base.to_le_bytes());
+                seed[8..16].copy_from_slice(&batch_index.to_le_bytes());
+                let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
+                let mut runner = TestRunner::new_with_rng(config.clone(), rng);
                 if let Err(e) = runner.run(&strategy, &property) {
-                    panic!("fuzz {name}: failed after {cases} cases: {e}");
+                    panic!("fuzz {name}: failed after {cases} cases (seed {seed:?}): {e}");
                 }
                 cases += u64::from(batch);
+                batch_index += 1;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Property tests of the LeRobotDataset reader on hostile input (see scripts/FUZZING.md): whatever a
 //! dataset's `meta/info.json`, parquet files, stats or video hold, opening it and reading every episode
 //! gives a result or an error, never a panic, and never a path outside the dataset folder.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 #[path = "../../tests/fuzz_support.rs"]
 mod fuzz_support;

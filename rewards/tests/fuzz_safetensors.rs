@@ -1,6 +1,7 @@
 //! Property tests of the Qwen3-VL checkpoint reader on hostile input (see scripts/FUZZING.md): whatever
 //! a checkpoint's `config.json` or `model.safetensors` (header or data) hold, resolving and loading it
 //! gives a model or a typed error, never a panic.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 mod common;
 #[path = "../../tests/fuzz_support.rs"]

@@ -2,6 +2,7 @@
 //! text either is refused with an error or gives a config every later stage can use: its numbers are
 //! finite and in range, its arm names are plain folder names, its policy resolves, and its resolved
 //! form (what the run folder records and `--resume` compares) parses back to itself.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 #[path = "../../tests/fuzz_support.rs"]
 mod fuzz_support;
