@@ -75,10 +75,15 @@ fn bad_task_policy_and_noise_exit_nonzero() {
         vec!["sim", "--task", "reach", "--policy", "/no/such/checkpoint"],
         vec!["sim", "--task", "reach", "--noise", "-1"],
         vec!["sim", "--task", "reach", "--episodes", "0"],
+        vec!["sim", "--task", "reach", "--threads", "0"],
     ] {
         let out = so101().args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+            "{args:?}"
+        );
     }
 }
 

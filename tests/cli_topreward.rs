@@ -214,3 +214,161 @@ fn label_writes_progress_for_every_frame_and_resumes() {
         "{stdout}"
     );
 }
+
+/// Inputs checked before any frame is decoded or any model is loaded: each is refused with a message
+/// about the input itself even though the model path does not exist (which would be the next error).
+#[test]
+fn bad_inputs_are_refused_before_the_model_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let no_model = tmp.path().join("no-model");
+    let video = fixtures().join("frames/grey_ramp_10fps.mkv");
+    let frames = frames_dir("square256", tmp.path());
+    let not_a_folder = tmp.path().join("cache-file");
+    std::fs::write(&not_a_folder, "x").unwrap();
+    let cases: Vec<(&Path, &str, Vec<String>, &str)> = vec![
+        // 1e9 fps over the 2 s fixture: refused from the duration, not after materialising frames.
+        (
+            &video,
+            "push",
+            vec!["--fps".into(), "1e9".into(), "--max-frames".into(), "16".into()],
+            "lower the sampling fps",
+        ),
+        (
+            &video,
+            "push",
+            vec!["--fps".into(), "1e9".into()],
+            "lower the sampling fps",
+        ),
+        (&frames, "", vec![], "--instruction is empty"),
+        (
+            &frames,
+            "push",
+            vec!["--cache-dir".into(), not_a_folder.display().to_string()],
+            "is a file, not a folder",
+        ),
+        (
+            &frames,
+            "push",
+            vec!["--plot".into(), frames.join("frame_00.png").display().to_string()],
+            "--plot",
+        ),
+        (
+            &frames,
+            "push",
+            vec!["--plot".into(), tmp.path().join("x.json").display().to_string()],
+            "must end in .png",
+        ),
+        (
+            &frames,
+            "push",
+            vec!["--max-frames".into(), "0".into()],
+            "--max-frames",
+        ),
+    ];
+    for (input, instruction, extra, expected) in cases {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
+        let out = score(&no_model, input, instruction, &extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} accepted");
+        assert!(err.contains(expected), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "{extra:?} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(std::fs::read(&not_a_folder).unwrap(), b"x");
+}
+
+#[test]
+fn voc_refuses_non_finite_values() {
+    for values in [["1", "NaN", "3"], ["1", "inf", "3"]] {
+        let mut args = vec!["voc", "--"];
+        args.extend(values);
+        let out = topreward(&args);
+        assert!(!out.status.success(), "{values:?} accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("finite"));
+    }
+    let out = topreward(&["voc", "--", "1", "2", "3"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1.000000");
+}
+
+/// `label` checks Eq. 3 parameters, the camera and the plot path before loading the model, and never
+/// writes its plot over the dataset's own files.
+#[test]
+fn label_refuses_bad_inputs_before_the_model_loads() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tmp = tempfile::tempdir().unwrap();
+    // A private copy, so a wrong write could not damage the committed fixture.
+    let dataset = tmp.path().join("ds");
+    copy_tree(&root.join("envs/fixtures/lerobot/so101_v30"), &dataset);
+    let info_before = std::fs::read(dataset.join("meta/info.json")).unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--min-weight".into(),
+                "5".into(),
+                "--delta-max".into(),
+                "1".into(),
+            ],
+            "min_weight (5) must be at most delta_max (1)",
+        ),
+        (
+            vec!["--delta-max".into(), "NaN".into()],
+            "delta_max must be a finite number",
+        ),
+        (vec!["--tau".into(), "NaN".into()], "tau must be a finite number"),
+        (
+            vec!["--camera".into(), "observation.images.nope".into()],
+            "observation.images.nope",
+        ),
+        (
+            vec![
+                "--plot".into(),
+                dataset.join("meta/info.json").display().to_string(),
+            ],
+            "--plot",
+        ),
+        (
+            vec!["--max-frames".into(), "1".into()],
+            "max_frames must be at least 2",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_topreward"))
+            .arg("label")
+            .arg(&dataset)
+            .arg("--model")
+            .arg(tmp.path().join("no-model"))
+            .args(&extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} accepted");
+        assert!(err.contains(expected), "{extra:?}: {err}");
+        assert!(
+            !err.contains("no-model") && !err.contains("panicked"),
+            "{extra:?}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(dataset.join("meta/info.json")).unwrap(),
+        info_before
+    );
+    assert!(!dataset.join("topreward_progress.parquet").exists());
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    for entry in std::fs::read_dir(from).expect("read the fixture") {
+        let entry = entry.expect("read the fixture");
+        let dst = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &dst);
+        } else {
+            std::fs::copy(entry.path(), &dst).expect("copy the fixture");
+        }
+    }
+}

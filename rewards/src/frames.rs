@@ -45,11 +45,56 @@ pub enum FramesError {
     NoFrames(PathBuf),
     #[error("sampling fps must be positive and finite, got {0}")]
     BadFps(f64),
+    #[error(
+        "{path}: sampling {duration_s:.3} s of video at {fps} fps gives {samples} frames, more than the limit of \
+         {limit}; lower the sampling fps"
+    )]
+    TooManySamples {
+        path: PathBuf,
+        fps: f64,
+        duration_s: f64,
+        /// Frames the sampling rule would produce (at least; more when the container understates its length).
+        samples: f64,
+        limit: usize,
+    },
+    #[error("keep_last must be at least 1")]
+    BadKeepLast,
+}
+
+/// Bounds applied before and while frames are read, so a request can never make memory or time grow
+/// without bound: the sample count is computed from the video's duration before anything is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Refuse a sampling that would produce more frames than this (before decoding, from the duration
+    /// the container declares, and again while decoding in case it understates it).
+    pub max_samples: usize,
+    /// Keep only the last N frames; earlier ones are dropped as they are read (memory stays O(N)).
+    pub keep_last: Option<usize>,
+}
+
+/// Default [`FrameLimits::max_samples`]: 83 minutes at the paper's 2 fps, far beyond any model's context.
+pub const DEFAULT_MAX_SAMPLES: usize = 10_000;
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        Self {
+            max_samples: DEFAULT_MAX_SAMPLES,
+            keep_last: None,
+        }
+    }
 }
 
 /// Image files of `dir` (`.png`, `.jpg`, `.jpeg`, any case), sorted by file name (so number them with leading
 /// zeros), decoded to RGB. All must have the same size; the first that differs is named.
 pub fn load_image_folder(dir: &Path) -> Result<Vec<RgbImage>, FramesError> {
+    load_image_folder_last(dir, None)
+}
+
+/// [`load_image_folder`] decoding only the last `keep_last` images (by name) when given.
+pub fn load_image_folder_last(dir: &Path, keep_last: Option<usize>) -> Result<Vec<RgbImage>, FramesError> {
+    if keep_last == Some(0) {
+        return Err(FramesError::BadKeepLast);
+    }
     let read_err = |source| FramesError::ReadDir {
         path: dir.to_path_buf(),
         source,
@@ -70,6 +115,10 @@ pub fn load_image_folder(dir: &Path) -> Result<Vec<RgbImage>, FramesError> {
         .first()
         .cloned()
         .ok_or_else(|| FramesError::EmptyFolder(dir.to_path_buf()))?;
+    if let Some(n) = keep_last {
+        paths.drain(..paths.len().saturating_sub(n));
+    }
+    let first = paths.first().cloned().unwrap_or(first);
     let mut frames: Vec<RgbImage> = Vec::with_capacity(paths.len());
     for path in paths {
         let img = image::open(&path)
@@ -119,10 +168,20 @@ fn init_ffmpeg() {
     });
 }
 
-/// Decode `path` with FFmpeg and sample it at `fps` (see the module docs for the rule).
+/// Decode `path` with FFmpeg and sample it at `fps` (see the module docs for the rule), within the
+/// default [`FrameLimits`].
 pub fn load_video(path: &Path, fps: f64) -> Result<SampledVideo, FramesError> {
+    load_video_limited(path, fps, FrameLimits::default())
+}
+
+/// [`load_video`] within `limits`: the number of samples is computed from the declared duration and
+/// refused before decoding when above `max_samples`; with `keep_last` only the last frames are kept.
+pub fn load_video_limited(path: &Path, fps: f64, limits: FrameLimits) -> Result<SampledVideo, FramesError> {
     if !(fps.is_finite() && fps > 0.0) {
         return Err(FramesError::BadFps(fps));
+    }
+    if limits.keep_last == Some(0) {
+        return Err(FramesError::BadKeepLast);
     }
     init_ffmpeg();
     let not_video = |reason: String| FramesError::NotVideo {
@@ -147,11 +206,32 @@ pub fn load_video(path: &Path, fps: f64) -> Result<SampledVideo, FramesError> {
         )
     };
     let source_fps = (rate.numerator() > 0 && rate.denominator() > 0).then(|| f64::from(rate));
+    // Samples are k / fps for k = 0.. up to the last frame's time: about duration * fps + 1.
+    let stream_duration = ictx
+        .stream(stream_index)
+        .map(|st| st.duration() as f64 * time_base)
+        .filter(|d| d.is_finite() && *d > 0.0);
+    let container_duration =
+        Some(ictx.duration() as f64 / 1e6 /* AV_TIME_BASE */).filter(|d| d.is_finite() && *d > 0.0);
+    if let Some(duration_s) = stream_duration.or(container_duration) {
+        let samples = (duration_s * fps).floor() + 1.0;
+        if samples > limits.max_samples as f64 {
+            return Err(FramesError::TooManySamples {
+                path: path.to_path_buf(),
+                fps,
+                duration_s,
+                samples,
+                limit: limits.max_samples,
+            });
+        }
+    }
     let ctx = ff::codec::context::Context::from_parameters(params).map_err(|e| not_video(e.to_string()))?;
     let mut decoder = ctx.decoder().video().map_err(|e| not_video(e.to_string()))?;
 
     let mut sampler = Sampler {
         fps,
+        limits,
+        taken: 0,
         out: SampledVideo {
             frames: Vec::new(),
             source_times: Vec::new(),
@@ -176,6 +256,7 @@ pub fn load_video(path: &Path, fps: f64) -> Result<SampledVideo, FramesError> {
     if sampler.decoded == 0 {
         return Err(FramesError::NoFrames(path.to_path_buf()));
     }
+    sampler.keep_tail(0);
     Ok(sampler.out)
 }
 
@@ -183,6 +264,9 @@ pub fn load_video(path: &Path, fps: f64) -> Result<SampledVideo, FramesError> {
 /// undecoded-to-RGB until the next one shows which of the two is nearer to each pending sample time.
 struct Sampler {
     fps: f64,
+    limits: FrameLimits,
+    /// Samples taken so far (kept or already dropped by `keep_last`): sample k stands for time k / fps.
+    taken: usize,
     out: SampledVideo,
     /// (time, decode index, frame) of the last frame seen.
     prev: Option<(f64, usize, ff::frame::Video)>,
@@ -217,9 +301,18 @@ impl Sampler {
             let t = t - origin;
             // every pending sample time up to t is decided between prev and this frame
             loop {
-                let target = self.out.frames.len() as f64 / self.fps;
+                let target = self.taken as f64 / self.fps;
                 if target > t {
                     break;
+                }
+                if self.taken >= self.limits.max_samples {
+                    return Err(FramesError::TooManySamples {
+                        path: path.to_path_buf(),
+                        fps: self.fps,
+                        duration_s: t,
+                        samples: (t * self.fps).floor() + 1.0,
+                        limit: self.limits.max_samples,
+                    });
                 }
                 let take_prev = self.prev.as_ref().is_some_and(|p| target - p.0 <= t - target);
                 match self.prev.take() {
@@ -240,9 +333,25 @@ impl Sampler {
     }
 
     fn push(&mut self, img: RgbImage, t: f64, index: usize) {
+        self.taken += 1;
         self.out.frames.push(img);
         self.out.source_times.push(t);
         self.out.source_indices.push(index);
+        // Dropping in batches keeps the cost linear; at most 2 * keep_last frames are ever held.
+        self.keep_tail(1);
+    }
+
+    /// With `keep_last = n`, drop all but the last n samples once more than `n + slack * n` are held.
+    fn keep_tail(&mut self, slack: usize) {
+        if let Some(n) = self.limits.keep_last
+            && self.out.frames.len() > n + slack * n
+        {
+            // The last kept frame stays, so `rgb_of` can still reuse it for a repeated source frame.
+            let drop = self.out.frames.len() - n;
+            self.out.frames.drain(..drop);
+            self.out.source_times.drain(..drop);
+            self.out.source_indices.drain(..drop);
+        }
     }
 
     /// RGB of decoded frame `index`: reused when the previous sample took the same frame.
@@ -344,6 +453,50 @@ mod tests {
             });
             assert_eq!(Some(i), best, "sample {k} at {t}");
         }
+    }
+
+    #[test]
+    fn the_sample_count_is_refused_before_decoding_and_keep_last_bounds_memory() {
+        let path = fixture("grey_ramp_10fps.mkv");
+        // 1e9 fps over 2 s would be 2e9 frames: refused from the declared duration, at once.
+        let started = std::time::Instant::now();
+        let err = load_video(&path, 1e9).unwrap_err();
+        assert!(matches!(err, FramesError::TooManySamples { .. }), "{err}");
+        assert!(err.to_string().contains("lower the sampling fps"), "{err}");
+        assert!(started.elapsed().as_secs_f64() < 5.0);
+        // A limit below the count is enforced the same way.
+        let limits = FrameLimits {
+            max_samples: 10,
+            keep_last: None,
+        };
+        assert!(matches!(
+            load_video_limited(&path, 25.0, limits),
+            Err(FramesError::TooManySamples { limit: 10, .. })
+        ));
+        // keep_last keeps exactly the tail of the full sampling.
+        let full = load_video(&path, 25.0).unwrap();
+        for n in [1, 3, 16, 100] {
+            let limits = FrameLimits {
+                keep_last: Some(n),
+                ..FrameLimits::default()
+            };
+            let tail = load_video_limited(&path, 25.0, limits).unwrap();
+            let skip = full.frames.len().saturating_sub(n);
+            assert_eq!(tail.frames, full.frames[skip..], "keep_last {n}");
+            assert_eq!(tail.source_indices, full.source_indices[skip..]);
+            assert_eq!(tail.source_times, full.source_times[skip..]);
+        }
+        assert!(matches!(
+            load_video_limited(
+                &path,
+                2.0,
+                FrameLimits {
+                    keep_last: Some(0),
+                    ..FrameLimits::default()
+                }
+            ),
+            Err(FramesError::BadKeepLast)
+        ));
     }
 
     #[test]

@@ -177,6 +177,43 @@ impl Default for WeightParams {
     }
 }
 
+/// Why Eq. 3 parameters cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WeightParamsError {
+    #[error("{field} must be a finite number, got {value}")]
+    NotFinite { field: &'static str, value: f64 },
+    #[error("tau must be positive, got {0}")]
+    NonPositiveTau(f64),
+    #[error("min_weight ({min_weight}) must be at most delta_max ({delta_max}) and at least 0")]
+    BadClip { min_weight: f64, delta_max: f64 },
+}
+
+impl WeightParams {
+    /// Check the parameters before any work: Eq. 3 clips tau * exp(.) to [min_weight, delta_max], which
+    /// needs finite numbers with 0 <= min_weight <= delta_max and a positive tau.
+    pub fn validate(&self) -> Result<(), WeightParamsError> {
+        for (field, value) in [
+            ("tau", self.tau),
+            ("delta_max", self.delta_max),
+            ("min_weight", self.min_weight),
+        ] {
+            if !value.is_finite() {
+                return Err(WeightParamsError::NotFinite { field, value });
+            }
+        }
+        if self.tau <= 0.0 {
+            return Err(WeightParamsError::NonPositiveTau(self.tau));
+        }
+        if self.min_weight < 0.0 || self.min_weight > self.delta_max {
+            return Err(WeightParamsError::BadClip {
+                min_weight: self.min_weight,
+                delta_max: self.delta_max,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Per-frame progress increments delta_t = s_t - s_{t-1}; the first frame's increment is 0.
 pub fn progress_deltas(progress: &[f64]) -> Vec<f64> {
     let mut out = Vec::with_capacity(progress.len());
@@ -187,7 +224,8 @@ pub fn progress_deltas(progress: &[f64]) -> Vec<f64> {
 }
 
 /// Paper Eq. 3: w_t = clip(tau * exp(delta_t - mean_delta), min_weight, delta_max) for every frame of
-/// every episode, where mean_delta is the mean increment over the whole dataset.
+/// every episode, where mean_delta is the mean increment over the whole dataset. `params` must pass
+/// [`WeightParams::validate`] (callers check it before loading models); an invalid clip range panics.
 pub fn reward_aligned_weights(episodes_progress: &[Vec<f64>], params: &WeightParams) -> Vec<Vec<f64>> {
     let deltas: Vec<Vec<f64>> = episodes_progress.iter().map(|p| progress_deltas(p)).collect();
     let count: usize = deltas.iter().map(Vec::len).sum();
@@ -208,6 +246,35 @@ pub fn reward_aligned_weights(episodes_progress: &[Vec<f64>], params: &WeightPar
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn eq3_parameters_are_checked_before_use() {
+        let p = |tau, delta_max, min_weight| WeightParams {
+            tau,
+            delta_max,
+            min_weight,
+        };
+        assert!(p(2.0, 2.0, 0.0).validate().is_ok());
+        assert!(p(2.0, 1.0, 1.0).validate().is_ok());
+        assert!(matches!(
+            p(2.0, 1.0, 5.0).validate(),
+            Err(WeightParamsError::BadClip { .. })
+        ));
+        assert!(matches!(
+            p(2.0, f64::NAN, 0.0).validate(),
+            Err(WeightParamsError::NotFinite {
+                field: "delta_max",
+                ..
+            })
+        ));
+        assert!(matches!(
+            p(f64::NAN, 2.0, 0.0).validate(),
+            Err(WeightParamsError::NotFinite { field: "tau", .. })
+        ));
+        assert!(p(2.0, f64::INFINITY, 0.0).validate().is_err());
+        assert!(p(0.0, 2.0, 0.0).validate().is_err());
+        assert!(p(2.0, 2.0, -1.0).validate().is_err());
+    }
+
     use super::*;
 
     #[test]

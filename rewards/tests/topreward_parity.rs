@@ -328,3 +328,52 @@ fn full_pipeline_matches_the_reference() {
         }
     }
 }
+
+/// A checkpoint with NaN (or Inf) weights must not give confident progress: the non-finite log p(True) is
+/// an error naming the prefix, not min-max progress of 1.0 on every prefix.
+#[test]
+fn non_finite_model_outputs_are_errors_not_progress() {
+    let r = common::reference();
+    let (name, ep) = r.episodes.iter().next().expect("fixture episode");
+    let frames = common::episode_frames(name, ep.num_frames);
+    for poison in [f32::NAN, f32::INFINITY] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["config.json", "generation_config.json"] {
+            std::fs::copy(common::tiny_model_dir().join(f), dir.path().join(f)).unwrap();
+        }
+        let mut tensors =
+            candle_core::safetensors::load(common::tiny_model_dir().join("model.safetensors"), &Device::Cpu)
+                .unwrap();
+        let key = tensors
+            .keys()
+            .find(|k| k.ends_with("language_model.norm.weight"))
+            .cloned()
+            .expect("final norm weight in the tiny checkpoint");
+        let t = &tensors[&key];
+        let bad = (t.ones_like().unwrap() * f64::from(poison)).unwrap();
+        tensors.insert(key, bad);
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+        let files = CheckpointFiles::from_dir(dir.path()).unwrap();
+        let model = TopRewardModel::new(Qwen3VL::load(&files, &Device::Cpu, DType::F32).unwrap());
+        let mut s = TopReward::new(model, real_encoder(), ScorerConfig::default(), "poisoned").unwrap();
+        let err = s.score_episode(&frames, r.fps, &ep.instruction).unwrap_err();
+        assert!(
+            matches!(err, TopRewardError::NonFiniteScore { .. }),
+            "{poison}: {err}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_instruction_is_refused() {
+    let r = common::reference();
+    let (name, ep) = r.episodes.iter().next().expect("fixture episode");
+    let frames = common::episode_frames(name, ep.num_frames);
+    let mut s = TopReward::new(model(), real_encoder(), ScorerConfig::default(), "tiny").unwrap();
+    for instruction in ["", "  \n"] {
+        assert!(matches!(
+            s.score_episode(&frames, r.fps, instruction),
+            Err(TopRewardError::EmptyInstruction)
+        ));
+    }
+}

@@ -13,3 +13,38 @@ pub fn init_logging(verbose: bool) {
         .with_target(false)
         .try_init();
 }
+
+/// Write to stdout; when the reader has gone away (`train --check | head -1`) stop quietly with status 0,
+/// as `head`'s upstream is expected to, instead of panicking on the closed pipe. Other write errors end
+/// the process with a message. Every line the binaries print goes through [`outln!`](crate::outln) /
+/// [`out!`](crate::out), which call this.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` that survives a closed pipe (see [`write_stdout`]).
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that survives a closed pipe (see [`write_stdout`]).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}

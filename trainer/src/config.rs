@@ -527,9 +527,276 @@ impl ExperimentConfig {
                 format!("checkpoint {} does not exist", init.display()),
             ));
         }
+        self.validate_values()
+            .map_err(|(field, message)| invalid(&field, message))
+    }
+
+    /// Every value the run would refuse or misuse, refused here so `train --check` and the run agree:
+    /// finite and in-range numbers, Eq. 3's clip range, no duplicate seeds, something to train and to
+    /// evaluate, arm names that are plain folder names, cameras that exist, bounded memory.
+    fn validate_values(&self) -> Result<(), (String, String)> {
+        let bad = |field: &str, message: String| Err((field.to_string(), message));
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        for (i, seed) in self.seeds.iter().enumerate() {
+            if self.seeds[..i].contains(seed) {
+                return bad(
+                    "seeds",
+                    format!("seed {seed} is listed twice; each seed is one independent run"),
+                );
+            }
+        }
+        let t = &self.task;
+        if t.image_size == 0 || t.image_size > MAX_IMAGE_SIZE {
+            return bad(
+                "task.image_size",
+                format!("expected 1 to {MAX_IMAGE_SIZE} pixels, got {}", t.image_size),
+            );
+        }
+        if t.max_steps == Some(0) {
+            return bad("task.max_steps", "expected at least 1 step".into());
+        }
+        for (i, camera) in t.cameras.iter().enumerate() {
+            if !toprl_envs::sim::CAMERAS.contains(&camera.as_str()) {
+                return bad(
+                    &format!("task.cameras[{i}]"),
+                    format!(
+                        "unknown camera `{camera}`, expected one of {:?}",
+                        toprl_envs::sim::CAMERAS
+                    ),
+                );
+            }
+            if t.cameras[..i].contains(camera) {
+                return bad(
+                    &format!("task.cameras[{i}]"),
+                    format!("camera `{camera}` is listed twice"),
+                );
+            }
+        }
+        match &self.data {
+            DataConfig::Sim {
+                episodes,
+                noise_levels,
+            } => {
+                if *episodes == 0 {
+                    return bad("data.episodes", "expected at least 1 demonstration".into());
+                }
+                if noise_levels.is_empty() {
+                    return bad("data.noise_levels", "expected at least one level".into());
+                }
+                if let Some(v) = noise_levels.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+                    return bad(
+                        "data.noise_levels",
+                        format!("expected finite levels >= 0, got {v}"),
+                    );
+                }
+            }
+            DataConfig::Lerobot { path, camera } => {
+                if path.trim().is_empty() {
+                    return bad("data.path", "expected a dataset folder or hub id".into());
+                }
+                if camera.trim().is_empty() {
+                    return bad("data.camera", "expected a camera key".into());
+                }
+            }
+        }
+        let tr = &self.train;
+        if tr.steps == 0 {
+            return bad(
+                "train.steps",
+                "expected at least 1 gradient step (0 would report an untrained policy)".into(),
+            );
+        }
+        if tr.batch_size > MAX_BATCH_SIZE {
+            return bad(
+                "train.batch_size",
+                format!("expected at most {MAX_BATCH_SIZE}, got {}", tr.batch_size),
+            );
+        }
+        if !positive(tr.lr) {
+            return bad(
+                "train.lr",
+                format!("expected a positive finite learning rate, got {}", tr.lr),
+            );
+        }
+        let weights = toprl_rewards::metrics::WeightParams {
+            tau: tr.tau,
+            delta_max: tr.delta_max,
+            min_weight: tr.min_weight,
+        };
+        if let Err(e) = weights.validate() {
+            return bad("train.tau / delta_max / min_weight", e.to_string());
+        }
+        if self.eval.episodes == 0 {
+            return bad(
+                "eval.episodes",
+                "expected at least 1 evaluation episode (0 would report a success rate of 0)".into(),
+            );
+        }
+        for (i, arm) in self.arms.iter().enumerate() {
+            if let Err(e) = toprl_envs::safe_path::safe_component(&arm.name, "arm name") {
+                return bad(
+                    &format!("arms[{i}].name"),
+                    format!("{e}; it names the arm's folder under runs/"),
+                );
+            }
+        }
+        if let Some(rm) = self
+            .reward_model
+            .as_ref()
+            .filter(|_| self.arms.iter().any(|a| a.reward == RewardSource::Topreward))
+        {
+            if rm.model.trim().is_empty() {
+                return bad(
+                    "reward_model.model",
+                    "expected a checkpoint folder or hub id".into(),
+                );
+            }
+            if let DataConfig::Sim { .. } = self.data {
+                let rendered: Vec<String> = t
+                    .cameras
+                    .iter()
+                    .map(|c| format!("observation.images.{c}"))
+                    .collect();
+                if !rendered.contains(&rm.camera) {
+                    return bad(
+                        "reward_model.camera",
+                        format!("`{}` is not rendered; task.cameras gives {rendered:?}", rm.camera),
+                    );
+                }
+                if t.image_size < 32 {
+                    return bad(
+                        "task.image_size",
+                        format!(
+                            "the reward model needs frames of at least 32 pixels, got {}",
+                            t.image_size
+                        ),
+                    );
+                }
+            }
+        }
+        // Memory before work: one mini-batch of camera images as f32, and the demonstrations' frames.
+        let cameras = if self.policy.kind == "gaussian" {
+            0
+        } else {
+            t.cameras.len()
+        };
+        let pixels = u64::from(t.image_size) * u64::from(t.image_size) * 3;
+        let batch_bytes = tr.batch_size as u64 * (cameras as u64 * pixels * 4 + 4096);
+        if batch_bytes > MAX_BATCH_BYTES {
+            return bad(
+                "train.batch_size",
+                format!(
+                    "a batch of {} with {cameras} camera(s) at {}px needs about {:.1} GiB; the limit is {:.0} GiB",
+                    tr.batch_size,
+                    t.image_size,
+                    batch_bytes as f64 / GIB,
+                    MAX_BATCH_BYTES as f64 / GIB
+                ),
+            );
+        }
+        // Simulated demonstrations keep their camera frames in memory when an image policy or the reward
+        // model needs them: refuse a config whose frames alone would not fit.
+        let keeps_frames =
+            self.policy.kind != "gaussian" || self.arms.iter().any(|a| a.reward == RewardSource::Topreward);
+        if let DataConfig::Sim { episodes, .. } = &self.data
+            && keeps_frames
+            && let Ok(task) = t.name.parse::<toprl_envs::sim::Task>()
+        {
+            let steps = t.max_steps.map_or(task.default_max_steps() as u64, u64::from);
+            let frame_bytes = u64::from(*episodes) * (steps + 1) * t.cameras.len() as u64 * pixels;
+            let available = memory_bytes();
+            if frame_bytes > available {
+                return bad(
+                    "data.episodes",
+                    format!(
+                        "{episodes} episodes of up to {steps} steps with {} camera(s) at {}px need about {:.1} GiB \
+                         of frames; this machine has {:.1} GiB",
+                        t.cameras.len(),
+                        t.image_size,
+                        frame_bytes as f64 / GIB,
+                        available as f64 / GIB
+                    ),
+                );
+            }
+        }
+        if self.arms.iter().any(|a| a.algorithm == Algorithm::Awr) && self.awr.value_steps == 0 {
+            return bad("awr.value_steps", "expected at least 1".into());
+        }
         Ok(())
     }
 }
+
+impl ExperimentConfig {
+    /// The checks that look outside the config file, run by `train --check` and before every run: the
+    /// reward model's checkpoint folder holds a checkpoint, and a local LeRobotDataset opens and has
+    /// the cameras the config names. Nothing is loaded beyond metadata; hub ids are resolved at run time.
+    pub fn check_resources(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: field.to_string(),
+            message,
+        };
+        let topreward = self.arms.iter().any(|a| a.reward == RewardSource::Topreward);
+        if let Some(rm) = self.reward_model.as_ref().filter(|_| topreward) {
+            toprl_rewards::qwen3_vl::CheckpointFiles::check(&rm.model)
+                .map_err(|e| invalid("reward_model.model", e.to_string()))?;
+        }
+        if let DataConfig::Lerobot {
+            path: dataset,
+            camera,
+        } = &self.data
+            && Path::new(dataset).is_dir()
+        {
+            let ds = toprl_envs::dataset::LeRobotDataset::open(dataset)
+                .map_err(|e| invalid("data.path", e.to_string()))?;
+            let available = ds.camera_keys();
+            let mut wanted = Vec::new();
+            if self.policy.kind != "gaussian" || topreward {
+                wanted.push(("data.camera", camera.clone()));
+            }
+            if self.policy.kind != "gaussian" {
+                wanted.extend(
+                    self.task
+                        .cameras
+                        .iter()
+                        .map(|c| ("task.cameras", format!("observation.images.{c}"))),
+                );
+            }
+            if let Some(rm) = self.reward_model.as_ref().filter(|_| topreward) {
+                wanted.push(("reward_model.camera", rm.camera.clone()));
+            }
+            for (field, key) in wanted {
+                if !available.contains(&key) {
+                    return Err(invalid(
+                        field,
+                        format!("dataset {dataset} has no camera `{key}` (cameras: {available:?})"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Physical memory (Linux `MemTotal`), or 64 GiB where it cannot be read.
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(64 << 30)
+}
+
+/// Largest `task.image_size` accepted.
+pub const MAX_IMAGE_SIZE: u32 = 1024;
+/// Largest `train.batch_size` accepted.
+pub const MAX_BATCH_SIZE: usize = 65_536;
+/// Largest estimated size of one training batch's inputs.
+const MAX_BATCH_BYTES: u64 = 4 << 30;
+const GIB: f64 = (1u64 << 30) as f64;
 
 #[cfg(test)]
 mod tests {
@@ -603,6 +870,70 @@ mod tests {
             err.contains("prompt_suffix") && err.contains("{instruction}"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn values_the_run_would_refuse_are_refused_by_field() {
+        let train = |extra: &str| MINIMAL.to_string() + "[train]\n" + extra + "\n";
+        let cases = [
+            (train("min_weight = 5.0\ndelta_max = 1.0"), "min_weight"),
+            (train("delta_max = nan"), "delta_max"),
+            (train("tau = nan"), "tau"),
+            (train("lr = nan"), "train.lr"),
+            (train("lr = 0.0"), "train.lr"),
+            (train("steps = 0"), "train.steps"),
+            (train("batch_size = 100000000"), "train.batch_size"),
+            (MINIMAL.to_string() + "[eval]\nepisodes = 0\n", "eval.episodes"),
+            (format!("seeds = [0, 0]\n{MINIMAL}"), "seeds"),
+            (
+                MINIMAL.replace("episodes = 4", "episodes = 4\nnoise_levels = [nan]"),
+                "data.noise_levels",
+            ),
+            (MINIMAL.replace("episodes = 4", "episodes = 0"), "data.episodes"),
+            (
+                MINIMAL.replace("name = \"pick_cube\"", "name = \"pick_cube\"\nimage_size = 0"),
+                "task.image_size",
+            ),
+            (
+                MINIMAL.replace("name = \"bc\"", "name = \"../../escape\""),
+                "arms[0].name",
+            ),
+            (MINIMAL.replace("name = \"bc\"", "name = \"\""), "arms[0].name"),
+            (
+                MINIMAL.replace(
+                    "name = \"pick_cube\"",
+                    "name = \"pick_cube\"\ncameras = [\"side\"]",
+                ),
+                "task.cameras[0]",
+            ),
+            (
+                MINIMAL.replace("reward = \"none\"", "reward = \"topreward\"")
+                    + "[reward_model]\nmodel = \"m/n\"\ncamera = \"observation.images.top\"\n",
+                "reward_model.camera",
+            ),
+            (
+                MINIMAL
+                    .replace("kind = \"gaussian\"", "kind = \"act\"")
+                    .replace("episodes = 4", "episodes = 1000000")
+                    .replace("name = \"pick_cube\"", "name = \"pick_cube\"\nimage_size = 512"),
+                "data.episodes",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = ExperimentConfig::parse(&text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("x.toml") && err.contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_local_model_folder_is_refused_by_check_resources() {
+        let text = MINIMAL.replace("reward = \"none\"", "reward = \"topreward\"")
+            + "[reward_model]\nmodel = \"/no/such/model\"\n";
+        let c = ExperimentConfig::parse(&text, Path::new("x.toml")).unwrap();
+        let err = c.check_resources(Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("reward_model.model"), "{err}");
     }
 
     #[test]

@@ -37,15 +37,12 @@ use crate::driver::{
 };
 use crate::plot::{Bar, Chart, Series, render_grid, save_bars, save_grid};
 use crate::results::{ArmResult, Results, SeedResult};
+use crate::run_folder::StartMode;
 use crate::tensorboard::EventWriter;
 
 /// Why an experiment stopped. Each names what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentError {
-    #[error(
-        "output directory {path} already holds a run; pass --resume to continue it or --out to start elsewhere"
-    )]
-    OutputExists { path: PathBuf },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("simulation ({what}): {source}")]
@@ -78,6 +75,8 @@ pub enum ExperimentError {
     Plot(#[from] crate::plot::PlotError),
     #[error(transparent)]
     Results(#[from] crate::results::ResultsError),
+    #[error(transparent)]
+    RunFolder(#[from] crate::run_folder::RunFolderError),
 }
 
 type Result<T> = std::result::Result<T, ExperimentError>;
@@ -132,7 +131,10 @@ pub(crate) fn score_with(
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub out: PathBuf,
+    /// Continue the run in `out` (refused when its config or code version differ).
     pub resume: bool,
+    /// Start over in `out`, moving a previous run there aside (see [`crate::run_folder`]).
+    pub restart: bool,
     /// Threads for simulated rollouts. Default: available parallelism.
     pub threads: usize,
     /// Show progress bars.
@@ -159,12 +161,32 @@ pub fn run(
     scorer: Option<&mut EpisodeScorer<'_>>,
 ) -> Result<Results> {
     let out = &opts.out;
-    let marker = out.join("experiment.toml");
+    // The same checks as `train --check`, before anything is written.
+    let source = Path::new(config.name.as_deref().unwrap_or("experiment"));
+    config
+        .check_resources(source)
+        .map_err(|e| ExperimentError::Invalid(e.to_string()))?;
+    policy_config(config)?;
     let resolved = toml::to_string_pretty(config).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
-    if marker.exists() && !opts.resume {
-        return Err(ExperimentError::OutputExists { path: out.clone() });
+    let mode = match (opts.resume, opts.restart) {
+        (true, true) => {
+            return Err(ExperimentError::Invalid(
+                "--resume and --restart exclude each other".into(),
+            ));
+        }
+        (true, false) => StartMode::Resume,
+        (false, true) => StartMode::Restart,
+        (false, false) => StartMode::Fresh,
+    };
+    // Held until this function returns: a second `train` on `out` is refused meanwhile.
+    let folder = crate::run_folder::open(out, &resolved, mode)?;
+    if let Some(moved) = &folder.moved_to {
+        tracing::warn!(
+            "--restart: the previous run in {} was moved to {} (delete it when it is no longer needed)",
+            out.display(),
+            moved.display()
+        );
     }
-    write_atomic(&marker, resolved.as_bytes()).map_err(io(format!("writing {}", marker.display())))?;
 
     let task = parse_task(&config.task.name)?;
     let sim = sim_config(config, task);
@@ -758,6 +780,7 @@ impl<'c> Run<'c> {
                 std::fs::read(&progress_path).map_err(io(format!("reading {}", progress_path.display())))?;
             progress = serde_json::from_slice(&bytes)
                 .map_err(|e| ExperimentError::Invalid(format!("{}: {e}", progress_path.display())))?;
+            check_progress(config, arm, &progress, &progress_path)?;
             tracing::info!(arm, seed, step = progress.step, "resuming from checkpoint");
             if checkpoint
                 .join(toprl_policies::checkpoint::OPTIMIZER_FILE)
@@ -775,6 +798,16 @@ impl<'c> Run<'c> {
             }
             .map_err(policy_err(format!("resuming {}", checkpoint.display())))?
         } else if let Some(init) = &config.policy.init {
+            // Fine-tuning across tasks is what `policy.init` is for, so another task is allowed; said aloud.
+            if let Some(trained_on) = checkpoint_task(init)?
+                && trained_on != config.task.name
+            {
+                tracing::warn!(
+                    "policy.init {} was trained on `{trained_on}`; fine-tuning it on `{}`",
+                    init.display(),
+                    config.task.name
+                );
+            }
             Trainer::from_checkpoint(init, Some(policy_cfg.kind()), train, &device)
                 .map_err(policy_err(format!("policy.init {}", init.display())))?
         } else {
@@ -822,6 +855,12 @@ impl<'c> Run<'c> {
             .trainer
             .step(&batch, &w)
             .map_err(policy_err(format!("training step {step}")))?;
+        if !loss.is_finite() {
+            return Err(ExperimentError::Invalid(format!(
+                "arm `{}` seed {}: the training loss became {loss} at step {step}; lower train.lr",
+                self.arm, self.seed
+            )));
+        }
         self.progress.step += 1;
         if step.is_multiple_of(10) {
             let mean_w = w.iter().sum::<f32>() / w.len() as f32;
@@ -857,15 +896,63 @@ impl<'c> Run<'c> {
         let checkpoint = self.dir.join("checkpoint");
         let json =
             serde_json::to_vec_pretty(&self.progress).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
+        let task_json = serde_json::json!({ "task": self.config.task.name }).to_string();
         self.trainer
             .save_with(&checkpoint, |tmp| {
                 let path = tmp.join(PROGRESS_FILE);
                 std::fs::write(&path, &json)
                     .map_err(|source| toprl_policies::PolicyError::Io { path, source })?;
+                let path = tmp.join(TASK_FILE);
+                std::fs::write(&path, &task_json)
+                    .map_err(|source| toprl_policies::PolicyError::Io { path, source })?;
                 extra(tmp)
             })
             .map_err(policy_err(format!("saving {}", checkpoint.display())))?;
         Ok(self.last_eval.insert(eval))
+    }
+}
+
+/// A saved progress must lie within what the config asks for: a step or AWR iteration past the end
+/// (a file from another run, or edited) would be reported as a finished run that never happened.
+fn check_progress(config: &ExperimentConfig, arm: &str, progress: &RunProgress, path: &Path) -> Result<()> {
+    let awr = config
+        .arms
+        .iter()
+        .any(|a| a.name == arm && a.algorithm == Algorithm::Awr);
+    let (iterations, max_step) = if awr {
+        let extra = u64::from(config.awr.iterations) * u64::from(config.awr.policy_steps);
+        (config.awr.iterations, u64::from(config.train.steps) + extra)
+    } else {
+        (0, u64::from(config.train.steps))
+    };
+    if u64::from(progress.step) > max_step || progress.awr_iterations > iterations {
+        return Err(ExperimentError::Invalid(format!(
+            "{}: step {} / AWR iteration {} is past this config's {max_step} steps / {iterations} iterations; \
+             the checkpoint is not from this run",
+            path.display(),
+            progress.step,
+            progress.awr_iterations
+        )));
+    }
+    Ok(())
+}
+
+/// File in every checkpoint naming the task it was trained on (`{"task": "reach"}`).
+pub const TASK_FILE: &str = "task.json";
+
+/// The task a checkpoint was trained on, from its [`TASK_FILE`]; `None` for checkpoints without one.
+pub fn checkpoint_task(dir: &Path) -> Result<Option<String>> {
+    #[derive(Deserialize)]
+    struct TaskRecord {
+        task: String,
+    }
+    let path = dir.join(TASK_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<TaskRecord>(&bytes)
+            .map(|r| Some(r.task))
+            .map_err(|e| ExperimentError::Invalid(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(format!("reading {}", path.display()))(e)),
     }
 }
 

@@ -75,6 +75,52 @@ pub enum LabelError {
     },
     #[error("max_frames must be at least 2, got {0}")]
     BadMaxFrames(usize),
+    #[error("Eq. 3 weights: {0}")]
+    Weights(#[from] toprl_rewards::metrics::WeightParamsError),
+    #[error("camera {camera:?}: {reason}")]
+    FrameSize { camera: String, reason: String },
+}
+
+/// Smallest frame side the Qwen3-VL video processor accepts (patch 16 x spatial merge 2).
+const MIN_FRAME_SIDE: usize = 32;
+
+/// Every check of the inputs that needs no model, run before a model is loaded (minutes for an 8B
+/// checkpoint) and again by [`label_dataset`]: Eq. 3 parameters, `max_frames`, the camera and its frame size.
+pub fn check_inputs(ds: &LeRobotDataset, opts: &LabelOptions) -> Result<(), LabelError> {
+    opts.weights.validate()?;
+    if let Some(m) = opts.max_frames
+        && m < 2
+    {
+        return Err(LabelError::BadMaxFrames(m));
+    }
+    if !ds.camera_keys().contains(&opts.camera) {
+        return Err(DatasetError::UnknownCamera {
+            camera: opts.camera.clone(),
+            available: ds.camera_keys().join(", "),
+        }
+        .into());
+    }
+    let size = |reason: String| LabelError::FrameSize {
+        camera: opts.camera.clone(),
+        reason,
+    };
+    let (height, width) = ds
+        .info()
+        .features
+        .get(&opts.camera)
+        .and_then(|f| f.resolution())
+        .ok_or_else(|| size("meta/info.json gives no frame size".into()))?;
+    if height < MIN_FRAME_SIDE || width < MIN_FRAME_SIDE {
+        return Err(size(format!(
+            "frames are {width}x{height}; Qwen3-VL needs at least {MIN_FRAME_SIDE} pixels on each side"
+        )));
+    }
+    if height.max(width) > 200 * height.min(width) {
+        return Err(size(format!(
+            "frames are {width}x{height}; the aspect ratio must be at most 200"
+        )));
+    }
+    Ok(())
 }
 
 fn provenance(opts: &LabelOptions) -> BTreeMap<String, String> {
@@ -145,6 +191,11 @@ fn score_episode<M: ProgressModel>(
         // A prefix of `len` sampled frames ends at the episode frame of its last sample.
         at.push(positions[len - 1] as f64);
     }
+    // A non-finite raw score makes min-max progress meaningless (a NaN range maps every prefix to 1.0):
+    // both the raw scores and the progress must be finite.
+    if let Some(p) = score.log_probs.iter().find(|p| !p.is_finite()) {
+        return Err(bad(format!("a non-finite score {p}")));
+    }
     if let Some(p) = score.progress.iter().find(|p| !p.is_finite()) {
         return Err(bad(format!("a non-finite progress value {p}")));
     }
@@ -157,18 +208,7 @@ pub fn label_dataset<M: ProgressModel>(
     model: &mut M,
     opts: &LabelOptions,
 ) -> Result<LabelSummary, LabelError> {
-    if let Some(m) = opts.max_frames
-        && m < 2
-    {
-        return Err(LabelError::BadMaxFrames(m));
-    }
-    if !ds.camera_keys().contains(&opts.camera) {
-        return Err(DatasetError::UnknownCamera {
-            camera: opts.camera.clone(),
-            available: ds.camera_keys().join(", "),
-        }
-        .into());
-    }
+    check_inputs(ds, opts)?;
     let meta = provenance(opts);
     // Finished episodes: progress per frame, by episode index.
     let mut done: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
@@ -415,20 +455,19 @@ mod tests {
     }
 
     /// LeRobot's RA-BC loader (`lerobot.utils.rabc.RABCWeights`, head_mode "sparse") must read the file
-    /// and see our progress for every frame. Skipped with a notice without a LeRobot Python.
+    /// and see our progress for every frame. Without a LeRobot Python the test fails and says how to
+    /// install it: a check that cannot run is not a check that passed.
     fn lerobot_rabc_reads(path: &std::path::Path, t: &ProgressTable) {
         let python = std::env::var_os("TOPRL_LEROBOT_PYTHON")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-lerobot/bin/python")
             });
-        if !python.exists() {
-            eprintln!(
-                "SKIPPED LeRobot RA-BC check: no LeRobot Python at {}",
-                python.display()
-            );
-            return;
-        }
+        assert!(
+            python.exists(),
+            "no LeRobot Python at {}: run scripts/setup.sh (it installs .venv-lerobot) or set TOPRL_LEROBOT_PYTHON",
+            python.display()
+        );
         let code = "import sys, json\nfrom lerobot.utils.rabc import RABCWeights\n\
                     w = RABCWeights(sys.argv[1], chunk_size=2, device='cpu')\n\
                     print(json.dumps([w.progress_lookup[i] for i in sorted(w.progress_lookup)]))";
@@ -441,6 +480,82 @@ mod tests {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let seen: Vec<f64> = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
         assert_eq!(seen, t.progress);
+    }
+
+    /// A model whose outputs are NaN (NaN weights): what min-max makes of them (progress 1.0) must not
+    /// become labels; the error names the episode and nothing is written.
+    struct NanModel;
+
+    impl ProgressModel for NanModel {
+        type Error = std::io::Error;
+        fn score_episode(
+            &mut self,
+            frames: &[RgbImage],
+            _: f64,
+            _: &str,
+        ) -> Result<EpisodeScore, Self::Error> {
+            let log_probs = vec![f64::NAN; frames.len()];
+            let progress = min_max_progress(&log_probs);
+            Ok(EpisodeScore {
+                prefix_lengths: (1..=frames.len()).collect(),
+                voc: voc(&progress),
+                num_tokens: vec![0; frames.len()],
+                log_probs,
+                progress,
+            })
+        }
+    }
+
+    #[test]
+    fn non_finite_model_scores_are_an_error_naming_the_episode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = dataset(tmp.path());
+        let o = opts(tmp.path().join("nan.parquet"));
+        let err = label_dataset(&ds, &mut NanModel, &o).unwrap_err();
+        assert!(
+            matches!(&err, LabelError::BadScore { episode: 0, reason } if reason.contains("non-finite")),
+            "{err}"
+        );
+        assert!(!o.out.exists());
+    }
+
+    #[test]
+    fn bad_eq3_parameters_camera_and_frame_size_are_refused_before_scoring() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = dataset(tmp.path());
+        let mut model = Brightness { calls: 0 };
+        let mut o = opts(tmp.path().join("x.parquet"));
+        o.weights.min_weight = 5.0;
+        o.weights.delta_max = 1.0;
+        assert!(matches!(
+            label_dataset(&ds, &mut model, &o),
+            Err(LabelError::Weights(_))
+        ));
+        let mut o = opts(tmp.path().join("x.parquet"));
+        o.weights.tau = f64::NAN;
+        assert!(matches!(check_inputs(&ds, &o), Err(LabelError::Weights(_))));
+        // 16x16 frames are below Qwen3-VL's 32-pixel minimum.
+        let path = tmp.path().join("small");
+        let mut w = DatasetWriter::create(&path, DatasetSpec::so101(30, &[(CAM, 16, 16)])).unwrap();
+        w.add_episode(&Episode {
+            index: 0,
+            instruction: "x".into(),
+            fps: 30.0,
+            states: vec![vec![0.0; 6]; 2],
+            actions: vec![vec![0.0; 6]; 2],
+            cameras: [(CAM.to_string(), vec![RgbImage::new(16, 16); 2])]
+                .into_iter()
+                .collect(),
+            success: None,
+            true_progress: None,
+            environment_states: Vec::new(),
+        })
+        .unwrap();
+        w.finish().unwrap();
+        let small = LeRobotDataset::open(&path).unwrap();
+        let err = check_inputs(&small, &opts(tmp.path().join("y.parquet"))).unwrap_err();
+        assert!(matches!(err, LabelError::FrameSize { .. }), "{err}");
+        assert_eq!(model.calls, 0);
     }
 
     #[test]

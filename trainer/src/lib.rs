@@ -13,4 +13,5 @@ pub mod experiment;
 pub mod label;
 pub mod plot;
 pub mod results;
+pub mod run_folder;
 pub mod tensorboard;

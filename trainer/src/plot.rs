@@ -20,6 +20,71 @@ pub enum PlotError {
     Draw { path: PathBuf, reason: String },
     #[error("cannot write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("refusing to write the plot to {path}: {reason}")]
+    UnsafeOutput { path: PathBuf, reason: String },
+}
+
+/// Check a user-given plot path before any work: it must end in `.png`, must not be one of `protected`
+/// (files this command reads or has just written), must not lie inside any of `protected_dirs` (a
+/// dataset's own folders), and must not replace an existing file that is not a PNG. So `--plot
+/// meta/info.json` or `--plot` onto the progress parquet is refused instead of destroying the file.
+pub fn check_plot_path(path: &Path, protected: &[&Path], protected_dirs: &[&Path]) -> Result<(), PlotError> {
+    let refuse = |reason: String| PlotError::UnsafeOutput {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let is_png = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !is_png {
+        return Err(refuse("a plot file name must end in .png".into()));
+    }
+    let resolved = resolve(path);
+    for p in protected {
+        if resolve(p) == resolved {
+            return Err(refuse(format!(
+                "it is {}, which this command reads or writes",
+                p.display()
+            )));
+        }
+    }
+    for d in protected_dirs {
+        if resolved.starts_with(resolve(d)) {
+            return Err(refuse(format!(
+                "it is inside {}, which this command reads",
+                d.display()
+            )));
+        }
+    }
+    if path.is_dir() {
+        return Err(refuse("it is a folder".into()));
+    }
+    if path.exists() {
+        const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+        let mut head = [0u8; 8];
+        let is_png_file = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok_and(|()| head.as_slice() == PNG_SIGNATURE);
+        if !is_png_file {
+            return Err(refuse("the existing file there is not a PNG image".into()));
+        }
+    }
+    Ok(())
+}
+
+/// `path` made absolute, with its existing parent resolved through links, for comparisons.
+fn resolve(path: &Path) -> PathBuf {
+    if let Ok(full) = std::fs::canonicalize(path) {
+        return full;
+    }
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .unwrap_or(absolute.clone()),
+        _ => absolute,
+    }
 }
 
 /// One line on a chart, optionally with a symmetric error bar at each point.
@@ -288,6 +353,36 @@ pub fn save_chart(path: &Path, chart: &Chart) -> Result<(), PlotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plot_paths_never_replace_inputs_or_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("meta")).unwrap();
+        std::fs::write(root.join("meta/info.json"), "{}").unwrap();
+        std::fs::write(root.join("progress.parquet"), "PAR1").unwrap();
+        std::fs::write(root.join("notes.png"), "not an image").unwrap();
+        let parquet = root.join("progress.parquet");
+        let meta = root.join("meta");
+        let check = |p: &Path| check_plot_path(p, &[parquet.as_path()], &[meta.as_path()]);
+        for bad in [
+            root.join("meta/info.json"),
+            root.join("meta/curves.png"),
+            root.join("progress.parquet"),
+            root.join("notes.png"),
+            root.join("meta"),
+        ] {
+            let err = check(&bad).unwrap_err().to_string();
+            assert!(err.contains("refusing"), "{err}");
+        }
+        // A protected file named through another spelling is still recognised.
+        let spelled = root.join("meta/../written.png");
+        assert!(check_plot_path(&root.join("written.png"), &[spelled.as_path()], &[]).is_err());
+        assert!(check(&root.join("curves.png")).is_ok());
+        image::RgbImage::new(2, 2).save(root.join("curves.png")).unwrap();
+        // Rewriting a PNG (a rerun's own plot) is fine.
+        assert!(check(&root.join("curves.png")).is_ok());
+    }
 
     #[test]
     fn chart_draws_lines_in_their_colours() {

@@ -96,6 +96,12 @@ pub enum DatasetError {
     AlreadyExists { path: PathBuf },
     #[error("hub repo {repo}: {reason}")]
     Hub { repo: String, reason: String },
+    #[error("{path}: {source}; a dataset's files must lie inside its folder")]
+    UnsafePath {
+        path: PathBuf,
+        #[source]
+        source: crate::safe_path::UnsafePath,
+    },
 }
 
 pub type Result<T, E = DatasetError> = std::result::Result<T, E>;

@@ -304,6 +304,15 @@ pub fn format_path(template: &str, values: &[(&str, &str)], ints: &[(&str, i64)]
     Some(out)
 }
 
+/// An expanded `data_path` / `video_path` template as a path relative to the dataset root, refused
+/// when it would leave the root (an absolute path, `..`): info.json comes from whoever made the dataset.
+fn inside_root(root: &Path, expanded: &str, field: &str) -> Result<PathBuf> {
+    crate::safe_path::safe_join(Path::new(""), expanded, field).map_err(|source| DatasetError::UnsafePath {
+        path: root.join(INFO_PATH),
+        source,
+    })
+}
+
 fn template_error(path: &Path, template: &str) -> DatasetError {
     DatasetError::Inconsistent {
         path: path.to_path_buf(),
@@ -464,7 +473,7 @@ fn load_episodes_v30(root: &Path, info: &Info, video_keys: &[String]) -> Result<
                 videos.insert(
                     key.clone(),
                     VideoSpan {
-                        path: PathBuf::from(p),
+                        path: inside_root(root, &p, "video_path")?,
                         from_timestamp: a[r],
                         to_timestamp: b[r],
                     },
@@ -480,7 +489,7 @@ fn load_episodes_v30(root: &Path, info: &Info, video_keys: &[String]) -> Result<
                 episode_index: nonneg(idx[r], "episode_index")?,
                 length: nonneg(len[r], "length")?,
                 tasks: tasks[r].clone(),
-                data_path: PathBuf::from(data_path),
+                data_path: inside_root(root, &data_path, "data_path")?,
                 dataset_from_index: nonneg(from[r], "dataset_from_index")?,
                 dataset_to_index: nonneg(to[r], "dataset_to_index")?,
                 videos,
@@ -525,7 +534,7 @@ fn load_episodes_v21(root: &Path, info: &Info, video_keys: &[String]) -> Result<
             videos.insert(
                 key.clone(),
                 VideoSpan {
-                    path: PathBuf::from(p),
+                    path: inside_root(root, &p, "video_path")?,
                     from_timestamp: 0.0,
                     to_timestamp: to,
                 },
@@ -535,7 +544,7 @@ fn load_episodes_v21(root: &Path, info: &Info, video_keys: &[String]) -> Result<
             episode_index: r.episode_index,
             length: r.length,
             tasks: r.tasks,
-            data_path: PathBuf::from(data_path),
+            data_path: inside_root(root, &data_path, "data_path")?,
             dataset_from_index: start,
             dataset_to_index: start + r.length,
             videos,

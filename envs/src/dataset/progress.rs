@@ -96,11 +96,14 @@ pub fn write_progress(path: &Path, table: &ProgressTable) -> Result<()> {
         _ => std::path::PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".progress.partial-")
-        .suffix(".parquet")
-        .tempfile_in(&dir)
-        .map_err(io(&dir))?;
+    let tmp = plain_mode(
+        tempfile::Builder::new()
+            .prefix(".progress.partial-")
+            .suffix(".parquet"),
+        false,
+    )
+    .tempfile_in(&dir)
+    .map_err(io(&dir))?;
     {
         let file: File = tmp.as_file().try_clone().map_err(io(tmp.path()))?;
         let props = WriterProperties::builder()
@@ -140,4 +143,49 @@ pub fn read_progress(path: &Path) -> Result<ProgressTable> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     })
+}
+
+/// `builder` with the mode a plain create gets (0666 for files, 0777 for folders, less the umask), not
+/// `tempfile`'s private 0600 / 0700: a dataset or progress file is renamed into place from the temporary
+/// and must be readable like any other output.
+pub(crate) fn plain_mode<'a, 'b, 'c>(
+    builder: &'c mut tempfile::Builder<'a, 'b>,
+    folder: bool,
+) -> &'c mut tempfile::Builder<'a, 'b> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = if folder { 0o777 } else { 0o666 };
+        builder.permissions(std::fs::Permissions::from_mode(mode));
+    }
+    #[cfg(not(unix))]
+    let _ = folder;
+    builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn progress_file_gets_the_mode_of_a_plain_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topreward_progress.parquet");
+        let table = ProgressTable {
+            index: vec![0],
+            episode_index: vec![0],
+            frame_index: vec![0],
+            progress: vec![0.5],
+            weight: vec![1.0],
+            ..Default::default()
+        };
+        write_progress(&path, &table).unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), mode(&plain));
+        assert_eq!(read_progress(&path).unwrap(), table);
+    }
 }

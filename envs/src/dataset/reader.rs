@@ -167,6 +167,13 @@ impl LeRobotDataset {
         for sibling in &listing.siblings {
             let name = &sibling.rfilename;
             if name.starts_with("meta/") || name.starts_with("data/") || name.starts_with("videos/") {
+                // The listing comes from the server: a name must not place a file outside the snapshot.
+                crate::safe_path::safe_join(Path::new(""), name, "hub file name").map_err(|e| {
+                    DatasetError::Hub {
+                        repo: repo_id.to_string(),
+                        reason: e.to_string(),
+                    }
+                })?;
                 repo.get(name).map_err(herr)?;
             }
         }

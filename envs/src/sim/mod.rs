@@ -20,7 +20,7 @@ pub mod vec_env;
 use std::path::PathBuf;
 
 pub use env::{
-    ENVIRONMENT_STATE_DIM, ENVIRONMENT_STATE_NAMES, SimConfig, SimObservation, So101Env, StepInfo,
+    CAMERAS, ENVIRONMENT_STATE_DIM, ENVIRONMENT_STATE_NAMES, SimConfig, SimObservation, So101Env, StepInfo,
     StepResult, normal as standard_normal,
 };
 pub use expert::ScriptedExpert;

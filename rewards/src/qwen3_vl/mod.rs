@@ -83,6 +83,22 @@ impl CheckpointFiles {
         Self::from_hub(model)
     }
 
+    /// What [`Self::resolve`] would check without downloading anything: a local directory must hold
+    /// the checkpoint files; a hub id (`owner/name`) is accepted as is (resolved when loading).
+    pub fn check(model: &str) -> Result<(), ModelError> {
+        let path = Path::new(model);
+        if path.is_dir() {
+            return Self::from_dir(path).map(|_| ());
+        }
+        let looks_like_hub =
+            model.split('/').count() == 2 && !model.starts_with('.') && !model.starts_with('/');
+        if looks_like_hub {
+            Ok(())
+        } else {
+            Err(ModelError::MissingDir(path.to_path_buf()))
+        }
+    }
+
     /// A local directory with config.json and model.safetensors (or sharded with an index).
     pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
         if !dir.is_dir() {

@@ -65,8 +65,29 @@ pub struct ScoreCache {
 
 impl ScoreCache {
     /// In memory only (`None`) or also in `dir` (created if missing).
+    /// Refuse a cache folder path that names an existing file (or lies under one), before any model
+    /// is loaded: `create_dir_all` would only say "File exists".
+    pub fn check_dir(dir: &Path) -> Result<(), TopRewardError> {
+        for ancestor in dir.ancestors() {
+            if ancestor.as_os_str().is_empty() {
+                break;
+            }
+            if ancestor.exists() && !ancestor.is_dir() {
+                return Err(TopRewardError::Cache {
+                    path: dir.to_path_buf(),
+                    reason: format!(
+                        "{} is a file, not a folder; pass a folder (it is created when missing)",
+                        ancestor.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn new(dir: Option<PathBuf>) -> Result<Self, TopRewardError> {
         if let Some(d) = &dir {
+            Self::check_dir(d)?;
             std::fs::create_dir_all(d).map_err(|e| TopRewardError::Cache {
                 path: d.clone(),
                 reason: e.to_string(),
@@ -134,6 +155,18 @@ impl ScoreCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_folder_that_is_a_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cache");
+        std::fs::write(&file, "x").unwrap();
+        for path in [file.clone(), file.join("sub")] {
+            let err = ScoreCache::new(Some(path)).unwrap_err().to_string();
+            assert!(err.contains("is a file, not a folder"), "{err}");
+        }
+        assert!(ScoreCache::new(Some(dir.path().join("new/cache"))).is_ok());
+    }
 
     fn score() -> EpisodeScore {
         EpisodeScore {

@@ -24,6 +24,12 @@ pub enum TopRewardError {
     Model(#[from] ModelError),
     #[error("the episode has no frames")]
     EmptyEpisode,
+    #[error("the instruction is empty; TOPReward asks whether the video completes it")]
+    EmptyInstruction,
+    #[error(
+        "the model gave a non-finite log p(True) = {value} for the prefix of {prefix} frames (are its weights finite?)"
+    )]
+    NonFiniteScore { prefix: usize, value: f64 },
     #[error("fps must be a positive finite number, got {0}")]
     BadFps(f64),
     #[error("frame {index} is {found_w}x{found_h}, but frame 0 is {w}x{h}; all frames must share one size")]
@@ -493,6 +499,9 @@ impl<E: PrefixEncoder> TopReward<E> {
         if frames.is_empty() {
             return Err(TopRewardError::EmptyEpisode);
         }
+        if instruction.trim().is_empty() {
+            return Err(TopRewardError::EmptyInstruction);
+        }
         if !(fps.is_finite() && fps > 0.0) {
             return Err(TopRewardError::BadFps(fps));
         }
@@ -522,7 +531,7 @@ impl<E: PrefixEncoder> TopReward<E> {
                     let input =
                         self.encoder
                             .encode(frames, &prefix_frame_indices(k), fps, instruction, None)?;
-                    let s = self.model.score_exact(&input)?;
+                    let s = finite(self.model.score_exact(&input)?, k)?;
                     log_probs.push(s.log_prob);
                     num_tokens.push(s.num_tokens);
                     if let Some(pb) = &self.progress {
@@ -539,7 +548,7 @@ impl<E: PrefixEncoder> TopReward<E> {
                     let input =
                         self.encoder
                             .encode(frames, &prefix_frame_indices(k), fps, instruction, Some(res))?;
-                    let s = session.score(&input)?;
+                    let s = finite(session.score(&input)?, k)?;
                     log_probs.push(s.log_prob);
                     num_tokens.push(s.num_tokens);
                     if let Some(pb) = &self.progress {
@@ -556,6 +565,19 @@ impl<E: PrefixEncoder> TopReward<E> {
             progress,
             num_tokens,
             voc,
+        })
+    }
+}
+
+/// Model outputs enter the pipeline here: a NaN or infinite log-probability (a checkpoint with NaN or
+/// Inf weights) is an error, never min-max "progress" (a NaN range would map every prefix to 1.0).
+fn finite(score: PrefixScore, prefix: usize) -> Result<PrefixScore, TopRewardError> {
+    if score.log_prob.is_finite() {
+        Ok(score)
+    } else {
+        Err(TopRewardError::NonFiniteScore {
+            prefix,
+            value: score.log_prob,
         })
     }
 }

@@ -37,15 +37,15 @@ fn main() -> ExitCode {
                 ("so101 mjcf", assets::so101_assets_dir()),
             ] {
                 match found {
-                    Ok(path) => println!("{name:<12} {}", path.display()),
+                    Ok(path) => toprl_trainer::outln!("{name:<12} {}", path.display()),
                     Err(err) => {
                         ok = false;
-                        println!("{name:<12} missing: {err}");
+                        toprl_trainer::outln!("{name:<12} missing: {err}");
                     }
                 }
             }
             for (motor, (lo, hi)) in so101::MOTOR_NAMES.iter().zip(so101::JOINT_RANGES_RAD) {
-                println!("joint {motor:<14} [{lo:+.3}, {hi:+.3}] rad");
+                toprl_trainer::outln!("joint {motor:<14} [{lo:+.3}, {hi:+.3}] rad");
             }
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }

@@ -33,9 +33,13 @@ fn main() -> ExitCode {
     let args = Args::parse();
     toprl_trainer::cli::init_logging(args.verbose);
     match args.command {
+        Command::Voc { values } if values.iter().any(|v| !v.is_finite()) => {
+            eprintln!("error: every value must be a finite number, got {values:?}");
+            ExitCode::FAILURE
+        }
         Command::Voc { values } => match toprl_rewards::metrics::voc(&values) {
             Some(v) => {
-                println!("{v:.6}");
+                toprl_trainer::outln!("{v:.6}");
                 ExitCode::SUCCESS
             }
             None => {

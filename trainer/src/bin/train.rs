@@ -11,6 +11,7 @@ use toprl_rewards::topreward::Mode;
 use toprl_trainer::commands::score::{ScorerOptions, load_scorer};
 use toprl_trainer::config::{ExperimentConfig, RewardSource};
 use toprl_trainer::experiment::RunOptions;
+use toprl_trainer::run_folder::StartMode;
 
 /// Train SO-101 policies and compare reward sources (sparse, TOPReward, oracle, plain BC).
 ///
@@ -28,9 +29,12 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue an interrupted run in --out: finished arms and seeds are kept, unfinished ones continue
-    /// from their last checkpoint.
-    #[arg(long)]
+    /// from their last checkpoint. Refused when the config or the code version differ from the run's.
+    #[arg(long, conflicts_with = "restart")]
     resume: bool,
+    /// Start over in --out: the previous run there is moved to <out>.replaced-N (never deleted).
+    #[arg(long)]
+    restart: bool,
     /// Validate the config and print the resolved settings, then exit.
     #[arg(long)]
     check: bool,
@@ -59,24 +63,38 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(config.name.clone().unwrap_or_else(|| "experiment".into()))
     });
-    // Fail before any training when the policy or its overrides are wrong.
+    // The run performs exactly these checks again: --check accepts only what the run accepts.
+    config.check_resources(&args.config)?;
     toprl_trainer::experiment::policy_config(&config)
         .with_context(|| format!("invalid experiment config {}", args.config.display()))?;
+    if args.threads == Some(0) {
+        anyhow::bail!("--threads must be at least 1 (omit it to use every core)");
+    }
     if args.check {
         let resolved = toml::to_string_pretty(&config).context("serialising the resolved config")?;
-        println!(
+        toprl_trainer::outln!(
             "# {} is valid; output would go to {}\n{resolved}",
             args.config.display(),
             out.display()
         );
         return Ok(());
     }
+    // A refused --resume (other config or code version), a busy or already used folder: said before the
+    // reward model loads.
+    let mode = match (args.resume, args.restart) {
+        (true, _) => StartMode::Resume,
+        (false, true) => StartMode::Restart,
+        (false, false) => StartMode::Fresh,
+    };
+    let resolved = toml::to_string_pretty(&config).context("serialising the resolved config")?;
+    toprl_trainer::run_folder::check(&out, &resolved, mode)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let opts = RunOptions {
         out: out.clone(),
         resume: args.resume,
+        restart: args.restart,
         threads,
         progress: true,
     };
@@ -84,7 +102,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Some(rm) if config.arms.iter().any(|a| a.reward == RewardSource::Topreward) => {
             let mode: Mode = rm.mode.parse().map_err(anyhow::Error::msg)?;
             let options = ScorerOptions {
-                cache_dir: Some(out.join("topreward_cache")),
+                cache_dir: Some(out.join(toprl_trainer::run_folder::SCORE_CACHE_DIR)),
                 prompt: rm.prompt(),
                 ..Default::default()
             };
@@ -122,7 +140,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Ok(scores)
     };
     let results = toprl_trainer::experiment::run(&config, &opts, Some(&mut score_episodes))?;
-    println!("{}", results.to_markdown());
-    println!("results: {}", out.join("results.md").display());
+    toprl_trainer::outln!("{}", results.to_markdown());
+    toprl_trainer::outln!("results: {}", out.join("results.md").display());
     Ok(())
 }

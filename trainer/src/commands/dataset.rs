@@ -186,36 +186,36 @@ fn info(args: &InfoArgs) -> Result<()> {
     let ds = open_dataset(&args.dir)?;
     let r = info_report(&ds)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
-    println!("dataset          {}", r.path.display());
-    println!("codebase version {}", r.codebase_version);
-    println!("fps              {}", r.fps);
-    println!("robot type       {}", r.robot_type.as_deref().unwrap_or("-"));
-    println!("episodes         {}", r.total_episodes);
-    println!("frames           {}", r.total_frames);
-    println!("features:");
+    crate::outln!("dataset          {}", r.path.display());
+    crate::outln!("codebase version {}", r.codebase_version);
+    crate::outln!("fps              {}", r.fps);
+    crate::outln!("robot type       {}", r.robot_type.as_deref().unwrap_or("-"));
+    crate::outln!("episodes         {}", r.total_episodes);
+    crate::outln!("frames           {}", r.total_frames);
+    crate::outln!("features:");
     for f in &r.features {
         let names = f
             .names
             .as_ref()
             .map(|n| format!(" {}", n.join(",")))
             .unwrap_or_default();
-        println!("  {:<32} {:<8} {:?}{names}", f.key, f.dtype, f.shape);
+        crate::outln!("  {:<32} {:<8} {:?}{names}", f.key, f.dtype, f.shape);
     }
-    println!("cameras:");
+    crate::outln!("cameras:");
     for c in &r.cameras {
-        println!("  {:<32} {}x{} {}", c.key, c.width, c.height, c.codec);
+        crate::outln!("  {:<32} {}x{} {}", c.key, c.width, c.height, c.codec);
     }
-    println!("tasks:");
+    crate::outln!("tasks:");
     for (i, t) in &r.tasks {
-        println!("  {i:>4} {t}");
+        crate::outln!("  {i:>4} {t}");
     }
-    println!("episodes ({STATE_KEY} first -> last):");
+    crate::outln!("episodes ({STATE_KEY} first -> last):");
     for e in &r.episodes {
-        println!("  {:>4} len {:>5} {:?}", e.index, e.length, e.task);
-        println!("       {} -> {}", fmt_vec(&e.first_state), fmt_vec(&e.last_state));
+        crate::outln!("  {:>4} len {:>5} {:?}", e.index, e.length, e.task);
+        crate::outln!("       {} -> {}", fmt_vec(&e.first_state), fmt_vec(&e.last_state));
     }
     Ok(())
 }

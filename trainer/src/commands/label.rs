@@ -11,8 +11,8 @@ use toprl_rewards::topreward::Mode;
 
 use crate::commands::dataset::open_dataset;
 use crate::commands::score::{ScorerOptions, load_scorer};
-use crate::label::{LabelOptions, default_progress_path, label_dataset};
-use crate::plot::{Chart, Series, save_grid};
+use crate::label::{LabelOptions, check_inputs, default_progress_path, label_dataset};
+use crate::plot::{Chart, Series, check_plot_path, save_grid};
 
 /// Label a LeRobotDataset with TOPReward progress (resumable: finished episodes are kept).
 #[derive(Debug, Args)]
@@ -54,7 +54,6 @@ pub fn run(args: LabelArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| default_progress_path(&dataset));
-    let mut scorer = load_scorer(&args.model, args.mode, &ScorerOptions::default())?;
     let opts = LabelOptions {
         camera: args.camera.clone(),
         out: out.clone(),
@@ -66,6 +65,14 @@ pub fn run(args: LabelArgs) -> Result<()> {
         max_frames: Some(args.max_frames),
         model_id: format!("{} ({})", args.model, args.mode),
     };
+    // Everything that needs no model is checked before the model loads (minutes for an 8B checkpoint).
+    check_inputs(&dataset, &opts).with_context(|| format!("labelling {}", args.dataset))?;
+    let plot = args.plot.clone().unwrap_or_else(|| out.with_extension("png"));
+    let root = dataset.root();
+    let dataset_dirs = ["meta", "data", "videos", "images"].map(|d| root.join(d));
+    let dataset_dirs: Vec<&std::path::Path> = dataset_dirs.iter().map(|d| d.as_path()).collect();
+    check_plot_path(&plot, &[out.as_path()], &dataset_dirs).context("--plot")?;
+    let mut scorer = load_scorer(&args.model, args.mode, &ScorerOptions::default())?;
     let summary =
         label_dataset(&dataset, &mut scorer, &opts).with_context(|| format!("labelling {}", args.dataset))?;
     let table = toprl_envs::dataset::read_progress(&summary.path)
@@ -94,9 +101,8 @@ pub fn run(args: LabelArgs) -> Result<()> {
             y_range: Some((0.0, 1.0)),
         })
         .collect();
-    let plot = args.plot.clone().unwrap_or_else(|| out.with_extension("png"));
     save_grid(&plot, &charts, 4, (320, 220)).with_context(|| format!("writing {}", plot.display()))?;
-    println!(
+    crate::outln!(
         "{}: {} episodes scored, {} kept from an earlier run, {} frames; curves in {}",
         summary.path.display(),
         summary.scored,

@@ -131,19 +131,36 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     if !(args.fps.is_finite() && args.fps > 0.0) {
         bail!("--fps must be positive, got {}", args.fps);
     }
-    let mut frames = if args.frames.is_dir() {
-        toprl_rewards::frames::load_image_folder(&args.frames)
+    // Every check that needs no model comes before frames are read and the model is loaded.
+    if args.max_frames == Some(0) {
+        bail!("--max-frames must be at least 1");
+    }
+    if args.instruction.trim().is_empty() {
+        bail!("--instruction is empty; TOPReward asks whether the video completes it");
+    }
+    args.prompt()
+        .validate()
+        .context("--prompt-prefix / --prompt-suffix")?;
+    if let Some(dir) = &args.cache_dir {
+        toprl_rewards::topreward::ScoreCache::check_dir(dir).context("--cache-dir")?;
+    }
+    if let Some(plot) = &args.plot {
+        let folder = [args.frames.as_path()];
+        let protected_dirs: &[&std::path::Path] = if args.frames.is_dir() { &folder } else { &[] };
+        crate::plot::check_plot_path(plot, &[args.frames.as_path()], protected_dirs).context("--plot")?;
+    }
+    // The frame count follows from --fps and the video's duration before anything is decoded, and
+    // only the last --max-frames frames are ever held.
+    let limits = toprl_rewards::frames::FrameLimits {
+        keep_last: args.max_frames,
+        ..Default::default()
+    };
+    let frames = if args.frames.is_dir() {
+        toprl_rewards::frames::load_image_folder_last(&args.frames, args.max_frames)
     } else {
-        toprl_rewards::frames::load_video(&args.frames, args.fps).map(|v| v.frames)
+        toprl_rewards::frames::load_video_limited(&args.frames, args.fps, limits).map(|v| v.frames)
     }
     .with_context(|| format!("loading frames from {}", args.frames.display()))?;
-    if let Some(n) = args.max_frames {
-        if n == 0 {
-            bail!("--max-frames must be at least 1");
-        }
-        let skip = frames.len().saturating_sub(n);
-        frames.drain(..skip);
-    }
     let options = ScorerOptions {
         tokenizer: args.tokenizer.clone(),
         prompt: args.prompt(),
@@ -206,33 +223,41 @@ pub fn run(args: ScoreArgs) -> Result<()> {
                 object.insert("static_voc".into(), serde_json::json!(voc));
             }
         }
-        println!("{json}");
+        crate::outln!("{json}");
     } else {
-        println!(
+        crate::outln!(
             "{:>6} {:>8} {:>12} {:>9}",
-            "frames", "tokens", "log p(True)", "progress"
+            "frames",
+            "tokens",
+            "log p(True)",
+            "progress"
         );
         for i in 0..score.prefix_lengths.len() {
-            println!(
+            crate::outln!(
                 "{:>6} {:>8} {:>12.5} {:>9.4}",
-                score.prefix_lengths[i], score.num_tokens[i], score.log_probs[i], score.progress[i]
+                score.prefix_lengths[i],
+                score.num_tokens[i],
+                score.log_probs[i],
+                score.progress[i]
             );
         }
-        println!("VOC {}", fmt_voc(score.voc));
+        crate::outln!("VOC {}", fmt_voc(score.voc));
         if let Some(voc) = static_voc {
-            println!(
+            crate::outln!(
                 "static-video VOC {} (progress found where nothing moves)",
                 fmt_voc(voc)
             );
         }
         if let Some(value) = success_score {
-            print!("success score {value:.4} (mean log p(True) of the last {SUCCESS_PREFIXES} prefixes)");
+            crate::out!(
+                "success score {value:.4} (mean log p(True) of the last {SUCCESS_PREFIXES} prefixes)"
+            );
             match (success, args.success_threshold) {
-                (Some(ok), Some(theta)) => println!(
+                (Some(ok), Some(theta)) => crate::outln!(
                     ": {} at threshold {theta}",
                     if ok { "success" } else { "failure" }
                 ),
-                _ => println!(),
+                _ => crate::outln!(),
             }
         }
     }

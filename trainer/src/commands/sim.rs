@@ -43,6 +43,10 @@ pub struct SimArgs {
     /// Worker threads (default: available cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Run a checkpoint on a task other than the one it was trained on (recorded in its task.json);
+    /// refused without this flag, since its success rate would describe another task.
+    #[arg(long)]
+    pub allow_task_mismatch: bool,
     /// Write every episode's front and wrist cameras side by side to this mp4 (needs `ffmpeg`).
     #[arg(long)]
     pub video: Option<PathBuf>,
@@ -78,6 +82,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     if !args.noise.is_finite() || args.noise < 0.0 {
         bail!("--noise must be a finite number >= 0, got {}", args.noise);
     }
+    if args.threads == Some(0) {
+        bail!("--threads must be at least 1 (omit it to use every core)");
+    }
     let (policy, mut checkpoint) = match args.policy.as_str() {
         "scripted" => (BuiltinPolicy::Scripted { noise: args.noise }, None),
         "random" => (BuiltinPolicy::Random { step_deg: 3.0 }, None),
@@ -85,6 +92,23 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             if !Path::new(path).exists() {
                 bail!(
                     "--policy {path}: expected `scripted`, `random` or a checkpoint path, and {path} does not exist"
+                );
+            }
+            let trained_on = crate::experiment::checkpoint_task(Path::new(path))
+                .with_context(|| format!("--policy {path}"))?;
+            if let Some(trained_on) = trained_on
+                && trained_on != args.task.to_string()
+            {
+                if !args.allow_task_mismatch {
+                    bail!(
+                        "--policy {path} was trained on `{trained_on}`, not `{}`; pass --allow-task-mismatch to \
+                         measure it on another task anyway",
+                        args.task
+                    );
+                }
+                tracing::warn!(
+                    "--policy {path} was trained on `{trained_on}`; running it on `{}`",
+                    args.task
                 );
             }
             let loaded = toprl_policies::load_policy(path, &toprl_policies::cpu_device())
@@ -214,9 +238,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         tracing::info!("wrote {}", path.display());
     }
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        crate::outln!("{}", serde_json::to_string(&summary)?);
     } else {
-        println!(
+        crate::outln!(
             "{} / {}: success {}/{} ({:.1}%), mean return {:.3}, {:.1} steps/episode, {:.0} env steps/s{}",
             summary.task,
             summary.policy,
