@@ -13,4 +13,7 @@ pub mod experiment;
 pub mod label;
 pub mod plot;
 pub mod results;
+pub mod reward_quality;
+pub mod stats;
 pub mod tensorboard;
+pub mod weighting;
