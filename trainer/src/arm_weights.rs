@@ -13,7 +13,7 @@ use toprl_rewards::metrics::interpolate_to_frames;
 use toprl_rewards::score::EpisodeScore;
 
 use crate::config::RewardSource;
-use crate::reward_quality::{mean_prefix_voc, oracle_noisy, time_bias};
+use crate::reward_quality::{mean_prefix_voc_of, oracle_noisy, time_bias};
 use crate::weighting::{
     DeltaKind, ProgressScale, WeightingParams, deltas, dense_prefix_ends, weights_from_deltas,
 };
@@ -103,7 +103,8 @@ pub struct LabelSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArmLabels {
     pub weights: Vec<Vec<f32>>,
-    /// Mean prefix VOC of the progress signal (dense sources only).
+    /// Mean prefix VOC of the progress signal (dense sources only): over the successful demonstrations
+    /// for simulated signals, over all episodes' own scores for TOPReward.
     pub reward_voc: Option<f64>,
     /// Standard deviation of the noise `oracle_noisy` added.
     pub noise_sigma: Option<f64>,
@@ -117,10 +118,21 @@ struct DenseProgress {
     sigma: Option<f64>,
 }
 
-fn dense_from_truth(progress: Vec<Vec<f64>>, sigma: Option<f64>) -> DenseProgress {
+/// Which episodes a simulated signal's VOC is measured on: the successful ones (all when none is
+/// labelled successful).
+fn voc_episodes(episodes: &[Episode]) -> Vec<bool> {
+    let successful: Vec<bool> = episodes.iter().map(|e| e.success == Some(true)).collect();
+    if successful.iter().any(|&s| s) {
+        successful
+    } else {
+        vec![true; episodes.len()]
+    }
+}
+
+fn dense_from_truth(progress: Vec<Vec<f64>>, voc_on: &[bool], sigma: Option<f64>) -> DenseProgress {
     DenseProgress {
         prefix_ends: progress.iter().map(|p| dense_prefix_ends(p.len())).collect(),
-        voc: mean_prefix_voc(&progress),
+        voc: mean_prefix_voc_of(&progress, voc_on),
         progress,
         sigma,
     }
@@ -200,15 +212,16 @@ pub fn frame_weights(
             }
             return Ok(plain(weights));
         }
-        RewardSource::Oracle => dense_from_truth(oracle_progress(episodes)?, None),
+        RewardSource::Oracle => dense_from_truth(oracle_progress(episodes)?, &voc_episodes(episodes), None),
         RewardSource::OracleNoisy => {
             let target = settings.voc.ok_or(LabelError::NoTargetVoc)?;
-            let noisy = oracle_noisy(&oracle_progress(episodes)?, target, settings.seed);
-            dense_from_truth(noisy.progress, Some(noisy.sigma))
+            let on = voc_episodes(episodes);
+            let noisy = oracle_noisy(&oracle_progress(episodes)?, &on, target, settings.seed);
+            dense_from_truth(noisy.progress, &on, Some(noisy.sigma))
         }
         RewardSource::TimeBias => {
             let lengths: Vec<usize> = episodes.iter().map(Episode::len).collect();
-            dense_from_truth(time_bias(&lengths), None)
+            dense_from_truth(time_bias(&lengths), &voc_episodes(episodes), None)
         }
         RewardSource::Topreward => {
             topreward_progress(episodes, scores_for(episodes, scores)?, settings.progress)

@@ -27,9 +27,16 @@ pub const NOISE_CORRELATION_FRAMES: f64 = 15.0;
 /// Mean VOC of per-frame progress curves, read at each episode's prefix ends. `None` when no episode
 /// has a defined VOC.
 pub fn mean_prefix_voc(progress: &[Vec<f64>]) -> Option<f64> {
+    mean_prefix_voc_of(progress, &vec![true; progress.len()])
+}
+
+/// [`mean_prefix_voc`] over the episodes whose `include` flag is set.
+pub fn mean_prefix_voc_of(progress: &[Vec<f64>], include: &[bool]) -> Option<f64> {
     let vocs: Vec<f64> = progress
         .iter()
-        .filter_map(|p| {
+        .zip(include)
+        .filter(|(_, keep)| **keep)
+        .filter_map(|(p, _)| {
             let at: Vec<f64> = dense_prefix_ends(p.len()).iter().map(|&i| p[i]).collect();
             voc(&at)
         })
@@ -73,9 +80,14 @@ pub struct NoisyProgress {
     pub voc: f64,
 }
 
-/// `truth` plus `sigma` times a seeded AR(1) noise, `sigma` bisected until the mean prefix VOC reaches
-/// `target`. When the ground truth's VOC is already at or below `target`, it is returned unchanged.
-pub fn oracle_noisy(truth: &[Vec<f64>], target: f64, seed: u64) -> NoisyProgress {
+/// `truth` plus `sigma` times a seeded AR(1) noise, `sigma` bisected until the mean prefix VOC over the
+/// `calibrate` episodes reaches `target`. When the ground truth's VOC is already at or below `target`,
+/// it is returned unchanged.
+///
+/// Experiments calibrate on the successful demonstrations: their ground truth rises to 1 (VOC near 1),
+/// as on the benchmark TOPReward's VOC is reported on, while a failed episode's true progress wanders
+/// and has a low VOC however good the reward.
+pub fn oracle_noisy(truth: &[Vec<f64>], calibrate: &[bool], target: f64, seed: u64) -> NoisyProgress {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f_6973_7976_6f63);
     let noise: Vec<Vec<f64>> = truth
         .iter()
@@ -88,7 +100,7 @@ pub fn oracle_noisy(truth: &[Vec<f64>], target: f64, seed: u64) -> NoisyProgress
             .map(|(p, z)| p.iter().zip(z).map(|(s, e)| s + sigma * e).collect())
             .collect()
     };
-    let voc_at = |sigma: f64| mean_prefix_voc(&degrade(sigma)).unwrap_or(0.0);
+    let voc_at = |sigma: f64| mean_prefix_voc_of(&degrade(sigma), calibrate).unwrap_or(0.0);
     let clean = voc_at(0.0);
     if clean <= target {
         return NoisyProgress {
@@ -207,10 +219,11 @@ mod tests {
     #[test]
     fn noise_is_scaled_until_the_voc_hits_the_target() {
         let truth = truth();
+        let all = vec![true; truth.len()];
         let clean = mean_prefix_voc(&truth).unwrap();
         assert!(clean > 0.97, "{clean}");
         for target in [0.95, 0.8, 0.5] {
-            let noisy = oracle_noisy(&truth, target, 3);
+            let noisy = oracle_noisy(&truth, &all, target, 3);
             assert!((noisy.voc - target).abs() < 0.005, "target {target}: {}", noisy.voc);
             assert!(noisy.sigma > 0.0);
             assert_eq!(
@@ -218,13 +231,17 @@ mod tests {
                 noisy.voc,
                 "reported VOC is the signal's"
             );
-            assert_eq!(noisy, oracle_noisy(&truth, target, 3), "seeded");
+            // Calibrated on a subset, the subset's VOC hits the target.
+            let first: Vec<bool> = (0..truth.len()).map(|i| i < 10).collect();
+            let sub = oracle_noisy(&truth, &first, target, 3);
+            assert!((mean_prefix_voc_of(&sub.progress, &first).unwrap() - target).abs() < 0.005);
+            assert_eq!(noisy, oracle_noisy(&truth, &all, target, 3), "seeded");
         }
         // Lower targets need more noise; a different seed draws different noise.
-        assert!(oracle_noisy(&truth, 0.5, 3).sigma > oracle_noisy(&truth, 0.8, 3).sigma);
-        assert_ne!(oracle_noisy(&truth, 0.8, 3).progress, oracle_noisy(&truth, 0.8, 4).progress);
+        assert!(oracle_noisy(&truth, &all, 0.5, 3).sigma > oracle_noisy(&truth, &all, 0.8, 3).sigma);
+        assert_ne!(oracle_noisy(&truth, &all, 0.8, 3).progress, oracle_noisy(&truth, &all, 0.8, 4).progress);
         // A target above the ground truth's own VOC leaves it untouched.
-        let same = oracle_noisy(&truth, 0.999, 3);
+        let same = oracle_noisy(&truth, &all, 0.999, 3);
         assert_eq!((same.sigma, &same.progress), (0.0, &truth));
     }
 
