@@ -58,7 +58,10 @@ fn smoke_experiment_runs_every_arm_deterministically_and_resumes() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    assert_eq!(arms, ["bc", "sparse", "oracle", "topreward", "awr", "noisy", "awr_zero"]);
+    assert_eq!(
+        arms,
+        ["bc", "sparse", "oracle", "topreward", "awr", "noisy", "awr_zero"]
+    );
     for arm in json["arms"].as_array().unwrap() {
         assert_eq!(arm["per_seed"].as_array().unwrap().len(), 2, "two seeds per arm");
         let success = arm["success_mean"].as_f64().unwrap();
@@ -80,8 +83,14 @@ fn smoke_experiment_runs_every_arm_deterministically_and_resumes() {
     assert!(noisy["reward_voc"].as_f64().is_some(), "{noisy}");
     assert_eq!(json["reward_model"], "rewards/fixtures/qwen3vl-tiny");
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    assert!(md.contains("| topreward | Eq. 3, TOPReward, chunk (5) deltas, 60 steps |"), "{md}");
-    assert!(md.contains("vs bc (final)") && md.contains("vs sparse (final)"), "{md}");
+    assert!(
+        md.contains("| topreward | Eq. 3, TOPReward, chunk (5) deltas, 60 steps |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("vs bc (final)") && md.contains("vs sparse (final)"),
+        "{md}"
+    );
     for plot in [
         "plots/success.png",
         "plots/final_success.png",
@@ -106,7 +115,10 @@ fn smoke_experiment_runs_every_arm_deterministically_and_resumes() {
     assert_eq!(steps, [30, 60, 70, 80]);
     assert!(out.join("runs/awr/seed-0/checkpoint/value/value.json").exists());
     // The zero-advantage control takes the same steps with the same rollouts.
-    assert_eq!(json["arms"][6]["per_seed"][0]["curve"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        json["arms"][6]["per_seed"][0]["curve"].as_array().unwrap().len(),
+        4
+    );
 
     // The same config in the same directory is refused without --resume ...
     let again = train(&out, &[]);

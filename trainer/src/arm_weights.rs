@@ -147,7 +147,9 @@ fn topreward_progress(
     let (lo, hi) = scores
         .iter()
         .flat_map(|(s, _)| s.log_probs.iter().copied())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
     let range = hi - lo;
     let progress = episodes
         .iter()
@@ -288,7 +290,9 @@ mod tests {
             vec![vec![1.0; 3], vec![1.0; 2]]
         );
         assert_eq!(
-            frame_weights(RewardSource::Sparse, &eps, None, &p).unwrap().weights,
+            frame_weights(RewardSource::Sparse, &eps, None, &p)
+                .unwrap()
+                .weights,
             vec![vec![1.0; 3], vec![0.0; 2]]
         );
         let failed = vec![episode(0, 2, false, vec![0.0; 2])];
@@ -360,7 +364,11 @@ mod tests {
         ));
         s.voc = Some(0.8);
         let noisy = frame_weights(RewardSource::OracleNoisy, &eps, None, &s).unwrap();
-        assert!((noisy.reward_voc.unwrap() - 0.8).abs() < 0.01, "{:?}", noisy.reward_voc);
+        assert!(
+            (noisy.reward_voc.unwrap() - 0.8).abs() < 0.01,
+            "{:?}",
+            noisy.reward_voc
+        );
         assert!(noisy.noise_sigma.unwrap() > 0.0);
     }
 
@@ -398,8 +406,14 @@ mod tests {
             voc: Some(1.0),
             log_probs: lp,
         };
-        let scores = vec![(score(vec![-5.0, -2.0, -0.1]), 1.0), (score(vec![-5.0, -4.5, -4.0]), 1.0)];
-        let eps = vec![episode(0, 3, true, vec![0.0; 3]), episode(1, 3, false, vec![0.0; 3])];
+        let scores = vec![
+            (score(vec![-5.0, -2.0, -0.1]), 1.0),
+            (score(vec![-5.0, -4.5, -4.0]), 1.0),
+        ];
+        let eps = vec![
+            episode(0, 3, true, vec![0.0; 3]),
+            episode(1, 3, false, vec![0.0; 3]),
+        ];
         let dense = topreward_progress(&eps, &scores, ProgressScale::Dataset);
         assert_eq!(dense.progress[0][2], 1.0);
         assert!((dense.progress[1][2] - 1.0 / 4.9).abs() < 1e-12);

@@ -148,7 +148,11 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
         //    Fit V(s) to the returns.
         let state_dim = states.len() / index.len();
         // The zero-advantage control (`reward = "none"`) fits nothing: every weight is 1.
-        let value_steps = if reward == RewardSource::None { 0 } else { cfg.value_steps };
+        let value_steps = if reward == RewardSource::None {
+            0
+        } else {
+            cfg.value_steps
+        };
         let mut value_loss = 0.0;
         for k in 0..value_steps {
             let mut rng = ChaCha8Rng::seed_from_u64(awr_seed(run.seed, iteration, 0) ^ (u64::from(k) << 24));

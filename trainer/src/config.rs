@@ -668,7 +668,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("arms[0].voc"), "{err}");
-        let ok = noisy.replace("oracle_noisy\"", "oracle_noisy\"\nvoc = 0.8\nweighting = \"rabc\"");
+        let ok = noisy.replace(
+            "oracle_noisy\"",
+            "oracle_noisy\"\nvoc = 0.8\nweighting = \"rabc\"",
+        );
         let c = ExperimentConfig::parse(&ok, Path::new("x.toml")).unwrap();
         assert_eq!(c.arms[0].voc, Some(0.8));
         assert_eq!(c.train.delta, DeltaKind::Chunk, "chunk deltas by default");

@@ -214,12 +214,13 @@ pub fn run(
                 read_result(&dir)?
             } else {
                 let settings = label_settings(config, arm, seed);
-                let labels = frame_weights(arm.reward, &episodes, scores.as_deref(), &settings).map_err(
-                    |source| ExperimentError::Label {
-                        arm: arm.name.clone(),
-                        source,
-                    },
-                )?;
+                let labels =
+                    frame_weights(arm.reward, &episodes, scores.as_deref(), &settings).map_err(|source| {
+                        ExperimentError::Label {
+                            arm: arm.name.clone(),
+                            source,
+                        }
+                    })?;
                 let weight_stats = WeightStats::of(&labels.weights);
                 log_weight_stats(&arm.name, seed, weight_stats.as_ref(), &labels);
                 let weights = labels.weights;

@@ -57,7 +57,10 @@ impl Sampling {
             }
             let stride = source_fps / fps;
             let count = ((n - 1) as f64 / stride).floor() as usize + 1;
-            ((0..count).map(|k| (k as f64 * stride).round() as usize).collect(), fps)
+            (
+                (0..count).map(|k| (k as f64 * stride).round() as usize).collect(),
+                fps,
+            )
         };
         match *self {
             Sampling::All => ((0..n).collect(), source_fps),

@@ -123,7 +123,8 @@ impl ArmResult {
         let successes: Vec<f64> = per_seed.iter().map(|s| s.success).collect();
         let last_k: Vec<f64> = per_seed.iter().map(|s| s.last_k_mean).collect();
         let (success_mean, success_std) = mean_std(&successes);
-        let weights = |f: fn(&WeightStats) -> f64| mean_of(per_seed.iter().map(|s| s.weights.as_ref().map(f)));
+        let weights =
+            |f: fn(&WeightStats) -> f64| mean_of(per_seed.iter().map(|s| s.weights.as_ref().map(f)));
         Self {
             name: name.to_string(),
             reward,
@@ -155,20 +156,30 @@ fn optional(v: Option<f64>) -> String {
 
 fn difference(d: Option<&PairedDifference>) -> String {
     d.map_or("–".into(), |d| {
-        format!("{:+.3} {} ({}/{}/{})", d.mean, interval(d.ci95), d.wins, d.ties, d.losses)
+        format!(
+            "{:+.3} {} ({}/{}/{})",
+            d.mean,
+            interval(d.ci95),
+            d.wins,
+            d.ties,
+            d.losses
+        )
     })
 }
+
+/// (seed, value) of one arm.
+type SeedValues = Vec<(u64, f64)>;
 
 impl Results {
     /// The results of `arms`, with every arm's paired differences against the [`BASELINES`] present.
     pub fn new(experiment: String, reward_model: Option<String>, mut arms: Vec<ArmResult>) -> Self {
-        let series = |arm: &ArmResult, last_k: bool| -> Vec<(u64, f64)> {
+        let series = |arm: &ArmResult, last_k: bool| -> SeedValues {
             arm.per_seed
                 .iter()
                 .map(|s| (s.seed, if last_k { s.last_k_mean } else { s.success }))
                 .collect()
         };
-        let baselines: Vec<(String, Vec<(u64, f64)>, Vec<(u64, f64)>)> = BASELINES
+        let baselines: Vec<(String, SeedValues, SeedValues)> = BASELINES
             .iter()
             .filter_map(|b| arms.iter().find(|a| a.name == *b))
             .map(|a| (a.name.clone(), series(a, false), series(a, true)))
@@ -329,7 +340,10 @@ mod tests {
             ],
         );
         let md = results.to_markdown();
-        assert!(md.contains("| bc | BC | 0.300 ± 0.141 | [0.200, 0.400] |"), "{md}");
+        assert!(
+            md.contains("| bc | BC | 0.300 ± 0.141 | [0.200, 0.400] |"),
+            "{md}"
+        );
         assert!(md.contains("| oracle | RA-BC | 0.700 ± 0.141 |"), "{md}");
         // Oracle - bc is +0.6 and +0.2 on seeds 0 and 1: both won.
         assert!(md.contains("| oracle | +0.400 [0.200, 0.600] (2/0/0) |"), "{md}");

@@ -157,7 +157,11 @@ pub fn success_vs_voc_chart(results: &Results) -> Option<Chart> {
         .collect();
     curve.sort_by(|a, b| point(a).0.total_cmp(&point(b).0));
     let mut series = vec![Series {
-        name: curve.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", "),
+        name: curve
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         points: curve.iter().map(|a| point(a)).collect(),
         errors: Some(curve.iter().map(|a| half(a)).collect()),
     }];
@@ -224,7 +228,11 @@ mod tests {
         assert!(clean > 0.97, "{clean}");
         for target in [0.95, 0.8, 0.5] {
             let noisy = oracle_noisy(&truth, &all, target, 3);
-            assert!((noisy.voc - target).abs() < 0.005, "target {target}: {}", noisy.voc);
+            assert!(
+                (noisy.voc - target).abs() < 0.005,
+                "target {target}: {}",
+                noisy.voc
+            );
             assert!(noisy.sigma > 0.0);
             assert_eq!(
                 mean_prefix_voc(&noisy.progress).unwrap(),
@@ -239,7 +247,10 @@ mod tests {
         }
         // Lower targets need more noise; a different seed draws different noise.
         assert!(oracle_noisy(&truth, &all, 0.5, 3).sigma > oracle_noisy(&truth, &all, 0.8, 3).sigma);
-        assert_ne!(oracle_noisy(&truth, &all, 0.8, 3).progress, oracle_noisy(&truth, &all, 0.8, 4).progress);
+        assert_ne!(
+            oracle_noisy(&truth, &all, 0.8, 3).progress,
+            oracle_noisy(&truth, &all, 0.8, 4).progress
+        );
         // A target above the ground truth's own VOC leaves it untouched.
         let same = oracle_noisy(&truth, &all, 0.999, 3);
         assert_eq!((same.sigma, &same.progress), (0.0, &truth));
@@ -254,7 +265,11 @@ mod tests {
         let lag1 = z.windows(2).map(|w| (w[0] - m) * (w[1] - m)).sum::<f64>() / (z.len() - 1) as f64;
         assert!((var - 1.0).abs() < 0.1, "unit variance: {var}");
         let rho = (-1.0 / NOISE_CORRELATION_FRAMES).exp();
-        assert!((lag1 / var - rho).abs() < 0.02, "lag-1 correlation {} vs {rho}", lag1 / var);
+        assert!(
+            (lag1 / var - rho).abs() < 0.02,
+            "lag-1 correlation {} vs {rho}",
+            lag1 / var
+        );
     }
 
     #[test]

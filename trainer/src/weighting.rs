@@ -73,7 +73,13 @@ pub fn deltas(progress: &[f64], kind: DeltaKind, chunk: usize, prefix_ends: &[us
     let n = progress.len();
     match kind {
         DeltaKind::Frame => (0..n)
-            .map(|t| if t == 0 { 0.0 } else { progress[t] - progress[t - 1] })
+            .map(|t| {
+                if t == 0 {
+                    0.0
+                } else {
+                    progress[t] - progress[t - 1]
+                }
+            })
             .collect(),
         DeltaKind::Chunk => (0..n)
             .map(|t| progress[(t + chunk).min(n - 1)] - progress[t])
@@ -225,7 +231,10 @@ pub fn validate_config(config: &crate::config::ExperimentConfig) -> Result<(), (
     use crate::config::{Algorithm, RewardSource};
     let t = &config.train;
     if !(t.kappa.is_finite() && t.kappa >= 0.0) {
-        return Err(("train.kappa".into(), format!("expected a number >= 0, got {}", t.kappa)));
+        return Err((
+            "train.kappa".into(),
+            format!("expected a number >= 0, got {}", t.kappa),
+        ));
     }
     if !(t.min_lr.is_finite() && t.min_lr >= 0.0 && t.min_lr <= t.lr) {
         return Err((
@@ -240,7 +249,10 @@ pub fn validate_config(config: &crate::config::ExperimentConfig) -> Result<(), (
         let field = |name: &str| format!("arms[{i}].{name}");
         match (arm.reward, arm.voc) {
             (RewardSource::OracleNoisy, None) => {
-                return Err((field("voc"), "`oracle_noisy` needs a target `voc`, e.g. 0.8".into()));
+                return Err((
+                    field("voc"),
+                    "`oracle_noisy` needs a target `voc`, e.g. 0.8".into(),
+                ));
             }
             (RewardSource::OracleNoisy, Some(v)) if !(v > -1.0 && v <= 1.0) => {
                 return Err((field("voc"), format!("expected a VOC in (-1, 1], got {v}")));
@@ -261,8 +273,7 @@ pub fn validate_config(config: &crate::config::ExperimentConfig) -> Result<(), (
         {
             return Err((
                 field("reward"),
-                "`awr` supports \"none\" (zero advantages), \"sparse\", \"oracle\" and \"topreward\""
-                    .into(),
+                "`awr` supports \"none\" (zero advantages), \"sparse\", \"oracle\" and \"topreward\"".into(),
             ));
         }
     }
