@@ -58,17 +58,38 @@ fn smoke_experiment_runs_every_arm_deterministically_and_resumes() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    assert_eq!(arms, ["bc", "sparse", "oracle", "topreward", "awr"]);
+    assert_eq!(
+        arms,
+        ["bc", "sparse", "oracle", "topreward", "awr", "noisy", "awr_zero"]
+    );
     for arm in json["arms"].as_array().unwrap() {
         assert_eq!(arm["per_seed"].as_array().unwrap().len(), 2, "two seeds per arm");
         let success = arm["success_mean"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&success));
+        let ci = arm["ci95"].as_array().unwrap();
+        let (lo, hi) = (ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap());
+        assert!(lo <= success + 1e-12 && success <= hi + 1e-12, "{arm}");
+        let ess = arm["weight_ess"].as_f64().unwrap();
+        assert!(ess > 0.0 && ess <= 1.0 + 1e-9, "{arm}");
+        if arm["name"] != "bc" {
+            assert_eq!(arm["paired"][0]["baseline"], "bc", "{arm}");
+        }
     }
+    // Plain BC weighs every frame alike; success filtering and RA-BC on a noisy signal do not.
+    assert!((json["arms"][0]["weight_ess"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    assert!(json["arms"][1]["weight_ess"].as_f64().unwrap() < 1.0);
+    let noisy = &json["arms"][5];
+    assert!(noisy["weight_ess"].as_f64().unwrap() < 0.99, "{noisy}");
+    assert!(noisy["reward_voc"].as_f64().is_some(), "{noisy}");
     assert_eq!(json["reward_model"], "rewards/fixtures/qwen3vl-tiny");
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(
-        std::fs::read_to_string(out.join("results.md"))
-            .unwrap()
-            .contains("| topreward | topreward |")
+        md.contains("| topreward | Eq. 3, TOPReward, chunk (5) deltas, 60 steps |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("vs bc (final)") && md.contains("vs sparse (final)"),
+        "{md}"
     );
     for plot in [
         "plots/success.png",
@@ -93,6 +114,11 @@ fn smoke_experiment_runs_every_arm_deterministically_and_resumes() {
         .collect();
     assert_eq!(steps, [30, 60, 70, 80]);
     assert!(out.join("runs/awr/seed-0/checkpoint/value/value.json").exists());
+    // The zero-advantage control takes the same steps with the same rollouts.
+    assert_eq!(
+        json["arms"][6]["per_seed"][0]["curve"].as_array().unwrap().len(),
+        4
+    );
 
     // The same config in the same directory is refused without --resume ...
     let again = train(&out, &[]);

@@ -59,6 +59,11 @@ pub fn reward_signal(
             })
             .collect(),
         RewardSource::Oracle => oracle_progress(episodes),
+        RewardSource::TimeBias => Ok(crate::reward_quality::time_bias(
+            &episodes.iter().map(Episode::len).collect::<Vec<_>>(),
+        )),
+        // Its noise is fitted to the demonstrations' VOC; rollouts have no target to fit.
+        RewardSource::OracleNoisy => Err(LabelError::NotForAwr("oracle_noisy")),
         RewardSource::Topreward => Ok(episodes
             .iter()
             .zip(scores_for(episodes, scores)?)
@@ -142,8 +147,14 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
 
         //    Fit V(s) to the returns.
         let state_dim = states.len() / index.len();
+        // The zero-advantage control (`reward = "none"`) fits nothing: every weight is 1.
+        let value_steps = if reward == RewardSource::None {
+            0
+        } else {
+            cfg.value_steps
+        };
         let mut value_loss = 0.0;
-        for k in 0..cfg.value_steps {
+        for k in 0..value_steps {
             let mut rng = ChaCha8Rng::seed_from_u64(awr_seed(run.seed, iteration, 0) ^ (u64::from(k) << 24));
             let picks: Vec<usize> = (0..run.config.train.batch_size)
                 .map(|_| rng.random_range(0..index.len()))
@@ -167,8 +178,12 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
             .zip(&values)
             .map(|(&g, &v)| f64::from(g - v))
             .collect();
-        let flat_weights = awr_weights(&standardise(&advantages), cfg.beta as f32, cfg.max_weight as f32)
-            .map_err(policy_err("AWR weights"))?;
+        let flat_weights = if reward == RewardSource::None {
+            vec![1.0; advantages.len()]
+        } else {
+            awr_weights(&standardise(&advantages), cfg.beta as f32, cfg.max_weight as f32)
+                .map_err(policy_err("AWR weights"))?
+        };
         let mut weights: Vec<Vec<f32>> = buffer.iter().map(|e| vec![0.0; e.len()]).collect();
         for (&(e, t), &w) in index.iter().zip(&flat_weights) {
             weights[e][t] = w;

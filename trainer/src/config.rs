@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toprl_rewards::topreward::prompt::PromptConfig;
 
+use crate::weighting::{DeltaKind, ProgressScale, Weighting};
+
 /// Why a config could not be used. Messages name the file and, for TOML errors, line, column and key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -213,6 +215,42 @@ pub struct TrainConfig {
     /// Evaluate every this many steps. Default: 500.
     #[serde(default = "default_eval_every")]
     pub eval_every: u32,
+    /// Progress difference credited to a frame: `chunk` (s(t+H) - s(t), H = `policy.chunk`, as LeRobot's
+    /// RA-BC), `prefix` (between scored prefixes) or `frame` (s(t) - s(t-1)). Default: chunk.
+    #[serde(default)]
+    pub delta: DeltaKind,
+    /// Weight formula: `eq3` (paper Eq. 3 with tau, delta_max, min_weight) or `rabc` (LeRobot's RA-BC
+    /// with `kappa`). Arms may override it. Default: eq3.
+    #[serde(default)]
+    pub weighting: Weighting,
+    /// RA-BC threshold: a delta above it weighs 1. Default: 0.01 (LeRobot's).
+    #[serde(default = "default_kappa")]
+    pub kappa: f64,
+    /// TOPReward progress scale: `dataset` (min-max of log p over the whole dataset, so a failed
+    /// episode stays low), `log_prob` (raw log p) or `episode` (the paper's per-episode min-max).
+    /// Default: dataset.
+    #[serde(default)]
+    pub progress: ProgressScale,
+    /// Linear learning-rate warmup from 0, in steps. Default: 0.
+    #[serde(default)]
+    pub warmup_steps: u32,
+    /// Cosine decay of the learning rate from `lr` to `min_lr` over the arm's policy steps (BC plus AWR).
+    /// Default: false (constant).
+    #[serde(default)]
+    pub cosine: bool,
+    /// Final learning rate of the cosine decay. Default: 0.
+    #[serde(default)]
+    pub min_lr: f64,
+    /// Results report the mean of the last this many evaluations beside the final one. Default: 3.
+    #[serde(default = "default_last_k")]
+    pub last_k: u32,
+}
+
+fn default_kappa() -> f64 {
+    0.01
+}
+fn default_last_k() -> u32 {
+    3
 }
 
 fn default_steps() -> u32 {
@@ -241,6 +279,14 @@ impl Default for TrainConfig {
             delta_max: default_tau(),
             min_weight: 0.0,
             eval_every: default_eval_every(),
+            delta: DeltaKind::default(),
+            weighting: Weighting::default(),
+            kappa: default_kappa(),
+            progress: ProgressScale::default(),
+            warmup_steps: 0,
+            cosine: false,
+            min_lr: 0.0,
+            last_k: default_last_k(),
         }
     }
 }
@@ -350,6 +396,11 @@ pub enum RewardSource {
     Topreward,
     /// The simulator's ground-truth progress through the same Eq. 3 (an upper bound).
     Oracle,
+    /// Ground-truth progress degraded with temporally correlated noise until its VOC equals the arm's
+    /// `voc` (see [`crate::reward_quality`]).
+    OracleNoisy,
+    /// Progress t / (T - 1) whatever happens: the time bias of a reward model that ignores the video.
+    TimeBias,
 }
 
 /// How an arm updates the policy.
@@ -371,9 +422,19 @@ pub struct ArmConfig {
     pub name: String,
     /// Reward signal.
     pub reward: RewardSource,
-    /// Update rule. Default: `reward_aligned_bc`.
+    /// Update rule. Default: `reward_aligned_bc`. `awr` with `reward = "none"` is the zero-advantage
+    /// control: the same rollouts are added to the data, every weight is 1.
     #[serde(default = "default_algorithm")]
     pub algorithm: Algorithm,
+    /// Target VOC of an `oracle_noisy` reward, in (-1, 1]. Required for it, refused otherwise.
+    #[serde(default)]
+    pub voc: Option<f64>,
+    /// Override of `train.weighting` for this arm.
+    #[serde(default)]
+    pub weighting: Option<Weighting>,
+    /// Override of `train.steps` for this arm's BC phase (e.g. BC for as many steps as the AWR arms).
+    #[serde(default)]
+    pub steps: Option<u32>,
 }
 
 fn default_algorithm() -> Algorithm {
@@ -490,15 +551,7 @@ impl ExperimentConfig {
                 Some(_) => {}
             }
         }
-        for (i, arm) in self.arms.iter().enumerate() {
-            if arm.algorithm == Algorithm::Awr && arm.reward == RewardSource::None {
-                return Err(invalid(
-                    &format!("arms[{i}].reward"),
-                    "`awr` needs a reward to compute advantages: \"sparse\", \"oracle\" or \"topreward\""
-                        .into(),
-                ));
-            }
-        }
+        crate::weighting::validate_config(self).map_err(|(field, message)| invalid(&field, message))?;
         if self.arms.iter().any(|a| a.algorithm == Algorithm::Awr) {
             let a = &self.awr;
             let positive = |v: f64| v.is_finite() && v > 0.0;
@@ -845,8 +898,11 @@ mod tests {
     }
 
     #[test]
-    fn awr_arms_need_a_reward_and_sane_hyper_parameters() {
+    fn awr_arms_need_a_supported_reward_and_sane_hyper_parameters() {
+        // `none` with AWR is the zero-advantage control.
         let text = MINIMAL.replace("reward = \"none\"", "reward = \"none\"\nalgorithm = \"awr\"");
+        ExperimentConfig::parse(&text, Path::new("x.toml")).unwrap();
+        let text = MINIMAL.replace("reward = \"none\"", "reward = \"time_bias\"\nalgorithm = \"awr\"");
         let err = ExperimentConfig::parse(&text, Path::new("x.toml"))
             .unwrap_err()
             .to_string();
@@ -934,6 +990,29 @@ mod tests {
         let c = ExperimentConfig::parse(&text, Path::new("x.toml")).unwrap();
         let err = c.check_resources(Path::new("x.toml")).unwrap_err().to_string();
         assert!(err.contains("reward_model.model"), "{err}");
+    }
+
+    #[test]
+    fn oracle_noisy_needs_a_target_voc_and_nothing_else_takes_one() {
+        let noisy = MINIMAL.replace("reward = \"none\"", "reward = \"oracle_noisy\"");
+        let err = ExperimentConfig::parse(&noisy, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("arms[0].voc"), "{err}");
+        let ok = noisy.replace(
+            "oracle_noisy\"",
+            "oracle_noisy\"\nvoc = 0.8\nweighting = \"rabc\"",
+        );
+        let c = ExperimentConfig::parse(&ok, Path::new("x.toml")).unwrap();
+        assert_eq!(c.arms[0].voc, Some(0.8));
+        assert_eq!(c.train.delta, DeltaKind::Chunk, "chunk deltas by default");
+        let bad = MINIMAL.replace("reward = \"none\"", "reward = \"none\"\nvoc = 0.8");
+        let err = ExperimentConfig::parse(&bad, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("arms[0].voc"), "{err}");
+        let bad = ok.replace("voc = 0.8", "voc = 1.5");
+        assert!(ExperimentConfig::parse(&bad, Path::new("x.toml")).is_err());
     }
 
     #[test]

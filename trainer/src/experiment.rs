@@ -29,7 +29,7 @@ use toprl_policies::{Batch, LoadedPolicy, Normalizer, ObsBatch, PolicyConfig, Tr
 use toprl_rewards::metrics::WeightParams;
 use toprl_rewards::score::EpisodeScore;
 
-use crate::arm_weights::frame_weights;
+use crate::arm_weights::{ArmLabels, LabelSettings, frame_weights};
 use crate::atomic::write_atomic;
 use crate::config::{Algorithm, ArmConfig, DataConfig, ExperimentConfig, RewardSource};
 use crate::driver::{
@@ -39,6 +39,7 @@ use crate::plot::{Bar, Chart, Series, render_grid, save_bars, save_grid};
 use crate::results::{ArmResult, Results, SeedResult};
 use crate::run_folder::StartMode;
 use crate::tensorboard::EventWriter;
+use crate::weighting::{WeightStats, WeightingParams, learning_rate, self_normalise};
 
 /// Why an experiment stopped. Each names what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -229,24 +230,22 @@ pub fn run(
             &state_features(config),
             config.policy.chunk,
         )?;
-        let params = WeightParams {
-            tau: config.train.tau,
-            delta_max: config.train.delta_max,
-            min_weight: config.train.min_weight,
-        };
         for arm in &config.arms {
             let dir = run_dir(out, &arm.name, seed);
             let result = if dir.join("result.json").exists() {
                 read_result(&dir)?
             } else {
-                let weights =
-                    frame_weights(arm.reward, &episodes, scores.as_deref(), &params).map_err(|source| {
+                let settings = label_settings(config, arm, seed);
+                let labels =
+                    frame_weights(arm.reward, &episodes, scores.as_deref(), &settings).map_err(|source| {
                         ExperimentError::Label {
                             arm: arm.name.clone(),
                             source,
                         }
                     })?;
-                log_weight_stats(&arm.name, seed, &weights);
+                let weight_stats = WeightStats::of(&labels.weights);
+                log_weight_stats(&arm.name, seed, weight_stats.as_ref(), &labels);
+                let weights = labels.weights;
                 let awr_inputs = if arm.algorithm == Algorithm::Awr {
                     Some(AwrInputs {
                         demos: &episodes,
@@ -261,7 +260,10 @@ pub fn run(
                 } else {
                     None
                 };
-                let result = train_one(config, &sim, &data, &weights, arm, seed, opts, awr_inputs)?;
+                let mut result = train_one(config, &sim, &data, &weights, arm, seed, opts, awr_inputs)?;
+                result.weights = weight_stats;
+                result.reward_voc = labels.reward_voc;
+                result.noise_sigma = labels.noise_sigma;
                 let json = serde_json::to_vec_pretty(&result)
                     .map_err(|e| ExperimentError::Invalid(e.to_string()))?;
                 write_atomic(&dir.join("result.json"), &json)
@@ -272,25 +274,26 @@ pub fn run(
         }
     }
 
-    let results = Results {
-        experiment: name.clone(),
-        reward_model: config
+    let results = Results::new(
+        name.clone(),
+        config
             .reward_model
             .as_ref()
             .filter(|_| config.arms.iter().any(|a| a.reward == RewardSource::Topreward))
             .map(|r| r.model.clone()),
-        arms: config
+        config
             .arms
             .iter()
             .map(|arm| {
                 ArmResult::from_seeds(
                     &arm.name,
                     arm.reward,
+                    &describe_arm(config, arm),
                     per_arm.remove(&arm.name).unwrap_or_default(),
                 )
             })
             .collect(),
-    };
+    );
     results.write(out)?;
     save_grid(
         &out.join("plots/success.png"),
@@ -314,6 +317,9 @@ pub fn run(
         &bars,
         (0.0, 1.05),
     )?;
+    if let Some(chart) = crate::reward_quality::success_vs_voc_chart(&results) {
+        save_grid(&out.join("plots/success_vs_voc.png"), &[chart], 1, (900, 540))?;
+    }
     if !example_progress.is_empty() {
         save_grid(
             &out.join("plots/progress_examples.png"),
@@ -325,13 +331,89 @@ pub fn run(
     Ok(results)
 }
 
-/// How much an arm's per-frame weights vary: with near-constant weights an arm is plain BC.
-fn log_weight_stats(arm: &str, seed: u64, weights: &[Vec<f32>]) {
-    let all: Vec<f64> = weights.iter().flatten().map(|&w| f64::from(w)).collect();
-    let (mean, std) = crate::results::mean_std(&all);
-    let min = all.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = all.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    tracing::info!(arm, seed, mean, std, min, max, "per-frame weights");
+/// How much an arm's per-frame weights vary: with near-constant weights (ESS near 1) an arm is plain BC.
+fn log_weight_stats(arm: &str, seed: u64, stats: Option<&WeightStats>, labels: &ArmLabels) {
+    if let Some(s) = stats {
+        tracing::info!(
+            arm,
+            seed,
+            mean = s.mean,
+            std = s.std,
+            min = s.min,
+            max = s.max,
+            ess = s.ess,
+            zero_fraction = s.zero_fraction,
+            reward_voc = labels.reward_voc,
+            noise_sigma = labels.noise_sigma,
+            "per-frame weights"
+        );
+    }
+}
+
+/// The weighting settings of `arm`: `[train]` with the arm's overrides.
+fn label_settings(config: &ExperimentConfig, arm: &ArmConfig, seed: u64) -> LabelSettings {
+    let t = &config.train;
+    LabelSettings {
+        delta: t.delta,
+        chunk: config.policy.chunk,
+        weighting: WeightingParams {
+            weighting: arm.weighting.unwrap_or(t.weighting),
+            eq3: WeightParams {
+                tau: t.tau,
+                delta_max: t.delta_max,
+                min_weight: t.min_weight,
+            },
+            kappa: t.kappa,
+        },
+        progress: t.progress,
+        voc: arm.voc,
+        seed,
+    }
+}
+
+/// What an arm does, in words, for the results table.
+fn describe_arm(config: &ExperimentConfig, arm: &ArmConfig) -> String {
+    let bc_steps = arm.steps.unwrap_or(config.train.steps);
+    let weighting = match arm.weighting.unwrap_or(config.train.weighting) {
+        crate::weighting::Weighting::Eq3 => "Eq. 3",
+        crate::weighting::Weighting::Rabc => "RA-BC",
+    };
+    let delta = match config.train.delta {
+        crate::weighting::DeltaKind::Chunk => format!("chunk ({}) deltas", config.policy.chunk),
+        crate::weighting::DeltaKind::Prefix => "prefix deltas".to_string(),
+        crate::weighting::DeltaKind::Frame => "frame deltas".to_string(),
+    };
+    let signal = match arm.reward {
+        RewardSource::None => "BC".to_string(),
+        RewardSource::Sparse => "success-filtered BC".to_string(),
+        RewardSource::Oracle => format!("{weighting}, true progress, {delta}"),
+        RewardSource::OracleNoisy => format!(
+            "{weighting}, true progress + noise to VOC {}, {delta}",
+            arm.voc.unwrap_or(f64::NAN)
+        ),
+        RewardSource::TimeBias => format!("{weighting}, progress = time, {delta}"),
+        RewardSource::Topreward => format!("{weighting}, TOPReward, {delta}"),
+    };
+    match arm.algorithm {
+        Algorithm::RewardAlignedBc => format!("{signal}, {bc_steps} steps"),
+        Algorithm::Awr if arm.reward == RewardSource::None => format!(
+            "{bc_steps} BC + {} AWR steps, zero advantages",
+            config.awr.iterations * config.awr.policy_steps
+        ),
+        Algorithm::Awr => format!(
+            "{signal} {bc_steps} steps + {} AWR steps",
+            config.awr.iterations * config.awr.policy_steps
+        ),
+    }
+}
+
+/// Policy gradient steps an arm takes in all: its BC steps, plus the AWR iterations' for AWR arms.
+pub(crate) fn total_policy_steps(config: &ExperimentConfig, arm: &ArmConfig) -> u32 {
+    let bc = arm.steps.unwrap_or(config.train.steps);
+    match arm.algorithm {
+        Algorithm::Awr => bc + config.awr.iterations * config.awr.policy_steps,
+        Algorithm::RewardAlignedBc => bc,
+    }
 }
 
 /// The run's progress, saved inside its checkpoint directory.
@@ -694,7 +776,8 @@ fn train_one(
     awr_inputs: Option<AwrInputs<'_, '_, '_>>,
 ) -> Result<SeedResult> {
     let mut run = Run::start(config, sim, data, &arm.name, seed, opts)?;
-    let steps = config.train.steps;
+    run.total_steps = total_policy_steps(config, arm);
+    let steps = arm.steps.unwrap_or(config.train.steps);
     let bar = bar(opts, u64::from(steps), "training");
     bar.set_message(format!("{} seed {seed}", arm.name));
     bar.set_position(u64::from(run.progress.step.min(steps)));
@@ -724,7 +807,11 @@ fn train_one(
         episodes: config.eval.episodes,
         mean_return: eval.mean_return,
         wall_time_s: run.progress.wall_time_s,
+        last_k_mean: crate::stats::last_k_mean(&run.progress.curve, config.train.last_k as usize),
         curve: run.progress.curve,
+        weights: None,
+        reward_voc: None,
+        noise_sigma: None,
     })
 }
 
@@ -749,6 +836,8 @@ pub(crate) struct Run<'c> {
     pub tb: EventWriter,
     pub images: bool,
     pub opts: &'c RunOptions,
+    /// Policy steps of the whole run, the length of the learning-rate schedule.
+    pub total_steps: u32,
     last_eval: Option<Evaluation>,
     clock: Instant,
 }
@@ -840,20 +929,26 @@ impl<'c> Run<'c> {
             tb,
             images,
             opts,
+            total_steps: config.train.steps,
             last_eval: None,
             clock: Instant::now(),
         })
     }
 
-    /// One weighted-BC step on a mini-batch of `data`; the batch of step k depends only on (seed, k),
-    /// so a resumed run draws the same batches.
+    /// One weighted-BC step on a mini-batch of `data` with the self-normalised loss
+    /// `sum w l / sum w` (a batch whose weights are all zero moves nothing but AdamW's decay), at the
+    /// step's scheduled learning rate. The batch of step k depends only on (seed, k), so a resumed run
+    /// draws the same batches.
     pub(crate) fn train_step(&mut self, data: &Samples<'_>, weights: &[Vec<f32>]) -> Result<f32> {
         let step = self.progress.step;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (u64::from(step) << 20) ^ 0x6261_7463_6800_0000);
         let (batch, w) = data.batch(&mut rng, self.config.train.batch_size, weights, self.images)?;
+        let t = &self.config.train;
+        let lr = learning_rate(t.lr, t.min_lr, t.warmup_steps, t.cosine, step, self.total_steps);
+        self.trainer.set_lr(lr);
         let loss = self
             .trainer
-            .step(&batch, &w)
+            .step(&batch, &self_normalise(&w))
             .map_err(policy_err(format!("training step {step}")))?;
         if !loss.is_finite() {
             return Err(ExperimentError::Invalid(format!(
@@ -866,6 +961,7 @@ impl<'c> Run<'c> {
             let mean_w = w.iter().sum::<f32>() / w.len() as f32;
             self.tb.scalar("train/loss", u64::from(step), loss)?;
             self.tb.scalar("train/weight_mean", u64::from(step), mean_w)?;
+            self.tb.scalar("train/lr", u64::from(step), lr as f32)?;
         }
         Ok(loss)
     }

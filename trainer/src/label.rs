@@ -27,10 +27,70 @@ pub struct LabelOptions {
     pub out: PathBuf,
     /// Eq. 3 parameters.
     pub weights: WeightParams,
-    /// Uniformly subsample longer episodes to at most this many frames before scoring (`None`: all).
-    pub max_frames: Option<usize>,
+    /// Which frames the model sees.
+    pub sampling: Sampling,
     /// Name of the model and its settings, stored in the file so a resumed run never mixes models.
     pub model_id: String,
+}
+
+/// Which frames of an episode the reward model sees, and at what frame rate its timestamps run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// Every frame, at the dataset's frame rate.
+    All,
+    /// The paper's: `fps` frames per second over the whole episode; when that gives more than
+    /// `max_frames`, `max_frames` spread uniformly from the first frame to the last instead (the default).
+    Paper { fps: f64, max_frames: usize },
+    /// LeRobot's port (`fps = 2`, `max_frames = 16`): sampled at `fps`, only the last `max_frames` kept,
+    /// so a long episode's beginning is never seen. Timestamps count from the first kept frame.
+    Last { fps: f64, max_frames: usize },
+}
+
+impl Sampling {
+    /// The dataset frames the model sees and the frame rate to pass with them, for an episode of `n`
+    /// frames recorded at `source_fps`. The passed rate makes the model's timestamps `i / fps` equal to
+    /// the sampled frames' own times (from the first sampled frame) within half a source frame.
+    pub fn positions(&self, n: usize, source_fps: f64) -> (Vec<usize>, f64) {
+        let at_rate = |fps: f64| -> (Vec<usize>, f64) {
+            if fps >= source_fps || n < 2 {
+                return ((0..n).collect(), source_fps);
+            }
+            let stride = source_fps / fps;
+            let count = ((n - 1) as f64 / stride).floor() as usize + 1;
+            (
+                (0..count).map(|k| (k as f64 * stride).round() as usize).collect(),
+                fps,
+            )
+        };
+        match *self {
+            Sampling::All => ((0..n).collect(), source_fps),
+            Sampling::Paper { fps, max_frames } => {
+                let (positions, rate) = at_rate(fps);
+                if positions.len() <= max_frames {
+                    return (positions, rate);
+                }
+                // Spread max_frames over the episode: sample i sits at i (n-1)/(m-1) source frames.
+                let m = max_frames;
+                let step = (n - 1) as f64 / (m - 1) as f64;
+                let positions = (0..m).map(|i| (i as f64 * step).round() as usize).collect();
+                (positions, source_fps / step)
+            }
+            Sampling::Last { fps, max_frames } => {
+                let (positions, rate) = at_rate(fps);
+                let skip = positions.len().saturating_sub(max_frames);
+                (positions[skip..].to_vec(), rate)
+            }
+        }
+    }
+
+    /// Provenance text stored in the output file.
+    fn describe(&self) -> String {
+        match self {
+            Sampling::All => "all".into(),
+            Sampling::Paper { fps, max_frames } => format!("paper fps={fps} max_frames={max_frames}"),
+            Sampling::Last { fps, max_frames } => format!("last fps={fps} max_frames={max_frames}"),
+        }
+    }
 }
 
 /// What a labelling run did.
@@ -75,6 +135,8 @@ pub enum LabelError {
     },
     #[error("max_frames must be at least 2, got {0}")]
     BadMaxFrames(usize),
+    #[error("the sampling frame rate must be positive, got {0}")]
+    BadFps(f64),
     #[error("Eq. 3 weights: {0}")]
     Weights(#[from] toprl_rewards::metrics::WeightParamsError),
     #[error("camera {camera:?}: {reason}")]
@@ -88,10 +150,14 @@ const MIN_FRAME_SIDE: usize = 32;
 /// checkpoint) and again by [`label_dataset`]: Eq. 3 parameters, `max_frames`, the camera and its frame size.
 pub fn check_inputs(ds: &LeRobotDataset, opts: &LabelOptions) -> Result<(), LabelError> {
     opts.weights.validate()?;
-    if let Some(m) = opts.max_frames
-        && m < 2
-    {
-        return Err(LabelError::BadMaxFrames(m));
+    match opts.sampling {
+        Sampling::Paper { max_frames, .. } | Sampling::Last { max_frames, .. } if max_frames < 2 => {
+            return Err(LabelError::BadMaxFrames(max_frames));
+        }
+        Sampling::Paper { fps, .. } | Sampling::Last { fps, .. } if !(fps.is_finite() && fps > 0.0) => {
+            return Err(LabelError::BadFps(fps));
+        }
+        _ => {}
     }
     if !ds.camera_keys().contains(&opts.camera) {
         return Err(DatasetError::UnknownCamera {
@@ -134,21 +200,8 @@ fn provenance(opts: &LabelOptions) -> BTreeMap<String, String> {
             opts.weights.tau, opts.weights.delta_max, opts.weights.min_weight
         ),
     );
-    m.insert(
-        "toprl.max_frames".into(),
-        opts.max_frames.map_or("all".into(), |n| n.to_string()),
-    );
+    m.insert("toprl.sampling".into(), opts.sampling.describe());
     m
-}
-
-/// Frame positions (in the episode) that the model sees: all, or `max` spread evenly (first and last kept).
-fn sample_positions(n: usize, max: Option<usize>) -> Vec<usize> {
-    match max {
-        Some(m) if n > m => (0..m)
-            .map(|i| ((i as f64) * (n - 1) as f64 / (m - 1) as f64).round() as usize)
-            .collect(),
-        _ => (0..n).collect(),
-    }
 }
 
 /// Per-frame progress of one episode from the model's per-prefix progress.
@@ -161,10 +214,8 @@ fn score_episode<M: ProgressModel>(
     let ep = ds.episode_with_cameras(episode, std::slice::from_ref(&opts.camera))?;
     let frames = &ep.cameras[&opts.camera];
     let n = frames.len();
-    let positions = sample_positions(n, opts.max_frames);
+    let (positions, fps) = opts.sampling.positions(n, ep.fps);
     let sampled: Vec<image::RgbImage> = positions.iter().map(|&p| frames[p].clone()).collect();
-    // Sampling k of n frames lowers the effective frame rate by k / n.
-    let fps = ep.fps * sampled.len() as f64 / n.max(1) as f64;
     let score = model
         .score_episode(&sampled, fps, &ep.instruction)
         .map_err(|e| LabelError::Model {
@@ -385,7 +436,7 @@ mod tests {
             camera: CAM.into(),
             out,
             weights: WeightParams::default(),
-            max_frames: None,
+            sampling: Sampling::All,
             model_id: "brightness".into(),
         }
     }
@@ -563,7 +614,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let ds = dataset(tmp.path());
         let mut o = opts(tmp.path().join("sub.parquet"));
-        o.max_frames = Some(4);
+        o.sampling = Sampling::Paper {
+            fps: 30.0,
+            max_frames: 4,
+        };
         let mut model = Brightness { calls: 0 };
         label_dataset(&ds, &mut model, &o).unwrap();
         let t = read_progress(&o.out).unwrap();
@@ -575,7 +629,54 @@ mod tests {
         assert_eq!(ep2.len(), 10);
         assert_eq!((ep2[0], ep2[9]), (0.0, 1.0));
         assert!(ep2.windows(2).all(|w| w[1] >= w[0]));
-        assert_eq!(sample_positions(10, Some(4)), vec![0, 3, 6, 9]);
-        assert_eq!(sample_positions(3, Some(4)), vec![0, 1, 2]);
+        let paper = |fps, max_frames| Sampling::Paper { fps, max_frames };
+        assert_eq!(paper(30.0, 4).positions(10, 30.0), (vec![0, 3, 6, 9], 10.0));
+        assert_eq!(paper(30.0, 4).positions(3, 30.0), (vec![0, 1, 2], 30.0));
+    }
+
+    /// The model's timestamps `i / fps` are the sampled frames' own times, `position / source fps`,
+    /// counted from the first sampled frame, within half a source frame.
+    fn timestamps_match(sampling: Sampling, n: usize, source_fps: f64) -> (Vec<usize>, f64) {
+        let (positions, fps) = sampling.positions(n, source_fps);
+        for (i, &p) in positions.iter().enumerate() {
+            let model_t = i as f64 / fps;
+            let frame_t = (p - positions[0]) as f64 / source_fps;
+            assert!(
+                (model_t - frame_t).abs() <= 0.5 / source_fps + 1e-9,
+                "{sampling:?}: sample {i} at frame {p}: {model_t} s vs {frame_t} s"
+            );
+        }
+        (positions, fps)
+    }
+
+    #[test]
+    fn paper_sampling_is_2_fps_over_the_whole_episode_with_matching_timestamps() {
+        let paper = Sampling::Paper {
+            fps: 2.0,
+            max_frames: 16,
+        };
+        // 5 s at 30 fps: 2 fps gives frames 0, 15, ..., 135, 10 of them, at 2 fps.
+        let (p, fps) = timestamps_match(paper, 150, 30.0);
+        assert_eq!((p.len(), p[1], p[9], fps), (10, 15, 135, 2.0));
+        // 20 s: 40 frames at 2 fps, more than 16: 16 spread from the first frame to the last; the old
+        // rate 30 * 16 / 600 = 0.8 fps would have shrunk time by 6%.
+        let (p, fps) = timestamps_match(paper, 600, 30.0);
+        assert_eq!((p.len(), p[0], p[15]), (16, 0, 599));
+        assert!((fps - 30.0 * 15.0 / 599.0).abs() < 1e-12);
+        // A non-integer stride (2 fps of 25 fps) stays within half a frame.
+        timestamps_match(paper, 200, 25.0);
+        timestamps_match(paper, 7, 30.0);
+    }
+
+    #[test]
+    fn lerobot_port_sampling_keeps_the_last_frames() {
+        let last = Sampling::Last {
+            fps: 2.0,
+            max_frames: 16,
+        };
+        let (p, fps) = timestamps_match(last, 600, 30.0);
+        assert_eq!((p.len(), p[0], p[15], fps), (16, 24 * 15, 39 * 15, 2.0));
+        let (p, _) = timestamps_match(last, 150, 30.0);
+        assert_eq!(p.len(), 10, "a short episode is seen whole");
     }
 }

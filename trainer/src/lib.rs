@@ -14,4 +14,7 @@ pub mod label;
 pub mod plot;
 pub mod results;
 pub mod run_folder;
+pub mod reward_quality;
+pub mod stats;
 pub mod tensorboard;
+pub mod weighting;

@@ -130,8 +130,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
             })?;
             let stride = (episode.fps / fps).round().max(1.0) as usize;
             let sampled: Vec<_> = frames.iter().step_by(stride).cloned().collect();
+            // Timestamps of the frames really sampled (the rounded stride), not the nominal rate.
+            let sampled_fps = episode.fps / stride as f64;
             let score = scorer
-                .score_frames(&sampled, *fps, &episode.instruction)
+                .score_frames(&sampled, sampled_fps, &episode.instruction)
                 .map_err(|e| format!("episode {}: {e}", episode.index))?;
             scores.push((score, stride as f64));
             bar.inc(1);

@@ -11,7 +11,7 @@ use toprl_rewards::topreward::Mode;
 
 use crate::commands::dataset::open_dataset;
 use crate::commands::score::{ScorerOptions, load_scorer};
-use crate::label::{LabelOptions, check_inputs, default_progress_path, label_dataset};
+use crate::label::{LabelOptions, Sampling, check_inputs, default_progress_path, label_dataset};
 use crate::plot::{Chart, Series, check_plot_path, save_grid};
 
 /// Label a LeRobotDataset with TOPReward progress (resumable: finished episodes are kept).
@@ -31,9 +31,16 @@ pub struct LabelArgs {
     /// exact or incremental (KV-cache reuse).
     #[arg(long, default_value_t = Mode::Incremental)]
     pub mode: Mode,
-    /// Subsample each episode evenly to at most this many frames before scoring (LeRobot's port: 16).
+    /// Frame rate the episode is sampled at before scoring (the paper's: 2).
+    #[arg(long, default_value_t = 2.0)]
+    pub fps: f64,
+    /// At most this many frames are scored per episode.
     #[arg(long, default_value_t = 16)]
     pub max_frames: usize,
+    /// `paper`: --fps over the whole episode, capped at --max-frames spread uniformly over it;
+    /// `last`: LeRobot's port, --fps and only the last --max-frames frames (the start is never seen).
+    #[arg(long, value_enum, default_value_t = SamplingArg::Paper)]
+    pub sampling: SamplingArg,
     /// Paper Eq. 3 scale tau.
     #[arg(long, default_value_t = 2.0)]
     pub tau: f64,
@@ -46,6 +53,13 @@ pub struct LabelArgs {
     /// PNG grid of the per-episode progress curves. Default: the output path with a .png extension.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+}
+
+/// Frame sampling choices of `topreward label`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplingArg {
+    Paper,
+    Last,
 }
 
 pub fn run(args: LabelArgs) -> Result<()> {
@@ -62,7 +76,16 @@ pub fn run(args: LabelArgs) -> Result<()> {
             delta_max: args.delta_max,
             min_weight: args.min_weight,
         },
-        max_frames: Some(args.max_frames),
+        sampling: match args.sampling {
+            SamplingArg::Paper => Sampling::Paper {
+                fps: args.fps,
+                max_frames: args.max_frames,
+            },
+            SamplingArg::Last => Sampling::Last {
+                fps: args.fps,
+                max_frames: args.max_frames,
+            },
+        },
         model_id: format!("{} ({})", args.model, args.mode),
     };
     // Everything that needs no model is checked before the model loads (minutes for an 8B checkpoint).
