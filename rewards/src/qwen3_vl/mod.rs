@@ -237,6 +237,8 @@ impl Qwen3VL {
         device: DeviceSpec,
         precision: Precision,
     ) -> Result<(Self, DType), ModelError> {
+        // The config first: a wrong architecture is reported as such, before any weight is opened.
+        read_config(&files.config)?;
         let dev = device.open().map_err(ModelError::Device)?;
         for w in &files.weights {
             if !w.is_file() {

@@ -86,6 +86,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let options = ScorerOptions {
                 cache_dir: Some(out.join("topreward_cache")),
                 prompt: rm.prompt(),
+                device: rm.device,
+                dtype: rm.dtype,
                 ..Default::default()
             };
             Some(
