@@ -20,7 +20,8 @@
 #        summary.md   medians per tool, ratios against transformers, score agreement
 #
 # Needs a Python with torch + transformers (PYTHON=...; default .venv-ref, else .venv-lerobot) and the Qwen3
-# tokenizer of scripts/setup.sh. Run it on a quiet machine: other load skews every number.
+# tokenizer of scripts/setup.sh. Run it on a quiet machine: other load skews every number. Environment:
+# WORK (scratch dir), PYTHON, TOPREWARD_BIN (use this binary instead of building the release one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -57,8 +58,13 @@ tok=${TOPRL_TOKENIZER_DIR:-$HOME/.cache/toprl/tokenizer-qwen3-3.7.2}/tokenizer.j
 [[ -f $tok ]] || { echo "no Qwen3 tokenizer at $tok: run scripts/setup.sh" >&2; exit 1; }
 cp -f "$tok" "$model/tokenizer.json"
 
-cargo build --release -p toprl-trainer --bin topreward >&2
-bin=${CARGO_TARGET_DIR:-target}/release/topreward
+# TOPREWARD_BIN=path skips the build (e.g. a --features cuda build, or a smoke test of this script).
+if [[ -n ${TOPREWARD_BIN:-} ]]; then
+  bin=$TOPREWARD_BIN
+else
+  cargo build --release -p toprl-trainer --bin topreward >&2
+  bin=${CARGO_TARGET_DIR:-target}/release/topreward
+fi
 
 {
   echo "date (UTC): $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -72,7 +78,8 @@ bin=${CARGO_TARGET_DIR:-target}/release/topreward
   echo "model: $size ($("$PYTHON" -c "import json; c = json.load(open('$model/config.json')); t = c['text_config']; v = c['vision_config']; print(f\"text {t['num_hidden_layers']}x{t['hidden_size']} head_dim {t['head_dim']}, vision {v['depth']}x{v['hidden_size']}\")"))"
   echo "episode: $frames frames of 244x244 at 2 fps"
   echo "--- lscpu"
-  lscpu 2>/dev/null | grep -E 'Model name|^CPU\(s\)|Thread|Core|Socket|MHz|L2|L3|Flags' | sed 's/Flags:.*\(avx512[a-z]*\).*/Flags: ... \1 .../'
+  lscpu 2>/dev/null | grep -E 'Model name|^CPU\(s\)|Thread|Core|Socket|MHz|L2|L3' || true
+  echo "SIMD: $(grep -m1 -o -E '\b(avx[0-9a-z_]*|fma|amx[a-z_]*)\b' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 } > "$out/machine.txt"
 
 raw=$out/raw.jsonl
