@@ -78,6 +78,16 @@ fn score_json_matches_reference_and_plots() {
         }
         assert_eq!(got["progress"].as_array().map(Vec::len), Some(prefixes.len()));
         assert!(got.get("voc").is_some());
+        let load = got["timing"]["load_seconds"]
+            .as_f64()
+            .expect("timing.load_seconds");
+        let scoring = got["timing"]["score_seconds"]
+            .as_f64()
+            .expect("timing.score_seconds");
+        assert!(load > 0.0 && scoring > 0.0, "timing {}", got["timing"]);
+        // The default precision on the CPU is f32, whatever the checkpoint stores (this one: bf16).
+        assert_eq!(got["device"], "cpu");
+        assert_eq!(got["dtype"], "f32");
         // The paper's success detector: mean log p(True) of the last 3 prefixes against the threshold.
         let lps: Vec<f64> = prefixes
             .iter()
@@ -106,6 +116,29 @@ fn score(model: &Path, frames: &Path, instruction: &str, extra: &[&str]) -> std:
     ];
     args.extend_from_slice(extra);
     topreward(&args)
+}
+
+#[test]
+fn score_runs_in_bf16_when_asked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let r = reference();
+    let ep = &r["episodes"]["square256"];
+    let model = fixtures().join("qwen3vl-tiny");
+    let frames = frames_dir("square256", tmp.path());
+    let instruction = ep["instruction"].as_str().expect("instruction");
+    let out = score(&model, &frames, instruction, &["--json", "--dtype", "bf16"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(got["dtype"], "bf16");
+    // bf16 tolerance of rewards/tests/qwen3vl_precision.rs against the f32 reference.
+    for (i, p) in ep["prefixes"].as_array().expect("prefixes").iter().enumerate() {
+        let lp = got["log_probs"][i].as_f64().expect("log prob");
+        let want = p["log_prob_true"].as_f64().expect("reference");
+        assert!(
+            (lp - want).abs() < 0.25,
+            "prefix {i}: bf16 {lp} vs f32 reference {want}"
+        );
+    }
 }
 
 #[test]
@@ -141,6 +174,15 @@ fn bad_inputs_exit_nonzero_with_a_message() {
     // Too long for the token limit.
     let err = run(&model, &frames, &["--max-tokens", "50"]);
     assert!(err.contains("longer than the limit of 50"), "{err}");
+    // A GPU in a CPU-only build says how to build with it; a bad device or dtype is refused by name.
+    if !cfg!(feature = "cuda") {
+        let err = run(&model, &frames, &["--device", "cuda:0"]);
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+    let err = run(&model, &frames, &["--device", "tpu"]);
+    assert!(err.contains("unknown device"), "{err}");
+    let err = run(&model, &frames, &["--dtype", "fp8"]);
+    assert!(err.contains("unknown dtype"), "{err}");
     // A custom suffix that drops the instruction.
     let err = run(
         &model,

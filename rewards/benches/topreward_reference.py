@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Reference side of the TOPReward benchmark (scripts/bench_topreward.sh).
 
-  make-model DIR      a random mid-size Qwen3-VL (real vocab, f32, seed 0) saved with save_pretrained
+  make-model DIR [SIZE]  a random Qwen3-VL (real vocab, f32, seed 0) saved with save_pretrained: SIZE 117m
+                      (default, 8+8 layers) or 2b (Qwen3-VL-2B's real shapes and depth)
   make-frames DIR N   N frames (244x244 PNG, the paper's size) of a moving coloured square
   score DIR FRAMES    TOPReward exact scoring with transformers on CPU, as LeRobot's port computes it
                       (no chat template, explicit video metadata, do_sample_frames=False, odd prefixes
                       padded by repeating the last frame); prints JSON like `topreward score --json`
 
-Run with /work/venv-ref/bin/python (transformers 4.57.1, torch 2.9.1). Nothing it writes is committed.
+Run with .venv-ref/bin/python (transformers 4.57.1, torch 2.9.1) or another torch + transformers env; scoring
+uses $BENCH_THREADS threads (default: all CPUs). Nothing it writes is committed.
 """
 
 import json
@@ -27,10 +29,32 @@ SUFFIX = "{instruction} Decide whether the above statement is True or not. The a
 TRUE_TOKEN = 3007
 
 
-def make_model(out: Path) -> None:
+def make_model(out: Path, size: str = "117m") -> None:
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     torch.manual_seed(0)
+    if size == "2b":
+        # Qwen3-VL-2B-Instruct's config.json shapes (random weights).
+        cfg = Qwen3VLConfig(
+            text_config=dict(
+                vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
+                rope_theta=5000000.0, tie_word_embeddings=True,
+                rope_scaling={"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+            ),
+            vision_config=dict(
+                depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2048,
+                num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17],
+            ),
+            tie_word_embeddings=True,
+        )
+        model = Qwen3VLForConditionalGeneration(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out, safe_serialization=True)
+        print(f"saved {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters to {out}", file=sys.stderr)
+        return
+    if size != "117m":
+        sys.exit(f"unknown model size {size!r}: expected 117m or 2b")
     cfg = Qwen3VLConfig(
         text_config=dict(
             vocab_size=151936, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -76,7 +100,7 @@ def score(model_dir: Path, frames_dir: Path, fps: float, instruction: str) -> No
         Qwen3VLVideoProcessor,
     )
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     t0 = time.perf_counter()
     model = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     tok = Qwen2TokenizerFast(tokenizer_file=str(TOKENIZER_DIR / "tokenizer.json"), eos_token="<|im_end|>")
@@ -110,7 +134,7 @@ def score(model_dir: Path, frames_dir: Path, fps: float, instruction: str) -> No
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "make-model":
-        make_model(Path(sys.argv[2]))
+        make_model(Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "117m")
     elif cmd == "make-frames":
         make_frames(Path(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "score":

@@ -3,8 +3,9 @@
 //!     cargo run --release -p toprl-rewards --example topreward_bench -- MODEL FRAMES_DIR FPS INSTRUCTION MODE
 //!
 //! Loads the checkpoint and the frames, scores the episode in MODE (exact | incremental), and prints the
-//! episode score as JSON with `load_seconds` and `score_seconds` added. The same code path as
-//! `topreward score` (QwenPrefixEncoder + TopReward), without the trainer's dependencies.
+//! episode score as JSON with `timing: {load_seconds, score_seconds}` added, as `topreward score --json` does.
+//! The same code path as `topreward score` (QwenPrefixEncoder + TopReward), without the trainer's
+//! dependencies; scripts/bench_topreward.sh times the real `topreward` binary.
 
 use std::time::Instant;
 
@@ -37,8 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let score = scorer.score_uncached(&frames, fps, instruction)?;
     let scoring = t1.elapsed().as_secs_f64();
     let mut json = serde_json::to_value(&score)?;
-    json["load_seconds"] = load.into();
-    json["score_seconds"] = scoring.into();
+    json["timing"] = serde_json::json!({"load_seconds": load, "score_seconds": scoring});
     println!("{json}");
     Ok(())
 }

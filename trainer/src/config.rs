@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use toprl_rewards::qwen3_vl::{DeviceSpec, Precision};
 use toprl_rewards::topreward::prompt::PromptConfig;
 
 use crate::weighting::{DeltaKind, ProgressScale, Weighting};
@@ -151,9 +152,17 @@ fn default_chunk() -> usize {
 pub struct RewardModelConfig {
     /// Local checkpoint directory or Hugging Face hub id (e.g. `Qwen/Qwen3-VL-8B-Instruct`).
     pub model: String,
-    /// `exact` (re-encode every prefix, as the reference) or `incremental` (KV-cache reuse). Default: incremental.
+    /// `exact` (re-encode every prefix, as the reference) or `incremental` (KV-cache reuse). Default: incremental,
+    /// which scores every prefix at the whole episode's resolution: it differs from exact (and the paper)
+    /// whenever smart_resize would resize a prefix differently (see `topreward label --help`).
     #[serde(default = "default_mode")]
     pub mode: String,
+    /// Device of the reward model: `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N`. Default: cpu.
+    #[serde(default)]
+    pub device: DeviceSpec,
+    /// Precision: `auto` (stored dtype on a GPU, f32 on the CPU), `f32`, `bf16` or `f16`. Default: auto.
+    #[serde(default)]
+    pub dtype: Precision,
     /// Frame rate the episode is sampled at before scoring. Default: 2.0 (the paper's).
     #[serde(default = "default_fps")]
     pub fps: f64,
@@ -1013,6 +1022,33 @@ mod tests {
         assert!(err.contains("arms[0].voc"), "{err}");
         let bad = ok.replace("voc = 0.8", "voc = 1.5");
         assert!(ExperimentConfig::parse(&bad, Path::new("x.toml")).is_err());
+    }
+
+    #[test]
+    fn reward_model_device_and_dtype_parse_and_bad_ones_are_named() {
+        let base = MINIMAL.replace("reward = \"none\"", "reward = \"topreward\"")
+            + "\n[reward_model]\nmodel = \"m\"\n";
+        let cfg = ExperimentConfig::parse(&base, Path::new("x.toml")).unwrap();
+        let rm = cfg.reward_model.unwrap();
+        assert_eq!((rm.device, rm.dtype), (DeviceSpec::Cpu, Precision::Auto));
+        let cfg = ExperimentConfig::parse(
+            &(base.clone() + "device = \"cuda:1\"\ndtype = \"bf16\"\n"),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let rm = cfg.reward_model.unwrap();
+        assert_eq!((rm.device, rm.dtype), (DeviceSpec::Cuda(1), Precision::Bf16));
+        let err = ExperimentConfig::parse(&(base.clone() + "device = \"tpu\"\n"), Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown device"), "{err}");
+        let err = ExperimentConfig::parse(&(base + "dtpye = \"bf16\"\n"), Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dtpye"),
+            "toprl's own config refuses unknown fields: {err}"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! candle-transformers' own `qwen3_vl` is not used: it builds no causal mask in prefill and applies 1-D RoPE.
 //! The video preprocessor (frames to patches, grid, timestamps) is [`processor`].
 
+pub mod attention;
 pub mod config;
+pub mod device;
 pub mod processor;
 pub mod text;
 pub mod vision;
@@ -15,6 +17,7 @@ use candle_nn::VarBuilder;
 
 pub use candle_core::{DType, Device, Tensor};
 pub use config::{Config, TextConfig, VisionConfig};
+pub use device::{DeviceSpec, Precision};
 pub use text::{DeepStack, KvCache, Position3, TextModel};
 pub use vision::{GridThw, VisionModel, VisionOutput};
 
@@ -49,6 +52,8 @@ pub enum ModelError {
         file: String,
         reason: String,
     },
+    #[error("{0}")]
+    Device(String),
     #[error("input has {tokens} tokens, more than the limit of {limit}")]
     TooLong { tokens: usize, limit: usize },
     #[error("input does not match the video: {0}")]
@@ -143,9 +148,14 @@ impl CheckpointFiles {
             ],
         };
         let tokenizer = repo.get("tokenizer.json").ok();
-        // Optional: the video processor's pixel budget (released checkpoints override the class defaults).
-        // It lands in the same snapshot directory, where `VideoProcessor::from_checkpoint_dir` reads it.
-        let _ = repo.get("video_preprocessor_config.json");
+        // The video processor's settings (released checkpoints override the class pixel budget): the first of
+        // the files transformers tries, in its order. It lands in the same snapshot directory, where
+        // `VideoProcessor::from_checkpoint_dir` reads it.
+        for name in processor::VIDEO_PROCESSOR_CONFIG_FILES {
+            if repo.get(name).is_ok() {
+                break;
+            }
+        }
         let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Self {
             dir,
@@ -236,8 +246,31 @@ impl Qwen3VL {
         })
     }
 
-    /// Load a checkpoint (local directory or hub id) in `dtype` (f32 recommended on CPU; bf16 weights are
-    /// converted on load).
+    /// Load a checkpoint on `device` in `precision` (see [`Precision`]: `auto` keeps a GPU model in the stored
+    /// dtype and computes in f32 on the CPU). Returns the model and the dtype it runs in.
+    pub fn load_on(
+        files: &CheckpointFiles,
+        device: DeviceSpec,
+        precision: Precision,
+    ) -> Result<(Self, DType), ModelError> {
+        // The config first: a wrong architecture is reported as such, before any weight is opened.
+        read_config(&files.config)?;
+        let dev = device.open().map_err(ModelError::Device)?;
+        for w in &files.weights {
+            if !w.is_file() {
+                return Err(ModelError::MissingWeights(w.clone()));
+            }
+        }
+        let stored = device::stored_dtype(&files.weights).map_err(|e| ModelError::Weights {
+            dir: files.dir.clone(),
+            source: e,
+        })?;
+        let dtype = precision.resolve(&device, stored);
+        Ok((Self::load(files, &dev, dtype)?, dtype))
+    }
+
+    /// Load a checkpoint (local directory or hub id) in `dtype`. The safetensors are memory-mapped; a tensor
+    /// stored in `dtype` is used as stored, others are converted on load.
     pub fn load(files: &CheckpointFiles, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         let cfg = read_config(&files.config)?;
         for w in &files.weights {
@@ -257,6 +290,18 @@ impl Qwen3VL {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Budget in bytes of one chunk of f32 attention scores, in the vision tower and the decoder (default
+    /// [`attention::DEFAULT_CHUNK_BYTES`]); smaller bounds memory on long videos, larger means fewer chunks.
+    pub fn set_attention_chunk_bytes(&mut self, bytes: usize) {
+        self.visual.set_attention_chunk_bytes(bytes);
+        self.text.set_attention_chunk_bytes(bytes);
+    }
+
+    /// The dtype the model computes in.
+    pub fn dtype(&self) -> DType {
+        self.text.dtype()
     }
 
     pub fn device(&self) -> &Device {

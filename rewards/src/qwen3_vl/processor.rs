@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-/// Pixel budget of a clip, counted over frames * height * width (transformers' `size` dict).
+/// Pixel budget of a clip, counted over frames * height * width (transformers' `size` dict). Other keys of the
+/// dict are ignored, as transformers' `SizeDict` ignores them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SizeConfig {
     /// `min_pixels`: smaller clips are upscaled (default 128*32*32 = 131072).
     pub shortest_edge: u64,
@@ -36,11 +36,20 @@ impl Default for SizeConfig {
     }
 }
 
-/// `video_preprocessor_config.json` of a Qwen3-VL checkpoint. Every field is optional; the defaults are the
+/// The files transformers 4.57 `BaseVideoProcessor.get_video_processor_dict` tries, in order: the first that
+/// exists is read (a legacy checkpoint's image-processor config stands in for the video processor's), and a
+/// nested `"video_processor"` object in it is used when present.
+pub const VIDEO_PROCESSOR_CONFIG_FILES: [&str; 3] = [
+    "video_preprocessor_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+];
+
+/// `video_preprocessor_config.json` of a Qwen3-VL checkpoint, read as transformers reads it (see
+/// [`VideoProcessorConfig::from_hf_json`]): every field optional, unknown fields ignored. The defaults are the
 /// class attributes of transformers 4.57.1 `Qwen3VLVideoProcessor`. Note that released Qwen3-VL checkpoints
 /// ship `size = {shortest_edge: 4096, longest_edge: 25165824}`, not the class default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VideoProcessorConfig {
     /// Pixel budget over the clip (see [`SizeConfig`]).
     pub size: SizeConfig,
@@ -108,6 +117,168 @@ impl Default for VideoProcessorConfig {
     }
 }
 
+/// Where a [`VideoProcessor`]'s settings came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Read from this file (one of [`VIDEO_PROCESSOR_CONFIG_FILES`]).
+    File(PathBuf),
+    /// No config file in the checkpoint: the `Qwen3VLVideoProcessor` class defaults (transformers would refuse
+    /// to build a processor for such a folder; real checkpoints always ship one of the files).
+    ClassDefaults,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::ClassDefaults => f.write_str("Qwen3VLVideoProcessor class defaults"),
+        }
+    }
+}
+
+/// A field of a Hugging Face JSON object: missing, explicitly null, or a value.
+enum HfField<'a> {
+    Missing,
+    Null,
+    Value(&'a serde_json::Value),
+}
+
+fn hf_field<'a>(map: &'a serde_json::Map<String, serde_json::Value>, name: &str) -> HfField<'a> {
+    match map.get(name) {
+        None => HfField::Missing,
+        Some(serde_json::Value::Null) => HfField::Null,
+        Some(v) => HfField::Value(v),
+    }
+}
+
+impl VideoProcessorConfig {
+    /// Read a video processor config as transformers 4.57 does (`get_video_processor_dict` + `from_dict` +
+    /// `Qwen3VLVideoProcessor.__init__`):
+    /// - a nested `"video_processor"` object (processor_config.json) is used in place of the whole object;
+    /// - unknown fields (crop_size, do_center_crop, data_format, device, image_processor_type, min_pixels, ...)
+    ///   are ignored, and `do_center_crop` / `crop_size` have no effect on Qwen3-VL's `_preprocess`;
+    /// - a missing field takes the class default; a null flag (`do_resize`, `do_rescale`, `do_normalize`,
+    ///   ...) is Python's None, which is falsy, so it turns the step off; a null in a field that only frame
+    ///   sampling reads (fps, min_frames, max_frames) keeps the default; a null number the preprocessing
+    ///   needs (size, patch_size, image_mean, ...) is an error, as it makes transformers fail too;
+    /// - `size` must hold `shortest_edge` and `longest_edge` (transformers raises otherwise);
+    /// - `image_mean` / `image_std` may be one number for all channels.
+    ///
+    /// Errors name the field; the caller adds the file.
+    pub fn from_hf_json(value: &serde_json::Value) -> Result<Self, (&'static str, String)> {
+        let value = value.get("video_processor").unwrap_or(value);
+        let map = value
+            .as_object()
+            .ok_or(("(top level)", "expected a JSON object".to_string()))?;
+        let mut c = Self::default();
+        fn wrong(field: &'static str, expected: &str, got: &serde_json::Value) -> (&'static str, String) {
+            (field, format!("expected {expected}, found {got}"))
+        }
+        fn needed(field: &'static str) -> (&'static str, String) {
+            (
+                field,
+                "is null; transformers would keep None here and fail, so give a value or remove the key"
+                    .into(),
+            )
+        }
+        let uint = |field: &'static str, dflt: usize| -> Result<usize, (&'static str, String)> {
+            match hf_field(map, field) {
+                HfField::Missing => Ok(dflt),
+                HfField::Null => Err(needed(field)),
+                HfField::Value(v) => v
+                    .as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| wrong(field, "a non-negative integer", v)),
+            }
+        };
+        let flag = |field: &'static str, dflt: bool| -> Result<bool, (&'static str, String)> {
+            match hf_field(map, field) {
+                HfField::Missing => Ok(dflt),
+                HfField::Null => Ok(false),
+                HfField::Value(v) => v.as_bool().ok_or_else(|| wrong(field, "true or false", v)),
+            }
+        };
+        let channels = |field: &'static str, dflt: [f32; 3]| -> Result<[f32; 3], (&'static str, String)> {
+            match hf_field(map, field) {
+                HfField::Missing => Ok(dflt),
+                HfField::Null => Err(needed(field)),
+                HfField::Value(v) => {
+                    if let Some(x) = v.as_f64() {
+                        return Ok([x as f32; 3]);
+                    }
+                    let list: Option<Vec<f32>> = v
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|x| x.as_f64().map(|x| x as f32)).collect());
+                    match list {
+                        Some(l) if l.len() == 3 && v.as_array().is_some_and(|a| a.len() == 3) => {
+                            Ok([l[0], l[1], l[2]])
+                        }
+                        _ => Err(wrong(field, "a number or a list of 3 numbers", v)),
+                    }
+                }
+            }
+        };
+        c.size = match hf_field(map, "size") {
+            HfField::Missing => c.size,
+            HfField::Null => return Err(needed("size")),
+            HfField::Value(v) => {
+                let edge = |k: &str| v.get(k).and_then(|x| x.as_u64());
+                match (edge("shortest_edge"), edge("longest_edge")) {
+                    (Some(shortest_edge), Some(longest_edge)) => SizeConfig {
+                        shortest_edge,
+                        longest_edge,
+                    },
+                    _ => {
+                        return Err(wrong(
+                            "size",
+                            "an object with integer 'shortest_edge' and 'longest_edge' (min / max pixels)",
+                            v,
+                        ));
+                    }
+                }
+            }
+        };
+        c.patch_size = uint("patch_size", c.patch_size)?;
+        c.temporal_patch_size = uint("temporal_patch_size", c.temporal_patch_size)?;
+        c.merge_size = uint("merge_size", c.merge_size)?;
+        c.image_mean = channels("image_mean", c.image_mean)?;
+        c.image_std = channels("image_std", c.image_std)?;
+        c.rescale_factor = match hf_field(map, "rescale_factor") {
+            HfField::Missing => c.rescale_factor,
+            HfField::Null => return Err(needed("rescale_factor")),
+            HfField::Value(v) => v.as_f64().ok_or_else(|| wrong("rescale_factor", "a number", v))?,
+        };
+        c.do_resize = flag("do_resize", c.do_resize)?;
+        c.do_rescale = flag("do_rescale", c.do_rescale)?;
+        c.do_normalize = flag("do_normalize", c.do_normalize)?;
+        c.do_convert_rgb = flag("do_convert_rgb", c.do_convert_rgb)?;
+        c.do_sample_frames = flag("do_sample_frames", c.do_sample_frames)?;
+        c.return_metadata = flag("return_metadata", c.return_metadata)?;
+        c.resample = match hf_field(map, "resample") {
+            HfField::Missing => c.resample,
+            HfField::Null => return Err(needed("resample")),
+            HfField::Value(v) => v
+                .as_u64()
+                .map(|x| x as u32)
+                .ok_or_else(|| wrong("resample", "a PIL resampling id (3 = bicubic)", v))?,
+        };
+        // Read only by the reference's own frame sampling, which TOPReward does not use: null keeps the default.
+        if let HfField::Value(v) = hf_field(map, "fps") {
+            c.fps = v.as_f64().ok_or_else(|| wrong("fps", "a number", v))?;
+        }
+        if let HfField::Value(v) = hf_field(map, "min_frames") {
+            c.min_frames = v.as_u64().ok_or_else(|| wrong("min_frames", "an integer", v))? as usize;
+        }
+        if let HfField::Value(v) = hf_field(map, "max_frames") {
+            c.max_frames = v.as_u64().ok_or_else(|| wrong("max_frames", "an integer", v))? as usize;
+        }
+        let text = |field: &str| map.get(field).and_then(|v| v.as_str()).map(str::to_string);
+        c.video_processor_type = text("video_processor_type");
+        c.processor_class = text("processor_class");
+        Ok(c)
+    }
+}
+
 /// What can go wrong turning frames into model inputs.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
@@ -143,6 +314,12 @@ pub enum ProcessorError {
     Config { field: &'static str, reason: String },
     #[error("cannot read video processor config {path}: {source}")]
     ReadConfig { path: PathBuf, source: std::io::Error },
+    #[error("video processor config {path}: field `{field}` {reason}")]
+    ConfigField {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
     #[error("cannot parse video processor config {path}: {source}")]
     ParseConfig {
         path: PathBuf,
@@ -325,27 +502,46 @@ impl VideoProcessor {
         Ok(Self { config })
     }
 
-    /// Read `video_preprocessor_config.json` (unknown fields are an error).
+    /// Read one Hugging Face processor config file as transformers does (see
+    /// [`VideoProcessorConfig::from_hf_json`]).
     pub fn from_config_file(path: &Path) -> Result<Self, ProcessorError> {
         let text = std::fs::read_to_string(path).map_err(|source| ProcessorError::ReadConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let config = serde_json::from_str(&text).map_err(|source| ProcessorError::ParseConfig {
-            path: path.to_path_buf(),
-            source,
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ProcessorError::ParseConfig {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let config = VideoProcessorConfig::from_hf_json(&value).map_err(|(field, reason)| {
+            ProcessorError::ConfigField {
+                path: path.to_path_buf(),
+                field,
+                reason,
+            }
         })?;
-        Self::new(config)
+        Self::new(config).map_err(|e| match e {
+            ProcessorError::Config { field, reason } => ProcessorError::ConfigField {
+                path: path.to_path_buf(),
+                field,
+                reason,
+            },
+            other => other,
+        })
     }
 
-    /// The checkpoint's `video_preprocessor_config.json` when `dir` has one, else transformers' defaults.
-    pub fn from_checkpoint_dir(dir: &Path) -> Result<Self, ProcessorError> {
-        let path = dir.join("video_preprocessor_config.json");
-        if path.exists() {
-            Self::from_config_file(&path)
-        } else {
-            Ok(Self::default())
+    /// The video processor of a checkpoint folder, found as transformers finds it: the first of
+    /// [`VIDEO_PROCESSOR_CONFIG_FILES`] that exists; the class defaults when none does (with the source saying
+    /// so, for the caller to report).
+    pub fn from_checkpoint_dir(dir: &Path) -> Result<(Self, ConfigSource), ProcessorError> {
+        for name in VIDEO_PROCESSOR_CONFIG_FILES {
+            let path = dir.join(name);
+            if path.is_file() {
+                return Ok((Self::from_config_file(&path)?, ConfigSource::File(path)));
+            }
         }
+        Ok((Self::default(), ConfigSource::ClassDefaults))
     }
 
     /// The configuration in use.
@@ -743,7 +939,11 @@ mod tests {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fixtures")
             .join("processor");
-        let p = VideoProcessor::from_checkpoint_dir(&fixtures).unwrap();
+        let (p, source) = VideoProcessor::from_checkpoint_dir(&fixtures).unwrap();
+        assert_eq!(
+            source,
+            ConfigSource::File(fixtures.join("video_preprocessor_config.json"))
+        );
         assert_eq!(
             p.config().size,
             SizeConfig {
@@ -754,10 +954,9 @@ mod tests {
         // the released budget keeps 16 frames of 244x244 at 256x256 (the class default gives 192x192)
         assert_eq!(p.target_size(16, 244, 244).unwrap(), (256, 256));
         let dir = std::env::temp_dir().join("toprl-rewards-no-such-checkpoint");
-        assert_eq!(
-            VideoProcessor::from_checkpoint_dir(&dir).unwrap().config(),
-            &VideoProcessorConfig::default()
-        );
+        let (p, source) = VideoProcessor::from_checkpoint_dir(&dir).unwrap();
+        assert_eq!(p.config(), &VideoProcessorConfig::default());
+        assert_eq!(source, ConfigSource::ClassDefaults);
     }
 
     #[test]
@@ -795,10 +994,27 @@ mod tests {
     }
 
     #[test]
-    fn config_rejects_unknown_fields_and_unsupported_resampling() {
-        let err = serde_json::from_str::<VideoProcessorConfig>(r#"{"pach_size": 16}"#).unwrap_err();
-        assert!(err.to_string().contains("pach_size"));
-        let cfg: VideoProcessorConfig = serde_json::from_str(r#"{"resample": 2}"#).unwrap();
+    fn hf_config_ignores_unknown_fields_and_names_bad_ones() {
+        let cfg = VideoProcessorConfig::from_hf_json(&serde_json::json!({
+            "pach_size": 16, "crop_size": null, "data_format": "channels_first", "image_mean": 0.25,
+            "size": {"shortest_edge": 10, "longest_edge": 20, "height": 3}
+        }))
+        .unwrap();
+        assert_eq!(cfg.patch_size, 16);
+        assert_eq!(cfg.image_mean, [0.25; 3]);
+        assert_eq!(cfg.size.longest_edge, 20);
+        let (field, reason) =
+            VideoProcessorConfig::from_hf_json(&serde_json::json!({"size": {"height": 224, "width": 224}}))
+                .unwrap_err();
+        assert_eq!(field, "size");
+        assert!(reason.contains("shortest_edge"), "{reason}");
+        let (field, _) =
+            VideoProcessorConfig::from_hf_json(&serde_json::json!({"patch_size": null})).unwrap_err();
+        assert_eq!(field, "patch_size");
+        let (field, _) =
+            VideoProcessorConfig::from_hf_json(&serde_json::json!({"image_std": [0.5, 0.5]})).unwrap_err();
+        assert_eq!(field, "image_std");
+        let cfg = VideoProcessorConfig::from_hf_json(&serde_json::json!({"resample": 2})).unwrap();
         assert!(matches!(
             VideoProcessor::new(cfg),
             Err(ProcessorError::Config {

@@ -3,9 +3,32 @@
 //! DeepStack additions of visual features after the first decoder layers.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{Embedding, Linear, VarBuilder};
 
+use super::attention::{DEFAULT_CHUNK_BYTES, chunked_attention};
 use super::config::TextConfig;
+
+/// `Qwen3VLTextRMSNorm`: in f32 the fused kernel; in bf16/f16 transformers' upcast (normalise in f32, round to
+/// the model dtype, then multiply by the weight in the model dtype).
+#[derive(Debug, Clone)]
+struct RmsNorm(candle_nn::RmsNorm);
+
+impl RmsNorm {
+    fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        candle_nn::rms_norm(size, eps, vb).map(Self)
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if xs.dtype() == DType::F32 {
+            self.0.forward(xs)
+        } else {
+            // candle_nn's unfused path: f32 statistics, `to_dtype(x)`, then `* weight`, as transformers.
+            self.0.forward_diff(xs)
+        }
+    }
+}
 
 /// One token's multimodal RoPE position: (temporal, height, width).
 pub type Position3 = [u32; 3];
@@ -82,8 +105,8 @@ impl Attention {
             k_proj: linear(cfg.hidden_size, kv * hd, b, vb.pp("k_proj"))?,
             v_proj: linear(cfg.hidden_size, kv * hd, b, vb.pp("v_proj"))?,
             o_proj: linear(h * hd, cfg.hidden_size, b, vb.pp("o_proj"))?,
-            q_norm: candle_nn::rms_norm(hd, cfg.rms_norm_eps, vb.pp("q_norm"))?,
-            k_norm: candle_nn::rms_norm(hd, cfg.rms_norm_eps, vb.pp("k_norm"))?,
+            q_norm: RmsNorm::new(hd, cfg.rms_norm_eps, vb.pp("q_norm"))?,
+            k_norm: RmsNorm::new(hd, cfg.rms_norm_eps, vb.pp("k_norm"))?,
             num_heads: h,
             num_kv_heads: kv,
             head_dim: hd,
@@ -95,7 +118,7 @@ impl Attention {
         xs: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        chunk_bytes: usize,
         cache: &mut Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
@@ -125,22 +148,13 @@ impl Attention {
         let s = k.dim(2)?;
         let rep = h / kvh;
         // GQA without copying K/V: query heads sharing a KV head are adjacent (repeat_kv order), so
-        // (b, h, l, hd) reshapes to (b * kvh, rep * l, hd) and multiplies the (b * kvh, s, hd) keys directly.
-        let q = q.reshape((b * kvh, rep * l, hd))?;
+        // (b, h, l, hd) views as (b * kvh, rep, l, hd) against the (b * kvh, s, hd) keys. Causal: query i is
+        // absolute position s - l + i. Chunked over queries so the (h, l, s) scores never exist at once.
+        let q = q.reshape((b * kvh, rep, l, hd))?;
         let k = k.reshape((b * kvh, s, hd))?;
         let v = v.reshape((b * kvh, s, hd))?;
         let scale = (hd as f64).powf(-0.5);
-        let att = (q.matmul(&k.t()?)? * scale)?;
-        let att = match mask {
-            Some(m) => att
-                .reshape((b * kvh, rep, l, s))?
-                .broadcast_add(m)?
-                .reshape((b * kvh, rep * l, s))?,
-            None => att,
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let out = att
-            .matmul(&v)?
+        let out = chunked_attention(&q, &k, &v, scale, Some(s - l), chunk_bytes)?
             .reshape((b, h, l, hd))?
             .transpose(1, 2)?
             .reshape((b, l, h * hd))?;
@@ -179,8 +193,8 @@ impl DecoderLayer {
                 up: candle_nn::linear_no_bias(d, i, vb.pp("mlp.up_proj"))?,
                 down: candle_nn::linear_no_bias(i, d, vb.pp("mlp.down_proj"))?,
             },
-            input_norm: candle_nn::rms_norm(d, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            post_norm: candle_nn::rms_norm(d, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            input_norm: RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            post_norm: RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
         })
     }
 
@@ -189,12 +203,12 @@ impl DecoderLayer {
         xs: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        chunk_bytes: usize,
         cache: &mut Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
         let h = self
             .attn
-            .forward(&xs.apply(&self.input_norm)?, cos, sin, mask, cache)?;
+            .forward(&xs.apply(&self.input_norm)?, cos, sin, chunk_bytes, cache)?;
         let xs = (xs + h)?;
         let h = xs.apply(&self.post_norm)?.apply(&self.mlp)?;
         xs + h
@@ -221,6 +235,7 @@ pub struct TextModel {
     hidden_size: usize,
     device: Device,
     dtype: DType,
+    attention_chunk_bytes: usize,
 }
 
 impl TextModel {
@@ -231,7 +246,7 @@ impl TextModel {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::new(cfg, lm.pp(format!("layers.{i}"))))
             .collect::<Result<_>>()?;
-        let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, lm.pp("norm"))?;
+        let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, lm.pp("norm"))?;
         let lm_head = if tied {
             Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
@@ -260,7 +275,13 @@ impl TextModel {
             hidden_size: cfg.hidden_size,
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            attention_chunk_bytes: DEFAULT_CHUNK_BYTES,
         })
+    }
+
+    /// Budget in bytes of one chunk of f32 attention scores (see [`super::attention`]).
+    pub fn set_attention_chunk_bytes(&mut self, bytes: usize) {
+        self.attention_chunk_bytes = bytes.max(1);
     }
 
     pub fn num_layers(&self) -> usize {
@@ -327,16 +348,10 @@ impl TextModel {
         if cache.layers.len() != self.layers.len() {
             *cache = KvCache::new(self.layers.len());
         }
-        let offset = cache.len();
         let (cos, sin) = self.rope_tables(positions)?;
-        let mask = if l > 1 {
-            Some(causal_mask(l, offset, &self.device, self.dtype)?)
-        } else {
-            None
-        };
         let mut xs = embeds.unsqueeze(0)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, &cos, &sin, mask.as_ref(), &mut cache.layers[i])?;
+            xs = layer.forward(&xs, &cos, &sin, self.attention_chunk_bytes, &mut cache.layers[i])?;
             if let Some(ds) = deepstack.as_ref()
                 && let Some(feat) = ds.features.get(i)
             {
@@ -351,13 +366,4 @@ impl TextModel {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         hidden.apply(&self.lm_head)?.to_dtype(DType::F32)
     }
-}
-
-/// Additive causal mask `(l, offset + l)`: query i (absolute offset + i) sees keys 0..=offset + i.
-fn causal_mask(l: usize, offset: usize, dev: &Device, dtype: DType) -> Result<Tensor> {
-    let s = offset + l;
-    let mask: Vec<f32> = (0..l)
-        .flat_map(|i| (0..s).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (l, s), dev)?.to_dtype(dtype)
 }

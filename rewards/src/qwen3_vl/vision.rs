@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, IndexOp, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
+use super::attention::{DEFAULT_CHUNK_BYTES, chunked_attention};
 use super::config::VisionConfig;
 
 /// The grid of one video (or one image): temporal groups, patch rows, patch columns.
@@ -97,7 +98,8 @@ impl VisionBlock {
     }
 
     /// `xs`: `(groups, group_len, hidden)`; attention never crosses a group (cu_seqlens in transformers).
-    fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// `cos`/`sin` are f32: transformers' `apply_rotary_pos_emb_vision` rotates q and k in f32 and casts back.
+    fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, chunk_bytes: usize) -> Result<Tensor> {
         let (g, n, d) = xs.dims3()?;
         let h = xs.apply(&self.norm1)?;
         let qkv = h
@@ -107,12 +109,23 @@ impl VisionBlock {
         let q = qkv.i(0)?.contiguous()?;
         let k = qkv.i(1)?.contiguous()?;
         let v = qkv.i(2)?.contiguous()?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let att = (q.matmul(&k.t()?)? * scale)?;
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let out = att.matmul(&v)?; // (g, heads, n, hd)
+        let dtype = q.dtype();
+        let rope = |x: &Tensor| -> Result<Tensor> {
+            candle_nn::rotary_emb::rope(&x.to_dtype(DType::F32)?, cos, sin)?.to_dtype(dtype)
+        };
+        let (q, k) = (rope(&q)?, rope(&k)?);
+        let (heads, hd) = (self.num_heads, self.head_dim);
+        let scale = (hd as f64).powf(-0.5);
+        // Every (group, head) pair is its own attention problem over the group's n patches.
+        let out = chunked_attention(
+            &q.reshape((g * heads, 1, n, hd))?,
+            &k.reshape((g * heads, n, hd))?,
+            &v.reshape((g * heads, n, hd))?,
+            scale,
+            None,
+            chunk_bytes,
+        )?
+        .reshape((g, heads, n, hd))?;
         let out = out.transpose(1, 2)?.reshape((g, n, d))?.apply(&self.proj)?;
         let xs = (xs + out)?;
         let h = xs.apply(&self.norm2)?.apply(&self.fc1)?;
@@ -132,6 +145,7 @@ pub struct VisionModel {
     deepstack_indexes: Vec<usize>,
     cfg: VisionConfig,
     rope_inv_freq: Vec<f32>,
+    attention_chunk_bytes: usize,
 }
 
 impl VisionModel {
@@ -173,7 +187,18 @@ impl VisionModel {
             deepstack_indexes: cfg.deepstack_visual_indexes.clone(),
             cfg: cfg.clone(),
             rope_inv_freq,
+            attention_chunk_bytes: DEFAULT_CHUNK_BYTES,
         })
+    }
+
+    /// Budget in bytes of one chunk of f32 attention scores (see [`super::attention`]).
+    pub fn set_attention_chunk_bytes(&mut self, bytes: usize) {
+        self.attention_chunk_bytes = bytes.max(1);
+    }
+
+    /// The dtype of the tower's weights (and of its computation).
+    pub fn dtype(&self) -> DType {
+        self.pos_embed.dtype()
     }
 
     /// Rows of `pixel_values` per patch: C * T * P * P.
@@ -208,8 +233,9 @@ impl VisionModel {
     }
 
     fn forward_one(&self, pixel_values: &Tensor, grid: GridThw) -> Result<VisionOutput> {
-        let dev = pixel_values.device();
+        let dev = self.pos_embed.device();
         let xs = pixel_values
+            .to_device(dev)?
             .to_dtype(self.pos_embed.dtype())?
             .apply(&self.patch_embed)?;
         let pos = self.interpolated_pos_embed(grid)?;
@@ -218,12 +244,12 @@ impl VisionModel {
                 .repeat((grid.t, 1, 1))?
                 .reshape(((), pos.dim(1)?))?,
         )?;
-        let (cos, sin) = self.rotary(grid, dev, xs.dtype())?;
+        let (cos, sin) = self.rotary(grid, dev)?;
         let group = grid.h * grid.w;
         let mut xs = xs.reshape((grid.t, group, ()))?;
         let mut deepstack = Vec::with_capacity(self.deepstack_mergers.len());
         for (i, blk) in self.blocks.iter().enumerate() {
-            xs = blk.forward(&xs, &cos, &sin)?;
+            xs = blk.forward(&xs, &cos, &sin, self.attention_chunk_bytes)?;
             if let Some(j) = self.deepstack_indexes.iter().position(|&d| d == i) {
                 deepstack.push((
                     j,
@@ -283,8 +309,8 @@ impl VisionModel {
         acc.ok_or_else(|| candle_core::Error::Msg("empty position grid".into()))
     }
 
-    /// 2-D rotary tables for one frame grid (merge-window order): cos/sin of shape `(h * w, head_dim / 2)`.
-    fn rotary(&self, grid: GridThw, dev: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+    /// 2-D rotary tables for one frame grid (merge-window order): f32 cos/sin of shape `(h * w, head_dim / 2)`.
+    fn rotary(&self, grid: GridThw, dev: &Device) -> Result<(Tensor, Tensor)> {
         let (h, w, m) = (grid.h, grid.w, self.cfg.spatial_merge_size);
         let f = self.rope_inv_freq.len();
         let mut freqs = Vec::with_capacity(h * w * 2 * f);
@@ -300,7 +326,7 @@ impl VisionModel {
             }
         }
         let freqs = Tensor::from_vec(freqs, (h * w, 2 * f), dev)?;
-        Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
+        Ok((freqs.cos()?, freqs.sin()?))
     }
 }
 

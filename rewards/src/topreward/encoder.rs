@@ -8,7 +8,7 @@ use image::RgbImage;
 
 use super::prompt::{PromptBuilder, PromptConfig};
 use super::scorer::{PrefixEncoder, PrefixInput, TopRewardError};
-use crate::qwen3_vl::processor::{VideoMetadata, VideoProcessor};
+use crate::qwen3_vl::processor::{ConfigSource, VIDEO_PROCESSOR_CONFIG_FILES, VideoMetadata, VideoProcessor};
 use crate::qwen3_vl::{CheckpointFiles, GridThw};
 
 /// Frames + instruction to model inputs with the checkpoint's video processor config and tokenizer.
@@ -23,7 +23,8 @@ impl QwenPrefixEncoder {
         Self { processor, prompt }
     }
 
-    /// The checkpoint's `video_preprocessor_config.json` (class defaults when absent) and tokenizer:
+    /// The checkpoint's video processor config (the first of [`VIDEO_PROCESSOR_CONFIG_FILES`], as transformers
+    /// looks for it; class defaults, with a warning, when none exists) and tokenizer:
     /// `tokenizer` if given, else the checkpoint's `tokenizer.json`, else the Qwen3 tokenizer cached by
     /// scripts/setup.sh.
     pub fn from_checkpoint(
@@ -31,8 +32,18 @@ impl QwenPrefixEncoder {
         tokenizer: Option<&Path>,
         prompt: PromptConfig,
     ) -> Result<Self, TopRewardError> {
-        let processor = VideoProcessor::from_checkpoint_dir(&files.dir)
+        let (processor, source) = VideoProcessor::from_checkpoint_dir(&files.dir)
             .map_err(|e| TopRewardError::Encode(e.to_string()))?;
+        match &source {
+            ConfigSource::File(path) => tracing::info!("video processor config: {}", path.display()),
+            ConfigSource::ClassDefaults => tracing::warn!(
+                "{} has none of {:?}: using the Qwen3VLVideoProcessor class defaults (pixel budget {:?}); \
+                 released checkpoints ship their own budget",
+                files.dir.display(),
+                VIDEO_PROCESSOR_CONFIG_FILES,
+                processor.config().size
+            ),
+        }
         let tok = match (tokenizer, &files.tokenizer) {
             (Some(t), _) => t.to_path_buf(),
             (None, Some(t)) => t.clone(),

@@ -143,6 +143,11 @@ impl TopRewardModel {
         &self.model
     }
 
+    /// The model, to change run settings such as the attention chunk budget.
+    pub fn model_mut(&mut self) -> &mut Qwen3VL {
+        &mut self.model
+    }
+
     fn check(&self, input: &PrefixInput) -> Result<(), TopRewardError> {
         let len = input.input_ids.len();
         let vocab = self.model.config().text_config.vocab_size;

@@ -104,6 +104,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let options = ScorerOptions {
                 cache_dir: Some(out.join(toprl_trainer::run_folder::SCORE_CACHE_DIR)),
                 prompt: rm.prompt(),
+                device: rm.device,
+                dtype: rm.dtype,
                 ..Default::default()
             };
             Some(

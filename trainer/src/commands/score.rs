@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use toprl_rewards::qwen3_vl::CheckpointFiles;
-use toprl_rewards::qwen3_vl::{DType, Device, Qwen3VL};
+use std::time::Instant;
+
+use toprl_rewards::qwen3_vl::{CheckpointFiles, DeviceSpec, Precision, Qwen3VL};
 use toprl_rewards::topreward::prompt::PromptConfig;
 use toprl_rewards::topreward::{Mode, QwenPrefixEncoder, ScorerConfig, TopReward, TopRewardModel};
 
@@ -28,9 +29,19 @@ pub struct ScoreArgs {
     /// The task instruction.
     #[arg(long)]
     pub instruction: String,
-    /// exact: every prefix re-encoded as the reference; incremental: one resolution, KV cache reused.
+    /// exact: every prefix re-encoded as the reference; incremental: one resolution (the whole episode's)
+    /// for every prefix and the KV cache reused. Incremental is several times faster but its scores differ
+    /// from the reference's whenever smart_resize would give a prefix another resolution (long or large
+    /// episodes; on a 5-frame 320x240 test episode with a small pixel budget, by up to 1.7 nats).
     #[arg(long, default_value_t = Mode::Exact)]
     pub mode: Mode,
+    /// Device: cpu, cuda, cuda:N, metal or metal:N (GPUs need a build with `--features cuda` / `metal`).
+    #[arg(long, default_value_t = DeviceSpec::Cpu)]
+    pub device: DeviceSpec,
+    /// Precision: auto (the checkpoint's stored dtype on a GPU, f32 on the CPU), f32, bf16 or f16.
+    /// bf16/f16 keep transformers' upcasts (norms, softmax and vision RoPE in f32).
+    #[arg(long, default_value_t = Precision::Auto)]
+    pub dtype: Precision,
     /// Keep only the last N frames (LeRobot's port uses 16); default all.
     #[arg(long)]
     pub max_frames: Option<usize>,
@@ -54,8 +65,8 @@ pub struct ScoreArgs {
     /// Directory of cached episode scores (JSON, keyed by content and settings).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// Print one JSON object (prefix_lengths, log_probs, progress, num_tokens, voc, success_score and,
-    /// with --success-threshold, success) on stdout.
+    /// Print one JSON object (prefix_lengths, log_probs, progress, num_tokens, voc, success_score, timing
+    /// {load_seconds, score_seconds}, device, dtype and, with --success-threshold, success) on stdout.
     #[arg(long)]
     pub json: bool,
     /// Call the episode a success when its success score (mean log p(" True") over the last 3 prefixes,
@@ -83,20 +94,28 @@ pub struct ScorerOptions {
     pub max_tokens: Option<usize>,
     /// Directory of cached episode scores.
     pub cache_dir: Option<PathBuf>,
+    /// Where the model runs.
+    pub device: DeviceSpec,
+    /// Precision (auto: stored dtype on a GPU, f32 on the CPU).
+    pub dtype: Precision,
 }
 
-/// Load a Qwen3-VL checkpoint (local directory or hub id) as a TOPReward scorer on the CPU in f32.
+/// Load a Qwen3-VL checkpoint (local directory or hub id) as a TOPReward scorer on `options.device` in
+/// `options.dtype`.
 pub fn load_scorer(model: &str, mode: Mode, options: &ScorerOptions) -> Result<TopReward<QwenPrefixEncoder>> {
     let files = CheckpointFiles::resolve(model).with_context(|| format!("resolving model {model}"))?;
     let encoder =
         QwenPrefixEncoder::from_checkpoint(&files, options.tokenizer.as_deref(), options.prompt.clone())
             .context("building the video processor and prompt")?;
     tracing::info!(
-        "loading {} ({} weight file(s))",
+        "loading {} ({} weight file(s)) on {}",
         files.dir.display(),
-        files.weights.len()
+        files.weights.len(),
+        options.device
     );
-    let qwen = Qwen3VL::load(&files, &Device::Cpu, DType::F32).with_context(|| format!("loading {model}"))?;
+    let (qwen, dtype) = Qwen3VL::load_on(&files, options.device, options.dtype)
+        .with_context(|| format!("loading {model}"))?;
+    tracing::info!("model runs in {dtype:?} on {}", options.device);
     let mut reward_model = TopRewardModel::new(qwen);
     if let Some(limit) = options.max_tokens {
         reward_model = reward_model.with_max_tokens(limit);
@@ -166,17 +185,24 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         prompt: args.prompt(),
         max_tokens: args.max_tokens,
         cache_dir: args.cache_dir.clone(),
+        device: args.device,
+        dtype: args.dtype,
     };
+    let load_start = Instant::now();
     let mut scorer = load_scorer(&args.model, args.mode, &options)?;
+    let load_seconds = load_start.elapsed().as_secs_f64();
+    let dtype = scorer.model().model().dtype();
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} prefixes {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("scoring {} frames ({})", frames.len(), args.mode));
     scorer.set_progress(Some(bar.clone()));
+    let score_start = Instant::now();
     let score = scorer
         .score_frames(&frames, args.fps, &args.instruction)
         .context("scoring the episode")?;
+    let score_seconds = score_start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let static_voc = if args.static_check {
         let first = frames.first().context("no frames to build a static video from")?;
@@ -216,6 +242,17 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         let mut json = serde_json::to_value(&score)?;
         if let Some(object) = json.as_object_mut() {
             object.insert("success_score".into(), serde_json::json!(success_score));
+            // Wall-clock seconds: loading (config, tokenizer, weights) and scoring the episode (a cache hit
+            // scores in ~0 s). The static check, if asked, is not included.
+            object.insert(
+                "timing".into(),
+                serde_json::json!({"load_seconds": load_seconds, "score_seconds": score_seconds}),
+            );
+            object.insert("device".into(), serde_json::json!(args.device.to_string()));
+            object.insert(
+                "dtype".into(),
+                serde_json::json!(format!("{dtype:?}").to_lowercase()),
+            );
             if args.success_threshold.is_some() {
                 object.insert("success".into(), serde_json::json!(success));
             }
