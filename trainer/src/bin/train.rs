@@ -7,8 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use toprl_envs::episode::Episode;
 use toprl_rewards::score::EpisodeScore;
-use toprl_rewards::topreward::Mode;
-use toprl_trainer::commands::score::{ScorerOptions, load_scorer};
+use toprl_trainer::commands::remote::reward_model_scorer;
 use toprl_trainer::config::{ExperimentConfig, RewardSource};
 use toprl_trainer::experiment::RunOptions;
 
@@ -81,18 +80,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         progress: true,
     };
     let mut scorer = match &config.reward_model {
-        Some(rm) if config.arms.iter().any(|a| a.reward == RewardSource::Topreward) => {
-            let mode: Mode = rm.mode.parse().map_err(anyhow::Error::msg)?;
-            let options = ScorerOptions {
-                cache_dir: Some(out.join("topreward_cache")),
-                prompt: rm.prompt(),
-                ..Default::default()
-            };
-            Some(
-                load_scorer(&rm.model, mode, &options)
-                    .context("loading the reward model in [reward_model]")?,
-            )
-        }
+        Some(rm) if config.arms.iter().any(|a| a.reward == RewardSource::Topreward) => Some(
+            reward_model_scorer(rm, Some(out.join("topreward_cache")))
+                .context("loading the reward model in [reward_model]")?,
+        ),
         _ => None,
     };
     let camera = config.reward_model.as_ref().map(|rm| (rm.camera.clone(), rm.fps));
@@ -112,9 +103,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             })?;
             let stride = (episode.fps / fps).round().max(1.0) as usize;
             let sampled: Vec<_> = frames.iter().step_by(stride).cloned().collect();
-            let score = scorer
-                .score_frames(&sampled, *fps, &episode.instruction)
-                .map_err(|e| format!("episode {}: {e}", episode.index))?;
+            let score = scorer(&sampled, *fps, &episode.instruction)
+                .map_err(|e| format!("episode {}: {e:#}", episode.index))?;
             scores.push((score, stride as f64));
             bar.inc(1);
         }

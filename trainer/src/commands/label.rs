@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use toprl_rewards::metrics::WeightParams;
+use toprl_rewards::remote::client::Api;
 use toprl_rewards::topreward::Mode;
 
 use crate::commands::dataset::open_dataset;
+use crate::commands::remote::RemoteArgs;
 use crate::commands::score::{ScorerOptions, load_scorer};
 use crate::label::{LabelOptions, default_progress_path, label_dataset};
 use crate::plot::{Chart, Series, save_grid};
@@ -19,9 +21,10 @@ use crate::plot::{Chart, Series, save_grid};
 pub struct LabelArgs {
     /// Dataset folder, or hf://OWNER/NAME[@REVISION].
     pub dataset: String,
-    /// Qwen3-VL checkpoint: a local directory or a hub id such as Qwen/Qwen3-VL-8B-Instruct.
-    #[arg(long)]
-    pub model: String,
+    /// Qwen3-VL checkpoint: a local directory or a hub id such as Qwen/Qwen3-VL-8B-Instruct. With
+    /// --endpoint: the model name sent to OpenAI servers (optional).
+    #[arg(long, required_unless_present = "endpoints")]
+    pub model: Option<String>,
     /// Camera the model sees.
     #[arg(long, default_value = "observation.images.front")]
     pub camera: String,
@@ -46,6 +49,8 @@ pub struct LabelArgs {
     /// PNG grid of the per-episode progress curves. Default: the output path with a .png extension.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 pub fn run(args: LabelArgs) -> Result<()> {
@@ -54,8 +59,10 @@ pub fn run(args: LabelArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| default_progress_path(&dataset));
-    let mut scorer = load_scorer(&args.model, args.mode, &ScorerOptions::default())?;
-    let opts = LabelOptions {
+    let remote = args
+        .remote
+        .scorer(args.model.as_deref(), Some(args.mode), Default::default())?;
+    let mut opts = LabelOptions {
         camera: args.camera.clone(),
         out: out.clone(),
         weights: WeightParams {
@@ -64,10 +71,32 @@ pub fn run(args: LabelArgs) -> Result<()> {
             min_weight: args.min_weight,
         },
         max_frames: Some(args.max_frames),
-        model_id: format!("{} ({})", args.model, args.mode),
+        model_id: String::new(),
     };
-    let summary =
-        label_dataset(&dataset, &mut scorer, &opts).with_context(|| format!("labelling {}", args.dataset))?;
+    // The model id goes into the file: a resumed run never mixes models. Servers report what they serve;
+    // a toprl server started on the same checkpoint path labels exactly as a local run.
+    let summary = match remote {
+        Some(mut remote) => {
+            let served = remote
+                .served_model()
+                .context("asking the endpoints which model they serve")?;
+            opts.model_id = match args.remote.api {
+                Api::Toprl => format!("{served} ({})", args.mode),
+                Api::OpenAi => format!("{served} (openai, exact)"),
+            };
+            label_dataset(&dataset, &mut remote, &opts)
+        }
+        None => {
+            let model = args
+                .model
+                .as_deref()
+                .context("--model is required without --endpoint")?;
+            opts.model_id = format!("{model} ({})", args.mode);
+            let mut scorer = load_scorer(model, args.mode, &ScorerOptions::default())?;
+            label_dataset(&dataset, &mut scorer, &opts)
+        }
+    }
+    .with_context(|| format!("labelling {}", args.dataset))?;
     let table = toprl_envs::dataset::read_progress(&summary.path)
         .with_context(|| format!("reading back {}", summary.path.display()))?;
     let mut curves: BTreeMap<i64, Vec<(f64, f64)>> = BTreeMap::new();

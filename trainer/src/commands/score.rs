@@ -5,20 +5,22 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use toprl_rewards::qwen3_vl::CheckpointFiles;
 use toprl_rewards::qwen3_vl::{DType, Device, Qwen3VL};
 use toprl_rewards::topreward::prompt::PromptConfig;
 use toprl_rewards::topreward::{Mode, QwenPrefixEncoder, ScorerConfig, TopReward, TopRewardModel};
 
+use crate::commands::calibrate::{Threshold, read_calibration};
+use crate::commands::remote::RemoteArgs;
 use crate::plot::{Chart, Series, save_chart};
 
 /// Score an episode with TOPReward: log p(" True") per prefix, min-max progress and VOC.
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
     /// Qwen3-VL checkpoint: a local directory (config.json, model.safetensors[.index.json]) or a hub id
-    /// such as Qwen/Qwen3-VL-8B-Instruct (downloaded through the Hugging Face cache).
-    #[arg(long)]
-    pub model: String,
+    /// such as Qwen/Qwen3-VL-8B-Instruct (downloaded through the Hugging Face cache). With --endpoint: the
+    /// model name sent to OpenAI servers (optional).
+    #[arg(long, required_unless_present = "endpoints")]
+    pub model: Option<String>,
     /// A folder of frames (png/jpg, sorted by name) already sampled at --fps, or a video file sampled at --fps.
     #[arg(long)]
     pub frames: PathBuf,
@@ -51,6 +53,10 @@ pub struct ScoreArgs {
     /// (default: "{instruction} Decide whether the above statement is True or not. The answer is: True").
     #[arg(long)]
     pub prompt_suffix: Option<String>,
+    /// Hub revision (commit, tag or branch) to pin a hub model to; cached scores are keyed by the resolved
+    /// commit (local checkpoints by a content hash).
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Directory of cached episode scores (JSON, keyed by content and settings).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -59,9 +65,13 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub json: bool,
     /// Call the episode a success when its success score (mean log p(" True") over the last 3 prefixes,
-    /// the paper's detector) is at least this; pick it on labelled episodes (typically -1.5 to -0.5).
+    /// the paper's detector) is at least this; pick it on labelled episodes (typically -1.5 to -0.5), or
+    /// `auto`: the threshold `topreward calibrate` wrote to --calibration.
     #[arg(long, allow_hyphen_values = true)]
-    pub success_threshold: Option<f64>,
+    pub success_threshold: Option<Threshold>,
+    /// Calibration file read by --success-threshold auto (written by `topreward calibrate`).
+    #[arg(long, default_value = "topreward_calibration.json")]
+    pub calibration: PathBuf,
     /// Also score a static video (the first frame repeated as often as there are frames) and report its
     /// VOC as `static_voc`: a model that finds progress in a video where nothing happens (the authors
     /// report about 0.99 for Qwen3-VL-8B) has a time bias that the real VOC includes.
@@ -70,6 +80,8 @@ pub struct ScoreArgs {
     /// Write a PNG plot of the progress curve.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// Settings of a TOPReward scorer beyond the model and mode.
@@ -83,11 +95,14 @@ pub struct ScorerOptions {
     pub max_tokens: Option<usize>,
     /// Directory of cached episode scores.
     pub cache_dir: Option<PathBuf>,
+    /// Hub revision (commit, tag or branch) of a hub model.
+    pub revision: Option<String>,
 }
 
 /// Load a Qwen3-VL checkpoint (local directory or hub id) as a TOPReward scorer on the CPU in f32.
 pub fn load_scorer(model: &str, mode: Mode, options: &ScorerOptions) -> Result<TopReward<QwenPrefixEncoder>> {
-    let files = CheckpointFiles::resolve(model).with_context(|| format!("resolving model {model}"))?;
+    let files = toprl_rewards::checkpoint::resolve_checkpoint(model, options.revision.as_deref())
+        .with_context(|| format!("resolving model {model}"))?;
     let encoder =
         QwenPrefixEncoder::from_checkpoint(&files, options.tokenizer.as_deref(), options.prompt.clone())
             .context("building the video processor and prompt")?;
@@ -105,7 +120,15 @@ pub fn load_scorer(model: &str, mode: Mode, options: &ScorerOptions) -> Result<T
         mode,
         cache_dir: options.cache_dir.clone(),
     };
-    Ok(TopReward::new(reward_model, encoder, config, model.to_string())?)
+    // Cache keys name the weights: the hub commit, or a content hash of a local checkpoint.
+    let identity = toprl_rewards::checkpoint::checkpoint_identity(&files)
+        .with_context(|| format!("identifying the weights of {model}"))?;
+    Ok(TopReward::new(
+        reward_model,
+        encoder,
+        config,
+        format!("{model}@{identity}"),
+    )?)
 }
 
 impl ScoreArgs {
@@ -123,11 +146,15 @@ impl ScoreArgs {
 const SUCCESS_PREFIXES: usize = 3;
 
 pub fn run(args: ScoreArgs) -> Result<()> {
-    if let Some(theta) = args.success_threshold
-        && !theta.is_finite()
-    {
-        bail!("--success-threshold must be a finite log-probability, got {theta}");
-    }
+    let success_threshold = match args.success_threshold {
+        None => None,
+        Some(Threshold::Value(theta)) => Some(theta),
+        Some(Threshold::Auto) => Some(
+            read_calibration(&args.calibration, args.model.as_deref())?
+                .choice
+                .threshold,
+        ),
+    };
     if !(args.fps.is_finite() && args.fps > 0.0) {
         bail!("--fps must be positive, got {}", args.fps);
     }
@@ -149,23 +176,38 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         prompt: args.prompt(),
         max_tokens: args.max_tokens,
         cache_dir: args.cache_dir.clone(),
+        revision: args.revision.clone(),
     };
-    let mut scorer = load_scorer(&args.model, args.mode, &options)?;
+    let remote = args
+        .remote
+        .scorer(args.model.as_deref(), Some(args.mode), args.prompt())?;
+    let mut scorer = match remote {
+        Some(r) => Scorer::Remote(r),
+        None => {
+            let model = args
+                .model
+                .as_deref()
+                .context("--model is required without --endpoint")?;
+            Scorer::Local(load_scorer(model, args.mode, &options)?)
+        }
+    };
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} prefixes {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("scoring {} frames ({})", frames.len(), args.mode));
-    scorer.set_progress(Some(bar.clone()));
+    if let Scorer::Local(s) = &mut scorer {
+        s.set_progress(Some(bar.clone()));
+    }
     let score = scorer
-        .score_frames(&frames, args.fps, &args.instruction)
+        .score(&frames, args.fps, &args.instruction)
         .context("scoring the episode")?;
     bar.finish_and_clear();
     let static_voc = if args.static_check {
         let first = frames.first().context("no frames to build a static video from")?;
         let still = vec![first.clone(); frames.len()];
         let score = scorer
-            .score_frames(&still, args.fps, &args.instruction)
+            .score(&still, args.fps, &args.instruction)
             .context("scoring the static video")?;
         Some(score.voc)
     } else {
@@ -191,21 +233,9 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         save_chart(path, &chart).with_context(|| format!("writing plot {}", path.display()))?;
     }
     let success_score = toprl_rewards::metrics::success_score(&score.log_probs, SUCCESS_PREFIXES);
-    let success = args
-        .success_threshold
-        .zip(success_score)
-        .map(|(theta, s)| s >= theta);
+    let success = success_threshold.zip(success_score).map(|(theta, s)| s >= theta);
     if args.json {
-        let mut json = serde_json::to_value(&score)?;
-        if let Some(object) = json.as_object_mut() {
-            object.insert("success_score".into(), serde_json::json!(success_score));
-            if args.success_threshold.is_some() {
-                object.insert("success".into(), serde_json::json!(success));
-            }
-            if let Some(voc) = static_voc {
-                object.insert("static_voc".into(), serde_json::json!(voc));
-            }
-        }
+        let json = toprl_rewards::remote::episode_json(&score, success_threshold, static_voc);
         println!("{json}");
     } else {
         println!(
@@ -227,7 +257,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         }
         if let Some(value) = success_score {
             print!("success score {value:.4} (mean log p(True) of the last {SUCCESS_PREFIXES} prefixes)");
-            match (success, args.success_threshold) {
+            match (success, success_threshold) {
                 (Some(ok), Some(theta)) => println!(
                     ": {} at threshold {theta}",
                     if ok { "success" } else { "failure" }
@@ -241,4 +271,25 @@ pub fn run(args: ScoreArgs) -> Result<()> {
 
 fn fmt_voc(v: Option<f64>) -> String {
     v.map_or_else(|| "undefined".to_string(), |v| format!("{v:.4}"))
+}
+
+/// The model that scores: loaded here, or remote servers.
+enum Scorer {
+    Local(TopReward<QwenPrefixEncoder>),
+    Remote(toprl_rewards::remote::client::RemoteScorer),
+}
+
+impl Scorer {
+    fn score(
+        &mut self,
+        frames: &[image::RgbImage],
+        fps: f64,
+        instruction: &str,
+    ) -> Result<toprl_rewards::score::EpisodeScore> {
+        use toprl_rewards::score::ProgressModel;
+        Ok(match self {
+            Self::Local(s) => s.score_frames(frames, fps, instruction)?,
+            Self::Remote(r) => r.score_episode(frames, fps, instruction)?,
+        })
+    }
 }
