@@ -173,6 +173,8 @@ fn serve_scores_like_local_through_both_apis() {
             {"type": "text", "text": "The above video shows a robot manipulation trajectory that completes the following task: push the cube Decide whether the above statement is True or not. The answer is:"}]}],
         "max_tokens": 1, "logprobs": true, "top_logprobs": 5, "allowed_token_ids": [3007],
         "add_generation_prompt": false, "continue_final_message": true,
+        // The first prefix is frame 0 twice (odd prefixes repeat their last frame, index included).
+        "media_io_kwargs": {"video": {"fps": 2.0, "frames_indices": [0, 0]}},
     });
     let answer: serde_json::Value = agent
         .post(&format!("{}/v1/chat/completions", server.url))
