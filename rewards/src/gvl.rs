@@ -189,10 +189,12 @@ fn percentage_in(section: &str) -> Option<f64> {
             .take_while(|c| c.is_ascii_digit() || *c == b'.')
             .count();
         let end = section[..pos].trim_end().len();
-        if start > 0 && end >= start && b[end - start].is_ascii_digit() {
-            if let Some((v, _)) = leading_number(&section[end - start..end]) {
-                best = Some(v);
-            }
+        if start > 0
+            && end >= start
+            && b[end - start].is_ascii_digit()
+            && let Some((v, _)) = leading_number(&section[end - start..end])
+        {
+            best = Some(v);
         }
     }
     best

@@ -220,7 +220,7 @@ impl RemoteScorer {
     }
 
     fn get(&self, url: &str) -> Result<Value, RemoteError> {
-        self.with_retries(url, || self.agent.get(url).call())
+        self.with_retries(url, || self.agent.get(url).call().map_err(Box::new))
     }
 
     fn post(&self, url: &str, body: &Value) -> Result<Value, RemoteError> {
@@ -230,17 +230,18 @@ impl RemoteScorer {
                 .post(url)
                 .set("Content-Type", "application/json")
                 .send_string(&text)
+                .map_err(Box::new)
         })
     }
 
     fn with_retries(
         &self,
         url: &str,
-        call: impl Fn() -> Result<ureq::Response, ureq::Error>,
+        call: impl Fn() -> Result<ureq::Response, Box<ureq::Error>>,
     ) -> Result<Value, RemoteError> {
         let mut attempt = 0;
         loop {
-            let result = match call() {
+            let result = match call().map_err(|e| *e) {
                 Ok(r) => r.into_string().map_err(|e| RemoteError::Transport {
                     url: url.into(),
                     reason: e.to_string(),

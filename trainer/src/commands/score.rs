@@ -188,7 +188,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
                 .model
                 .as_deref()
                 .context("--model is required without --endpoint")?;
-            Scorer::Local(load_scorer(model, args.mode, &options)?)
+            Scorer::Local(Box::new(load_scorer(model, args.mode, &options)?))
         }
     };
     let bar = ProgressBar::new(0).with_style(
@@ -275,7 +275,7 @@ fn fmt_voc(v: Option<f64>) -> String {
 
 /// The model that scores: loaded here, or remote servers.
 enum Scorer {
-    Local(TopReward<QwenPrefixEncoder>),
+    Local(Box<TopReward<QwenPrefixEncoder>>),
     Remote(toprl_rewards::remote::client::RemoteScorer),
 }
 
