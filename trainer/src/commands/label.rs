@@ -25,6 +25,9 @@ pub struct LabelArgs {
     /// --endpoint: the model name sent to OpenAI servers (optional).
     #[arg(long, required_unless_present = "endpoints")]
     pub model: Option<String>,
+    /// Hub revision (commit, tag or branch) of a hub model.
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Camera the model sees.
     #[arg(long, default_value = "observation.images.front")]
     pub camera: String,
@@ -91,8 +94,15 @@ pub fn run(args: LabelArgs) -> Result<()> {
                 .model
                 .as_deref()
                 .context("--model is required without --endpoint")?;
-            opts.model_id = format!("{model} ({})", args.mode);
-            let mut scorer = load_scorer(model, args.mode, &ScorerOptions::default())?;
+            opts.model_id = match &args.revision {
+                Some(rev) => format!("{model}@{rev} ({})", args.mode),
+                None => format!("{model} ({})", args.mode),
+            };
+            let options = ScorerOptions {
+                revision: args.revision.clone(),
+                ..Default::default()
+            };
+            let mut scorer = load_scorer(model, args.mode, &options)?;
             label_dataset(&dataset, &mut scorer, &opts)
         }
     }

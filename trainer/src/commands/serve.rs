@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use toprl_rewards::multimodal::MultimodalEncoder;
-use toprl_rewards::qwen3_vl::{CheckpointFiles, DType, Device, Qwen3VL};
+use toprl_rewards::qwen3_vl::{DType, Device, Qwen3VL};
 use toprl_rewards::remote::server::{Engine, RewardServer, ServerConfig};
 use toprl_rewards::topreward::prompt::PromptConfig;
 use toprl_rewards::topreward::{Mode, QwenPrefixEncoder, ScorerConfig, TopReward, TopRewardModel};
@@ -20,6 +20,9 @@ pub struct ServeArgs {
     /// Qwen3-VL checkpoint: a local directory or a hub id such as Qwen/Qwen3-VL-8B-Instruct.
     #[arg(long)]
     pub model: String,
+    /// Hub revision (commit, tag or branch) of a hub model; cached scores are keyed by the resolved commit.
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Address to listen on (0.0.0.0 for every interface).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -59,8 +62,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.max_body_mib == 0 || args.queue == 0 || args.threads == 0 {
         bail!("--max-body-mib, --queue and --threads must be at least 1");
     }
-    let files =
-        CheckpointFiles::resolve(&args.model).with_context(|| format!("resolving model {}", args.model))?;
+    let files = toprl_rewards::checkpoint::resolve_checkpoint(&args.model, args.revision.as_deref())
+        .with_context(|| format!("resolving model {}", args.model))?;
+    let identity = toprl_rewards::checkpoint::checkpoint_identity(&files)
+        .with_context(|| format!("identifying the weights of {}", args.model))?;
     let tokenizer = match (&args.tokenizer, &files.tokenizer) {
         (Some(t), _) => t.clone(),
         (None, Some(t)) => t.clone(),
@@ -84,7 +89,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
             mode,
             cache_dir: args.cache_dir.clone(),
         };
-        TopReward::new(reward_model.clone(), encoder.clone(), config, args.model.clone())
+        TopReward::new(
+            reward_model.clone(),
+            encoder.clone(),
+            config,
+            format!("{}@{identity}", args.model),
+        )
     };
     let engine = Engine {
         exact: scorer(Mode::Exact)?,
