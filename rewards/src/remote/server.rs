@@ -615,6 +615,37 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_answers_503_and_counts_nothing() {
+        let (tx, _rx) = mpsc::sync_channel::<Job>(1);
+        let request = || ScoreRequest {
+            instruction: "x".into(),
+            fps: 2.0,
+            mode: None,
+            frames: Vec::new(),
+            success_threshold: None,
+            static_check: false,
+        };
+        let (reply, _answer) = mpsc::channel();
+        let waiting = Job {
+            work: Work::Score {
+                frames: Vec::new(),
+                request: request(),
+            },
+            reply,
+        };
+        assert!(tx.try_send(waiting).is_ok());
+        let queued = AtomicUsize::new(1);
+        let work = Work::Score {
+            frames: Vec::new(),
+            request: request(),
+        };
+        let err = submit(work, &tx, &queued).unwrap_err();
+        assert_eq!(err.status, 503);
+        assert!(err.message.contains("queue is full"));
+        assert_eq!(queued.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
     fn chat_requests_parse_like_vllm_and_bad_ones_say_why() {
         let f = png_b64();
         let body = json!({
