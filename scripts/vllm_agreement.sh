@@ -13,7 +13,7 @@ LEROBOT_PYTHON=${LEROBOT_PYTHON:-.venv-lerobot/bin/python}
 OUT=${1:-vllm_agreement.json}
 TOPREWARD=${TOPREWARD:-target/debug/topreward}
 WORK=$(mktemp -d)
-trap 'kill $VLLM_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill $VLLM_PID 2>/dev/null || true; cp "$WORK/vllm.log" "$OUT.vllm.log" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 VLLM_PID=
 
 # 1. A vLLM-loadable copy of the fixture: weights, config, and the processor (tokenizer + image/video
@@ -26,6 +26,14 @@ import sys
 sys.path.insert(0, "rewards/fixtures")
 from make_qwen3vl_fixtures import make_processor
 make_processor().save_pretrained(sys.argv[1])
+# The fixture script's image processor has Qwen2-VL's class defaults (patch 14); Qwen3-VL checkpoints ship
+# patch 16, mean/std 0.5 and this pixel budget (toprl's image defaults). Videos are unaffected.
+import json, os
+path = os.path.join(sys.argv[1], "preprocessor_config.json")
+cfg = json.load(open(path)) if os.path.exists(path) else {}
+cfg.update(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+           size={"shortest_edge": 65536, "longest_edge": 16777216})
+json.dump(cfg, open(path, "w"), indent=1)
 PY
 # The chat template of Qwen3-VL Instruct for the parts TOPReward sends (no system prompt added).
 cat > "$WORK/template.jinja" <<'JINJA'
@@ -44,11 +52,11 @@ JINJA
 
 # 2. vLLM on CPU (settings from ecosystem.md).
 PORT=$("$VLLM_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-IOMP=$("$VLLM_PYTHON" -c 'import sys,glob,os; print((glob.glob(os.path.join(sys.prefix,"lib","libiomp5.so"))+[""])[0])')
+IOMP=$("$VLLM_PYTHON" -c 'import sys,glob,os; print((glob.glob(os.path.join(sys.prefix,"**","libiomp5.so"),recursive=True)+[""])[0])')
 LD_PRELOAD=$IOMP VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-0-1} VLLM_CPU_KVCACHE_SPACE=1 \
   "$VLLM_PYTHON" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name tiny \
   --chat-template "$WORK/template.jinja" --port "$PORT" --dtype float32 --max-model-len 4096 \
-  --block-size 32 --media-io-kwargs '{"video":{"num_frames":-1}}' --trust-request-mm-kwargs \
+  --block-size 32 --limit-mm-per-prompt '{"image":0,"video":1}' --media-io-kwargs '{"video":{"num_frames":-1}}' --trust-request-mm-kwargs \
   > "$WORK/vllm.log" 2>&1 &
 VLLM_PID=$!
 for _ in $(seq 1 600); do
