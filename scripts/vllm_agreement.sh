@@ -74,6 +74,12 @@ for EP in square100x80 square256; do
   "$TOPREWARD" score --endpoint "http://127.0.0.1:$PORT" --api openai --model tiny --frames "$FR" --instruction "$INSTR" --json > "$WORK/$EP.vllm.json"
   RESULTS+=("$EP")
 done
+# Diagnostic: how vLLM renders an open user turn (continue_final_message) of text only.
+curl -sf "http://127.0.0.1:$PORT/tokenize" -H 'Content-Type: application/json' -d '{"model": "tiny",
+  "messages": [{"role": "user", "content": [{"type": "text", "text": "The answer is:"}]}],
+  "add_generation_prompt": false, "continue_final_message": true, "return_token_strs": true}' \
+  > "$WORK/tokenize.json" || echo '{}' > "$WORK/tokenize.json"
+cp "$WORK/tokenize.json" "$OUT.tokenize.json"
 "$LEROBOT_PYTHON" - "$WORK" "$OUT" "${RESULTS[@]}" <<'PY'
 import json, sys
 work, out, eps = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -82,7 +88,8 @@ for ep in eps:
     a = json.load(open(f"{work}/{ep}.local.json")); b = json.load(open(f"{work}/{ep}.vllm.json"))
     diffs = [abs(x - y) for x, y in zip(a["log_probs"], b["log_probs"])]
     report[ep] = {"local": a["log_probs"], "vllm": b["log_probs"], "max_abs_diff": max(diffs),
-                  "num_tokens_equal": a["num_tokens"] == b["num_tokens"], "voc_local": a["voc"], "voc_vllm": b["voc"]}
+                  "num_tokens_equal": a["num_tokens"] == b["num_tokens"],
+                  "num_tokens_local": a["num_tokens"], "num_tokens_vllm": b["num_tokens"], "voc_local": a["voc"], "voc_vllm": b["voc"]}
 json.dump(report, open(out, "w"), indent=1)
 print(json.dumps({k: {"max_abs_diff": v["max_abs_diff"], "num_tokens_equal": v["num_tokens_equal"]} for k, v in report.items()}))
 PY
