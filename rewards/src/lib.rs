@@ -8,8 +8,13 @@
 //! This crate depends on no other toprl crate.
 
 pub mod assets;
+pub mod calibration;
+pub mod checkpoint;
 pub mod frames;
+pub mod gvl;
 pub mod metrics;
+pub mod multimodal;
 pub mod qwen3_vl;
+pub mod remote;
 pub mod score;
 pub mod topreward;

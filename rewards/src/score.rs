@@ -31,4 +31,20 @@ pub trait ProgressModel {
         fps: f64,
         instruction: &str,
     ) -> Result<EpisodeScore, Self::Error>;
+
+    /// Episodes this model can score at once (remote scorers: one per server). Default 1.
+    fn parallelism(&self) -> usize {
+        1
+    }
+
+    /// Score several episodes, results in order (default: one after another).
+    fn score_episodes(
+        &mut self,
+        episodes: &[crate::topreward::EpisodeRequest<'_>],
+    ) -> Vec<Result<EpisodeScore, Self::Error>> {
+        episodes
+            .iter()
+            .map(|e| self.score_episode(e.frames, e.fps, e.instruction))
+            .collect()
+    }
 }

@@ -179,6 +179,20 @@ pub struct RewardModelConfig {
     /// word. Default: the paper's.
     #[serde(default)]
     pub prompt_suffix: Option<String>,
+    /// `topreward` (the paper's method) or `gvl` (its baseline: completion percentages decoded from shuffled
+    /// frames). Default: topreward.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// Hub revision (commit, tag or branch) of `model`; cached scores are keyed by it. Default: main.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// Score on these servers (`topreward serve` or OpenAI-compatible such as vLLM) instead of loading
+    /// `model` here. Default: none.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// What `endpoints` speak: "toprl" or "openai". Default: "toprl".
+    #[serde(default = "default_api")]
+    pub api: String,
 }
 
 impl RewardModelConfig {
@@ -194,6 +208,12 @@ impl RewardModelConfig {
 
 fn default_mode() -> String {
     "incremental".to_string()
+}
+fn default_kind() -> String {
+    "topreward".to_string()
+}
+fn default_api() -> String {
+    "toprl".to_string()
 }
 fn default_fps() -> f64 {
     2.0
@@ -549,6 +569,35 @@ impl ExperimentConfig {
                     return Err(invalid(
                         "reward_model.prompt_prefix / prompt_suffix",
                         e.to_string(),
+                    ));
+                }
+                Some(rm) if !["topreward", "gvl"].contains(&rm.kind.as_str()) => {
+                    return Err(invalid(
+                        "reward_model.kind",
+                        format!("unknown kind `{}`, expected \"topreward\" or \"gvl\"", rm.kind),
+                    ));
+                }
+                Some(rm) if !["toprl", "openai"].contains(&rm.api.as_str()) => {
+                    return Err(invalid(
+                        "reward_model.api",
+                        format!("unknown api `{}`, expected \"toprl\" or \"openai\"", rm.api),
+                    ));
+                }
+                Some(rm)
+                    if let Some(e) = rm
+                        .endpoints
+                        .iter()
+                        .find(|e| !(e.starts_with("http://") || e.starts_with("https://"))) =>
+                {
+                    return Err(invalid(
+                        "reward_model.endpoints",
+                        format!("`{e}` is not a URL; expected http://host:port"),
+                    ));
+                }
+                Some(rm) if rm.kind == "gvl" && !rm.endpoints.is_empty() => {
+                    return Err(invalid(
+                        "reward_model.endpoints",
+                        "remote scoring is for kind = \"topreward\"; gvl runs in-process".into(),
                     ));
                 }
                 Some(rm) if rm.fps.is_nan() || rm.fps <= 0.0 => {
@@ -1058,5 +1107,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("task.name") && err.contains("juggle"), "{err}");
+    }
+
+    #[test]
+    fn reward_model_kind_api_and_endpoints_are_checked() {
+        let with = |extra: &str| {
+            MINIMAL.replace("reward = \"none\"", "reward = \"topreward\"")
+                + "\n[reward_model]\nmodel = \"m\"\n"
+                + extra
+        };
+        let parse = |extra: &str| ExperimentConfig::parse(&with(extra), Path::new("x.toml"));
+        let ok = parse("kind = \"gvl\"\nrevision = \"abc123\"\n").unwrap();
+        let rm = ok.reward_model.unwrap();
+        assert_eq!(
+            (rm.kind.as_str(), rm.revision.as_deref()),
+            ("gvl", Some("abc123"))
+        );
+        let ok = parse("endpoints = [\"http://a:8000\", \"http://b:8000\"]\napi = \"openai\"\n").unwrap();
+        assert_eq!(ok.reward_model.unwrap().endpoints.len(), 2);
+        for (extra, want) in [
+            ("kind = \"clip\"\n", "reward_model.kind"),
+            ("api = \"grpc\"\n", "reward_model.api"),
+            ("endpoints = [\"gpu1:8000\"]\n", "not a URL"),
+            (
+                "kind = \"gvl\"\nendpoints = [\"http://a:1\"]\n",
+                "gvl runs in-process",
+            ),
+        ] {
+            let err = parse(extra).unwrap_err().to_string();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
     }
 }

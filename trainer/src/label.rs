@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 use toprl_envs::dataset::{DatasetError, LeRobotDataset, ProgressTable, read_progress, write_progress};
 use toprl_rewards::metrics::{WeightParams, interpolate_to_frames, reward_aligned_weights};
-use toprl_rewards::score::ProgressModel;
+use toprl_rewards::score::{EpisodeScore, ProgressModel};
+use toprl_rewards::topreward::EpisodeRequest;
 
 /// Default file name, beside the dataset's `meta/` folder.
 pub const PROGRESS_FILE: &str = "topreward_progress.parquet";
@@ -204,24 +205,43 @@ fn provenance(opts: &LabelOptions) -> BTreeMap<String, String> {
     m
 }
 
-/// Per-frame progress of one episode from the model's per-prefix progress.
-fn score_episode<M: ProgressModel>(
-    ds: &LeRobotDataset,
-    model: &mut M,
-    opts: &LabelOptions,
+/// The frames of one episode the model sees.
+struct Sampled {
     episode: usize,
-) -> Result<Vec<f64>, LabelError> {
+    frames: Vec<image::RgbImage>,
+    positions: Vec<usize>,
+    /// Frames in the episode.
+    n: usize,
+    fps: f64,
+    instruction: String,
+}
+
+fn sample_episode(ds: &LeRobotDataset, opts: &LabelOptions, episode: usize) -> Result<Sampled, LabelError> {
     let ep = ds.episode_with_cameras(episode, std::slice::from_ref(&opts.camera))?;
     let frames = &ep.cameras[&opts.camera];
     let n = frames.len();
     let (positions, fps) = opts.sampling.positions(n, ep.fps);
     let sampled: Vec<image::RgbImage> = positions.iter().map(|&p| frames[p].clone()).collect();
-    let score = model
-        .score_episode(&sampled, fps, &ep.instruction)
-        .map_err(|e| LabelError::Model {
-            episode,
-            source: Box::new(e),
-        })?;
+    Ok(Sampled {
+        episode,
+        frames: sampled,
+        positions,
+        n,
+        fps,
+        instruction: ep.instruction.clone(),
+    })
+}
+
+/// Per-frame progress of one episode from the model's per-prefix progress.
+fn spread_to_frames<E: std::error::Error + Send + Sync + 'static>(
+    s: &Sampled,
+    score: Result<EpisodeScore, E>,
+) -> Result<Vec<f64>, LabelError> {
+    let (episode, sampled, positions, n) = (s.episode, &s.frames, &s.positions, s.n);
+    let score = score.map_err(|e| LabelError::Model {
+        episode,
+        source: Box::new(e),
+    })?;
     let bad = |reason: String| LabelError::BadScore { episode, reason };
     if score.prefix_lengths.len() != score.progress.len() || score.progress.is_empty() {
         return Err(bad(format!(
@@ -305,13 +325,30 @@ pub fn label_dataset<M: ProgressModel>(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut scored = 0;
-    for e in todo {
-        let progress = score_episode(ds, model, opts, e)?;
-        done.insert(e, progress);
-        write_table(ds, &done, opts, &meta)?;
-        scored += 1;
-        bar.inc(1);
-        tracing::debug!(episode = e, "labelled");
+    // As many episodes at once as the model scores in parallel (remote servers); each is written as soon
+    // as its batch is back, in episode order.
+    for batch in todo.chunks(model.parallelism().max(1)) {
+        let sampled = batch
+            .iter()
+            .map(|&e| sample_episode(ds, opts, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let requests: Vec<EpisodeRequest<'_>> = sampled
+            .iter()
+            .map(|s| EpisodeRequest {
+                frames: &s.frames,
+                fps: s.fps,
+                instruction: &s.instruction,
+            })
+            .collect();
+        let scores = model.score_episodes(&requests);
+        for (s, score) in sampled.iter().zip(scores) {
+            let progress = spread_to_frames(s, score)?;
+            done.insert(s.episode, progress);
+            write_table(ds, &done, opts, &meta)?;
+            scored += 1;
+            bar.inc(1);
+            tracing::debug!(episode = s.episode, "labelled");
+        }
     }
     bar.finish_and_clear();
     if scored == 0 && !opts.out.exists() {

@@ -27,6 +27,15 @@ enum Command {
     Score(toprl_trainer::commands::score::ScoreArgs),
     /// Label every frame of a LeRobotDataset with TOPReward progress and Eq. 3 weights.
     Label(toprl_trainer::commands::label::LabelArgs),
+    /// Serve TOPReward over HTTP (native endpoint and the OpenAI log-prob subset) for other machines.
+    Serve(toprl_trainer::commands::serve::ServeArgs),
+    /// The GVL baseline on one episode: completion percentages decoded from shuffled frames.
+    Gvl(toprl_trainer::commands::gvl::GvlArgs),
+    /// The paper's evaluation on a dataset: VOC per episode, task and overall, static-video VOC, success
+    /// ROC-AUC, for TOPReward, GVL or both (eval.md, eval.json, eval.png; resumable).
+    Eval(toprl_trainer::commands::eval::EvalArgs),
+    /// Choose the success threshold on episodes with known success (ROC-AUC, Youden or best F1).
+    Calibrate(toprl_trainer::commands::calibrate::CalibrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +58,10 @@ fn main() -> ExitCode {
         },
         Command::Score(args) => report(toprl_trainer::commands::score::run(args)),
         Command::Label(args) => report(toprl_trainer::commands::label::run(args)),
+        Command::Serve(args) => report(toprl_trainer::commands::serve::run(args)),
+        Command::Gvl(args) => report(toprl_trainer::commands::gvl::run(args)),
+        Command::Eval(args) => report(toprl_trainer::commands::eval::run(args)),
+        Command::Calibrate(args) => report(toprl_trainer::commands::calibrate::run(args)),
     }
 }
 

@@ -7,8 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use toprl_envs::episode::Episode;
 use toprl_rewards::score::EpisodeScore;
-use toprl_rewards::topreward::Mode;
-use toprl_trainer::commands::score::{ScorerOptions, load_scorer};
+use toprl_trainer::commands::remote::reward_model_scorer;
 use toprl_trainer::config::{ExperimentConfig, RewardSource};
 use toprl_trainer::experiment::RunOptions;
 use toprl_trainer::run_folder::StartMode;
@@ -99,20 +98,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         progress: true,
     };
     let mut scorer = match &config.reward_model {
-        Some(rm) if config.arms.iter().any(|a| a.reward == RewardSource::Topreward) => {
-            let mode: Mode = rm.mode.parse().map_err(anyhow::Error::msg)?;
-            let options = ScorerOptions {
-                cache_dir: Some(out.join(toprl_trainer::run_folder::SCORE_CACHE_DIR)),
-                prompt: rm.prompt(),
-                device: rm.device,
-                dtype: rm.dtype,
-                ..Default::default()
-            };
-            Some(
-                load_scorer(&rm.model, mode, &options)
-                    .context("loading the reward model in [reward_model]")?,
-            )
-        }
+        Some(rm) if config.arms.iter().any(|a| a.reward == RewardSource::Topreward) => Some(
+            reward_model_scorer(rm, Some(out.join(toprl_trainer::run_folder::SCORE_CACHE_DIR)))
+                .context("loading the reward model in [reward_model]")?,
+        ),
         _ => None,
     };
     let camera = config.reward_model.as_ref().map(|rm| (rm.camera.clone(), rm.fps));
@@ -134,9 +123,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let sampled: Vec<_> = frames.iter().step_by(stride).cloned().collect();
             // Timestamps of the frames really sampled (the rounded stride), not the nominal rate.
             let sampled_fps = episode.fps / stride as f64;
-            let score = scorer
-                .score_frames(&sampled, sampled_fps, &episode.instruction)
-                .map_err(|e| format!("episode {}: {e}", episode.index))?;
+            let score = scorer(&sampled, sampled_fps, &episode.instruction)
+                .map_err(|e| format!("episode {}: {e:#}", episode.index))?;
             scores.push((score, stride as f64));
             bar.inc(1);
         }

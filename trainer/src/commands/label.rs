@@ -8,9 +8,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use toprl_rewards::metrics::WeightParams;
 use toprl_rewards::qwen3_vl::{DeviceSpec, Precision};
+use toprl_rewards::remote::client::Api;
 use toprl_rewards::topreward::Mode;
 
 use crate::commands::dataset::open_dataset;
+use crate::commands::remote::RemoteArgs;
 use crate::commands::score::{ScorerOptions, load_scorer};
 use crate::label::{LabelOptions, Sampling, check_inputs, default_progress_path, label_dataset};
 use crate::plot::{Chart, Series, check_plot_path, save_grid};
@@ -20,9 +22,13 @@ use crate::plot::{Chart, Series, check_plot_path, save_grid};
 pub struct LabelArgs {
     /// Dataset folder, or hf://OWNER/NAME[@REVISION].
     pub dataset: String,
-    /// Qwen3-VL checkpoint: a local directory or a hub id such as Qwen/Qwen3-VL-8B-Instruct.
+    /// Qwen3-VL checkpoint: a local directory or a hub id such as Qwen/Qwen3-VL-8B-Instruct. With
+    /// --endpoint: the model name sent to OpenAI servers (optional).
+    #[arg(long, required_unless_present = "endpoints")]
+    pub model: Option<String>,
+    /// Hub revision (commit, tag or branch) of a hub model.
     #[arg(long)]
-    pub model: String,
+    pub revision: Option<String>,
     /// Camera the model sees.
     #[arg(long, default_value = "observation.images.front")]
     pub camera: String,
@@ -64,6 +70,8 @@ pub struct LabelArgs {
     /// PNG grid of the per-episode progress curves. Default: the output path with a .png extension.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// Frame sampling choices of `topreward label`.
@@ -79,7 +87,10 @@ pub fn run(args: LabelArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| default_progress_path(&dataset));
-    let opts = LabelOptions {
+    let remote = args
+        .remote
+        .scorer(args.model.as_deref(), Some(args.mode), Default::default())?;
+    let mut opts = LabelOptions {
         camera: args.camera.clone(),
         out: out.clone(),
         weights: WeightParams {
@@ -97,7 +108,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
                 max_frames: args.max_frames,
             },
         },
-        model_id: format!("{} ({})", args.model, args.mode),
+        model_id: String::new(),
     };
     // Everything that needs no model is checked before the model loads (minutes for an 8B checkpoint).
     check_inputs(&dataset, &opts).with_context(|| format!("labelling {}", args.dataset))?;
@@ -106,17 +117,39 @@ pub fn run(args: LabelArgs) -> Result<()> {
     let dataset_dirs = ["meta", "data", "videos", "images"].map(|d| root.join(d));
     let dataset_dirs: Vec<&std::path::Path> = dataset_dirs.iter().map(|d| d.as_path()).collect();
     check_plot_path(&plot, &[out.as_path()], &dataset_dirs).context("--plot")?;
-    let mut scorer = load_scorer(
-        &args.model,
-        args.mode,
-        &ScorerOptions {
-            device: args.device,
-            dtype: args.dtype,
-            ..Default::default()
-        },
-    )?;
-    let summary =
-        label_dataset(&dataset, &mut scorer, &opts).with_context(|| format!("labelling {}", args.dataset))?;
+    // The model id goes into the file: a resumed run never mixes models. Servers report what they serve;
+    // a toprl server started on the same checkpoint path labels exactly as a local run.
+    let summary = match remote {
+        Some(mut remote) => {
+            let served = remote
+                .served_model()
+                .context("asking the endpoints which model they serve")?;
+            opts.model_id = match args.remote.api {
+                Api::Toprl => format!("{served} ({})", args.mode),
+                Api::OpenAi => format!("{served} (openai, exact)"),
+            };
+            label_dataset(&dataset, &mut remote, &opts)
+        }
+        None => {
+            let model = args
+                .model
+                .as_deref()
+                .context("--model is required without --endpoint")?;
+            opts.model_id = match &args.revision {
+                Some(rev) => format!("{model}@{rev} ({})", args.mode),
+                None => format!("{model} ({})", args.mode),
+            };
+            let options = ScorerOptions {
+                revision: args.revision.clone(),
+                device: args.device,
+                dtype: args.dtype,
+                ..Default::default()
+            };
+            let mut scorer = load_scorer(model, args.mode, &options)?;
+            label_dataset(&dataset, &mut scorer, &opts)
+        }
+    }
+    .with_context(|| format!("labelling {}", args.dataset))?;
     let table = toprl_envs::dataset::read_progress(&summary.path)
         .with_context(|| format!("reading back {}", summary.path.display()))?;
     let mut curves: BTreeMap<i64, Vec<(f64, f64)>> = BTreeMap::new();

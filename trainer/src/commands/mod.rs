@@ -1,6 +1,11 @@
 //! Subcommands of the binaries, as clap argument structs and `run` functions.
 
+pub mod calibrate;
 pub mod dataset;
+pub mod eval;
+pub mod gvl;
 pub mod label;
+pub mod remote;
 pub mod score;
+pub mod serve;
 pub mod sim;

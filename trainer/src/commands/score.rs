@@ -7,19 +7,22 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Instant;
 
-use toprl_rewards::qwen3_vl::{CheckpointFiles, DeviceSpec, Precision, Qwen3VL};
+use toprl_rewards::qwen3_vl::{DeviceSpec, Precision, Qwen3VL};
 use toprl_rewards::topreward::prompt::PromptConfig;
 use toprl_rewards::topreward::{Mode, QwenPrefixEncoder, ScorerConfig, TopReward, TopRewardModel};
 
+use crate::commands::calibrate::{Threshold, read_calibration};
+use crate::commands::remote::RemoteArgs;
 use crate::plot::{Chart, Series, save_chart};
 
 /// Score an episode with TOPReward: log p(" True") per prefix, min-max progress and VOC.
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
     /// Qwen3-VL checkpoint: a local directory (config.json, model.safetensors[.index.json]) or a hub id
-    /// such as Qwen/Qwen3-VL-8B-Instruct (downloaded through the Hugging Face cache).
-    #[arg(long)]
-    pub model: String,
+    /// such as Qwen/Qwen3-VL-8B-Instruct (downloaded through the Hugging Face cache). With --endpoint: the
+    /// model name sent to OpenAI servers (optional).
+    #[arg(long, required_unless_present = "endpoints")]
+    pub model: Option<String>,
     /// A folder of frames (png/jpg, sorted by name) already sampled at --fps, or a video file sampled at --fps.
     #[arg(long)]
     pub frames: PathBuf,
@@ -62,6 +65,10 @@ pub struct ScoreArgs {
     /// (default: "{instruction} Decide whether the above statement is True or not. The answer is: True").
     #[arg(long)]
     pub prompt_suffix: Option<String>,
+    /// Hub revision (commit, tag or branch) to pin a hub model to; cached scores are keyed by the resolved
+    /// commit (local checkpoints by a content hash).
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Directory of cached episode scores (JSON, keyed by content and settings).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -70,9 +77,13 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub json: bool,
     /// Call the episode a success when its success score (mean log p(" True") over the last 3 prefixes,
-    /// the paper's detector) is at least this; pick it on labelled episodes (typically -1.5 to -0.5).
+    /// the paper's detector) is at least this; pick it on labelled episodes (typically -1.5 to -0.5), or
+    /// `auto`: the threshold `topreward calibrate` wrote to --calibration.
     #[arg(long, allow_hyphen_values = true)]
-    pub success_threshold: Option<f64>,
+    pub success_threshold: Option<Threshold>,
+    /// Calibration file read by --success-threshold auto (written by `topreward calibrate`).
+    #[arg(long, default_value = "topreward_calibration.json")]
+    pub calibration: PathBuf,
     /// Also score a static video (the first frame repeated as often as there are frames) and report its
     /// VOC as `static_voc`: a model that finds progress in a video where nothing happens (the authors
     /// report about 0.99 for Qwen3-VL-8B) has a time bias that the real VOC includes.
@@ -81,6 +92,8 @@ pub struct ScoreArgs {
     /// Write a PNG plot of the progress curve.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// Settings of a TOPReward scorer beyond the model and mode.
@@ -98,12 +111,15 @@ pub struct ScorerOptions {
     pub device: DeviceSpec,
     /// Precision (auto: stored dtype on a GPU, f32 on the CPU).
     pub dtype: Precision,
+    /// Hub revision (commit, tag or branch) of a hub model.
+    pub revision: Option<String>,
 }
 
 /// Load a Qwen3-VL checkpoint (local directory or hub id) as a TOPReward scorer on `options.device` in
 /// `options.dtype`.
 pub fn load_scorer(model: &str, mode: Mode, options: &ScorerOptions) -> Result<TopReward<QwenPrefixEncoder>> {
-    let files = CheckpointFiles::resolve(model).with_context(|| format!("resolving model {model}"))?;
+    let files = toprl_rewards::checkpoint::resolve_checkpoint(model, options.revision.as_deref())
+        .with_context(|| format!("resolving model {model}"))?;
     let encoder =
         QwenPrefixEncoder::from_checkpoint(&files, options.tokenizer.as_deref(), options.prompt.clone())
             .context("building the video processor and prompt")?;
@@ -124,7 +140,15 @@ pub fn load_scorer(model: &str, mode: Mode, options: &ScorerOptions) -> Result<T
         mode,
         cache_dir: options.cache_dir.clone(),
     };
-    Ok(TopReward::new(reward_model, encoder, config, model.to_string())?)
+    // Cache keys name the weights: the hub commit, or a content hash of a local checkpoint.
+    let identity = toprl_rewards::checkpoint::checkpoint_identity(&files)
+        .with_context(|| format!("identifying the weights of {model}"))?;
+    Ok(TopReward::new(
+        reward_model,
+        encoder,
+        config,
+        format!("{model}@{identity}"),
+    )?)
 }
 
 impl ScoreArgs {
@@ -142,11 +166,15 @@ impl ScoreArgs {
 const SUCCESS_PREFIXES: usize = 3;
 
 pub fn run(args: ScoreArgs) -> Result<()> {
-    if let Some(theta) = args.success_threshold
-        && !theta.is_finite()
-    {
-        bail!("--success-threshold must be a finite log-probability, got {theta}");
-    }
+    let success_threshold = match args.success_threshold {
+        None => None,
+        Some(Threshold::Value(theta)) => Some(theta),
+        Some(Threshold::Auto) => Some(
+            read_calibration(&args.calibration, args.model.as_deref())?
+                .choice
+                .threshold,
+        ),
+    };
     if !(args.fps.is_finite() && args.fps > 0.0) {
         bail!("--fps must be positive, got {}", args.fps);
     }
@@ -187,20 +215,39 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         cache_dir: args.cache_dir.clone(),
         device: args.device,
         dtype: args.dtype,
+        revision: args.revision.clone(),
     };
     let load_start = Instant::now();
-    let mut scorer = load_scorer(&args.model, args.mode, &options)?;
+    let remote = args
+        .remote
+        .scorer(args.model.as_deref(), Some(args.mode), args.prompt())?;
+    let mut scorer = match remote {
+        Some(r) => Scorer::Remote(r),
+        None => {
+            let model = args
+                .model
+                .as_deref()
+                .context("--model is required without --endpoint")?;
+            Scorer::Local(Box::new(load_scorer(model, args.mode, &options)?))
+        }
+    };
     let load_seconds = load_start.elapsed().as_secs_f64();
-    let dtype = scorer.model().model().dtype();
+    // The precision the weights run in (a remote server does not say).
+    let dtype = match &scorer {
+        Scorer::Local(s) => Some(format!("{:?}", s.model().model().dtype()).to_lowercase()),
+        Scorer::Remote(_) => None,
+    };
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} prefixes {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("scoring {} frames ({})", frames.len(), args.mode));
-    scorer.set_progress(Some(bar.clone()));
+    if let Scorer::Local(s) = &mut scorer {
+        s.set_progress(Some(bar.clone()));
+    }
     let score_start = Instant::now();
     let score = scorer
-        .score_frames(&frames, args.fps, &args.instruction)
+        .score(&frames, args.fps, &args.instruction)
         .context("scoring the episode")?;
     let score_seconds = score_start.elapsed().as_secs_f64();
     bar.finish_and_clear();
@@ -208,7 +255,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         let first = frames.first().context("no frames to build a static video from")?;
         let still = vec![first.clone(); frames.len()];
         let score = scorer
-            .score_frames(&still, args.fps, &args.instruction)
+            .score(&still, args.fps, &args.instruction)
             .context("scoring the static video")?;
         Some(score.voc)
     } else {
@@ -234,31 +281,20 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         save_chart(path, &chart).with_context(|| format!("writing plot {}", path.display()))?;
     }
     let success_score = toprl_rewards::metrics::success_score(&score.log_probs, SUCCESS_PREFIXES);
-    let success = args
-        .success_threshold
-        .zip(success_score)
-        .map(|(theta, s)| s >= theta);
+    let success = success_threshold.zip(success_score).map(|(theta, s)| s >= theta);
     if args.json {
-        let mut json = serde_json::to_value(&score)?;
+        let mut json = toprl_rewards::remote::episode_json(&score, success_threshold, static_voc);
         if let Some(object) = json.as_object_mut() {
-            object.insert("success_score".into(), serde_json::json!(success_score));
             // Wall-clock seconds: loading (config, tokenizer, weights) and scoring the episode (a cache hit
             // scores in ~0 s). The static check, if asked, is not included.
             object.insert(
                 "timing".into(),
                 serde_json::json!({"load_seconds": load_seconds, "score_seconds": score_seconds}),
             );
-            object.insert("device".into(), serde_json::json!(args.device.to_string()));
-            object.insert(
-                "dtype".into(),
-                serde_json::json!(format!("{dtype:?}").to_lowercase()),
-            );
-            if args.success_threshold.is_some() {
-                object.insert("success".into(), serde_json::json!(success));
+            if matches!(scorer, Scorer::Local(_)) {
+                object.insert("device".into(), serde_json::json!(args.device.to_string()));
             }
-            if let Some(voc) = static_voc {
-                object.insert("static_voc".into(), serde_json::json!(voc));
-            }
+            object.insert("dtype".into(), serde_json::json!(dtype));
         }
         crate::outln!("{json}");
     } else {
@@ -289,7 +325,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             crate::out!(
                 "success score {value:.4} (mean log p(True) of the last {SUCCESS_PREFIXES} prefixes)"
             );
-            match (success, args.success_threshold) {
+            match (success, success_threshold) {
                 (Some(ok), Some(theta)) => crate::outln!(
                     ": {} at threshold {theta}",
                     if ok { "success" } else { "failure" }
@@ -303,4 +339,25 @@ pub fn run(args: ScoreArgs) -> Result<()> {
 
 fn fmt_voc(v: Option<f64>) -> String {
     v.map_or_else(|| "undefined".to_string(), |v| format!("{v:.4}"))
+}
+
+/// The model that scores: loaded here, or remote servers.
+enum Scorer {
+    Local(Box<TopReward<QwenPrefixEncoder>>),
+    Remote(toprl_rewards::remote::client::RemoteScorer),
+}
+
+impl Scorer {
+    fn score(
+        &mut self,
+        frames: &[image::RgbImage],
+        fps: f64,
+        instruction: &str,
+    ) -> Result<toprl_rewards::score::EpisodeScore> {
+        use toprl_rewards::score::ProgressModel;
+        Ok(match self {
+            Self::Local(s) => s.score_frames(frames, fps, instruction)?,
+            Self::Remote(r) => r.score_episode(frames, fps, instruction)?,
+        })
+    }
 }
