@@ -7,5 +7,6 @@
 pub mod assets;
 pub mod dataset;
 pub mod episode;
+pub mod robot;
 pub mod sim;
 pub mod so101;
