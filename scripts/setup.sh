@@ -7,7 +7,8 @@
 #
 # Optional Python environments (large downloads, only needed to regenerate fixtures or run parity checks):
 #   --python-ref   .venv-ref with torch + transformers 4.57.1 (reference Qwen3-VL, fixture generation)
-#   --lerobot      .venv-lerobot with lerobot 0.4.4 (LeRobotDataset fixtures and round-trip tests)
+#   --lerobot      .venv-lerobot with lerobot[feetech] 0.4.4 (LeRobotDataset fixtures and round-trip tests, the
+#                  SO-101 calibration parity tests and LeRobot's follower driver on the simulated bus)
 #
 # Usage: scripts/setup.sh [--no-apt] [--python-ref] [--lerobot]
 set -euo pipefail
@@ -157,7 +158,7 @@ if [[ $want_lerobot == 1 ]]; then
     say "creating .venv-lerobot (lerobot 0.4.4)"
     "$py311" -m venv "$repo/.venv-lerobot"
   fi
-  "$repo/.venv-lerobot/bin/pip" install -q lerobot==0.4.4 || die "could not install lerobot==0.4.4"
+  "$repo/.venv-lerobot/bin/pip" install -q "lerobot[feetech]==0.4.4" || die "could not install lerobot[feetech]==0.4.4"
   say "LeRobot environment ready: $repo/.venv-lerobot"
 fi
 

@@ -289,9 +289,9 @@ pub enum SimBusError {
 impl SimBus {
     /// Builds the MuJoCo arm (no cameras) and opens a pseudo-terminal; clients open [`SimBus::port_name`].
     pub fn new(cfg: SimBusConfig) -> Result<Self, SimBusError> {
-        let (mut master, mut slave) = TTYPort::pair()?;
-        // The client opens the slave's path itself; the copy we keep open must not lock it out.
-        slave.set_exclusive(false)?;
+        // The slave end is opened raw and without locks (no flock, no TIOCEXCL), so the client can open
+        // its path exclusively; do not call `set_exclusive` on it (that takes a shared flock).
+        let (mut master, slave) = TTYPort::pair()?;
         master.set_timeout(Duration::from_millis(1))?;
         let port_name = slave
             .name()
