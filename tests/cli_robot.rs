@@ -13,6 +13,13 @@ use toprl_envs::dataset::LeRobotDataset;
 use toprl_envs::robot::calibration::Calibration;
 use toprl_envs::robot::sim_bus::default_truth;
 
+/// The tests of this file run one at a time: each starts simulated buses and LeRobot's driver allows a
+/// status packet only ~50 ms, which a 2-core CI machine running several MuJoCo buses at once can miss.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn so101() -> Command {
     Command::new(env!("CARGO_BIN_EXE_so101"))
 }
@@ -107,6 +114,7 @@ fn stderr(out: &std::process::Output) -> String {
 
 #[test]
 fn calibrate_writes_lerobots_file_in_lerobots_folder() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     // Factory-fresh motors; the simulated operator sweeps the joints through their ranges.
     let sim = SimBus::start(&["--operator", "sweep", "--sweep-period", "2.5"]);
@@ -145,6 +153,7 @@ fn calibrate_writes_lerobots_file_in_lerobots_folder() {
 
 #[test]
 fn teleop_follows_the_leader_and_leaves_torque_off() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let (fdir, ldir) = (tmp.path().join("f"), tmp.path().join("l"));
     let file = calibration_file(&fdir, "follower");
@@ -186,6 +195,7 @@ fn teleop_follows_the_leader_and_leaves_torque_off() {
 
 #[test]
 fn record_writes_and_resumes_a_lerobot_dataset() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let (fdir, ldir) = (tmp.path().join("f"), tmp.path().join("l"));
     let file = calibration_file(&fdir, "follower");
@@ -253,6 +263,7 @@ fn record_writes_and_resumes_a_lerobot_dataset() {
 
 #[test]
 fn run_drives_the_follower_with_a_policy() {
+    let _serial = serial();
     use toprl_policies::gaussian::GaussianMlpConfig;
     use toprl_policies::{Normalizer, PolicyConfig, TrainConfig, Trainer, cpu_device};
     let tmp = tempfile::tempdir().unwrap();
@@ -323,6 +334,7 @@ fn run_drives_the_follower_with_a_policy() {
 
 #[test]
 fn faults_stop_the_arm_with_a_clear_error() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let (fdir, ldir) = (tmp.path().join("f"), tmp.path().join("l"));
     let file = calibration_file(&fdir, "follower");
@@ -389,6 +401,7 @@ fn faults_stop_the_arm_with_a_clear_error() {
 
 #[test]
 fn lerobots_follower_driver_moves_the_simulated_arm() {
+    let _serial = serial();
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-lerobot/bin/python");
     assert!(
         python.exists(),

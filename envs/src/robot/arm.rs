@@ -112,14 +112,14 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Torque off then Lock 0 on every motor (LeRobot's `disable_torque`), each write retried 5 times;
+/// Torque off then Lock 0 on every motor (LeRobot's `disable_torque`), each write tried up to 8 times;
 /// keeps going past motors that fail and returns the first failure.
 pub fn disable_torque(bus: &mut FeetechBus) -> Result<(), BusError> {
     let mut first = None;
     for id in MOTOR_IDS {
         for (r, v) in [(&reg::TORQUE_ENABLE, 0), (&reg::LOCK, 0)] {
             let mut result = Err(None);
-            for _ in 0..6 {
+            for _ in 0..2 {
                 match bus.write(id, r, v) {
                     Ok(()) => {
                         result = Ok(());

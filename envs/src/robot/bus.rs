@@ -69,7 +69,9 @@ pub enum BusError {
 #[derive(Debug, Clone, Copy)]
 pub struct BusOptions {
     pub baudrate: u32,
-    /// How long to wait for each status packet. LeRobot's patched SDK waits about 50 ms.
+    /// How long to wait for each status packet. LeRobot's patched SDK waits about 50 ms; toprl waits
+    /// 100 ms with 3 retries so a busy host (or a simulated bus on a loaded machine) is not taken for a
+    /// dead motor: a motor that stopped answering is reported after about 0.4 s.
     pub reply_timeout: Duration,
     /// Extra attempts for reads, pings and sync reads after a timeout or corrupt reply.
     pub read_retries: usize,
@@ -81,9 +83,9 @@ impl Default for BusOptions {
     fn default() -> Self {
         BusOptions {
             baudrate: DEFAULT_BAUDRATE,
-            reply_timeout: Duration::from_millis(50),
-            read_retries: 2,
-            write_retries: 2,
+            reply_timeout: Duration::from_millis(100),
+            read_retries: 3,
+            write_retries: 3,
         }
     }
 }
