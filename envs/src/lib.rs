@@ -7,6 +7,7 @@
 pub mod assets;
 pub mod dataset;
 pub mod episode;
+pub mod robot;
 pub mod safe_path;
 pub mod sim;
 pub mod so101;

@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use toprl_envs::{assets, so101};
+use toprl_trainer::commands::arm;
 
-/// SO-101 tools: simulation in MuJoCo and LeRobotDataset inspection.
+/// SO-101 tools: simulation in MuJoCo, LeRobotDataset inspection, and the real arm (calibrate, teleop,
+/// record, run) with a simulated bus to try it without one.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -24,6 +26,16 @@ enum Command {
     Dataset(toprl_trainer::commands::dataset::DatasetArgs),
     /// Run a policy in the MuJoCo SO-101 tabletop tasks and report its success rate.
     Sim(toprl_trainer::commands::sim::SimArgs),
+    /// Calibrate a real arm as LeRobot does and write LeRobot's calibration file.
+    Calibrate(arm::CalibrateArgs),
+    /// Teleoperate: the leader arm drives the follower.
+    Teleop(arm::TeleopArgs),
+    /// Record teleoperated episodes into a LeRobotDataset v3.0.
+    Record(arm::RecordArgs),
+    /// Drive the follower with a toprl policy.
+    Run(arm::RunArgs),
+    /// Serve a simulated SO-101 bus on a pseudo-terminal (prints `port: PATH`, serves until killed).
+    SimBus(arm::SimBusArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +63,11 @@ fn main() -> ExitCode {
         }
         Command::Dataset(a) => report(toprl_trainer::commands::dataset::run(a)),
         Command::Sim(a) => report(toprl_trainer::commands::sim::run(a)),
+        Command::Calibrate(a) => report(arm::calibrate(a)),
+        Command::Teleop(a) => report(arm::teleop(a)),
+        Command::Record(a) => report(arm::record(a)),
+        Command::Run(a) => report(arm::run(a)),
+        Command::SimBus(a) => report(arm::sim_bus(a)),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Subcommands of the binaries, as clap argument structs and `run` functions.
 
+pub mod arm;
 pub mod calibrate;
 pub mod dataset;
 pub mod eval;
