@@ -154,9 +154,13 @@ fn an_interrupted_awr_run_resumes_where_it_stopped() {
         &text[..start]
     )
     .replace("seeds = [0, 1]", "seeds = [0]");
-    let two = dir.path().join("two.toml");
+    // Same file name (the experiment's name) in two folders: the configs differ only in iterations.
+    for sub in ["one", "two"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+    let two = dir.path().join("two/awr.toml");
     std::fs::write(&two, &awr_only).unwrap();
-    let one = dir.path().join("one.toml");
+    let one = dir.path().join("one/awr.toml");
     std::fs::write(&one, awr_only.replace("iterations = 2", "iterations = 1")).unwrap();
 
     let straight = dir.path().join("straight");
@@ -167,6 +171,18 @@ fn an_interrupted_awr_run_resumes_where_it_stopped() {
     let out = train_config(&one, &interrupted, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::remove_file(interrupted.join("runs/awr/seed-0/result.json")).unwrap();
+    // The run folder records the config it was started with, and --resume refuses another one; a run of
+    // `two` stopped after its first iteration differs from this finished run of `one` only in that record.
+    let resolved_two =
+        toml::to_string_pretty(&toprl_trainer::config::ExperimentConfig::load(&two).expect("two.toml"))
+            .unwrap();
+    let refused = train_config(&two, &interrupted, &["--resume"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("awr.iterations: 1 -> 2"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    std::fs::write(interrupted.join("experiment.toml"), resolved_two).unwrap();
     let out = train_config(&two, &interrupted, &["--resume"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 

@@ -171,6 +171,18 @@ impl PolicyConfig {
                 Ok(())
             }
         };
+        // Sizes read from a checkpoint's policy.json are bounded before any shape is computed: a size
+        // near usize::MAX made the network builder overflow or ask for impossible allocations (found by
+        // fuzzing the checkpoint reader).
+        if let Ok(value) = serde_json::to_value(self)
+            && let Some(n) = largest_integer(&value)
+            && n > MAX_SIZE
+        {
+            return Err(PolicyError::Invalid {
+                field: "policy.json",
+                reason: format!("a size of {n} is above the limit of {MAX_SIZE}"),
+            });
+        }
         positive("state_dim", self.state_dim())?;
         positive("action_dim", self.action_dim())?;
         positive("chunk_size", self.chunk_size())?;
@@ -328,5 +340,18 @@ impl PolicyNet {
             PolicyNet::Act(m) => m.predict(inputs),
             PolicyNet::Flow(m) => m.sample(inputs, rng),
         }
+    }
+}
+
+/// Largest size (layer width, count, grid) a policy config may hold.
+const MAX_SIZE: u64 = 1 << 16;
+
+/// The largest integer anywhere in `value` (sizes of a serialised policy config).
+fn largest_integer(value: &serde_json::Value) -> Option<u64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::Array(a) => a.iter().filter_map(largest_integer).max(),
+        serde_json::Value::Object(m) => m.values().filter_map(largest_integer).max(),
+        _ => None,
     }
 }

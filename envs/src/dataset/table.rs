@@ -26,6 +26,25 @@ pub(crate) struct Table {
 impl Table {
     /// Read the named columns (all when `columns` is `None`). A missing column is an error naming it.
     pub fn read(path: &Path, columns: Option<&[&str]>) -> Result<Self> {
+        // The parquet crate (60.1) panics on some corrupt footers (e.g. a negative column offset, found by
+        // fuzzing); a damaged file must be an error naming it, not a crash of the whole program.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::read_unguarded(path, columns)
+        }))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown error");
+            Err(DatasetError::Inconsistent {
+                path: path.to_path_buf(),
+                reason: format!("corrupt parquet file: {message}"),
+            })
+        })
+    }
+
+    fn read_unguarded(path: &Path, columns: Option<&[&str]>) -> Result<Self> {
         let file = File::open(path).map_err(io(path))?;
         let perr = |source| DatasetError::Parquet {
             path: path.to_path_buf(),

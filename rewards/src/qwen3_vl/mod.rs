@@ -33,6 +33,13 @@ pub enum ModelError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("{path}: {field} = {value} is {reason}")]
+    ConfigValue {
+        path: PathBuf,
+        field: &'static str,
+        value: usize,
+        reason: &'static str,
+    },
     #[error(
         "unsupported architecture in {path}: model_type is {found:?}, expected \"qwen3_vl\" (dense Qwen3-VL)"
     )]
@@ -212,10 +219,89 @@ pub fn read_config(path: &Path) -> Result<Config, ModelError> {
             found: model_type.to_string(),
         });
     }
-    serde_json::from_value(value).map_err(|e| ModelError::BadConfig {
+    let config: Config = serde_json::from_value(value).map_err(|e| ModelError::BadConfig {
         path: path.into(),
         source: e,
-    })
+    })?;
+    check_sizes(&config, path)?;
+    Ok(config)
+}
+
+/// Sizes are checked before any shape is computed: a config.json with a zero head count or a size near
+/// `usize::MAX` would otherwise divide by zero or overflow while the model is built. The bounds are far
+/// above any released Qwen3-VL (largest dimension 151,936, 64 layers).
+fn check_sizes(config: &Config, path: &Path) -> Result<(), ModelError> {
+    const LARGE: usize = 1 << 22;
+    const LAYERS: usize = 1 << 10;
+    const SMALL: usize = 64;
+    let t = &config.text_config;
+    let v = &config.vision_config;
+    let fields: [(&'static str, usize, usize); 17] = [
+        ("text_config.vocab_size", t.vocab_size, LARGE),
+        ("text_config.hidden_size", t.hidden_size, LARGE),
+        ("text_config.intermediate_size", t.intermediate_size, LARGE),
+        ("text_config.num_hidden_layers", t.num_hidden_layers, LAYERS),
+        ("text_config.num_attention_heads", t.num_attention_heads, LARGE),
+        ("text_config.num_key_value_heads", t.num_key_value_heads, LARGE),
+        ("text_config.head_dim", t.head_dim, LARGE),
+        (
+            "text_config.max_position_embeddings",
+            t.max_position_embeddings,
+            1 << 24,
+        ),
+        ("vision_config.depth", v.depth, LAYERS),
+        ("vision_config.hidden_size", v.hidden_size, LARGE),
+        ("vision_config.intermediate_size", v.intermediate_size, LARGE),
+        ("vision_config.num_heads", v.num_heads, LARGE),
+        ("vision_config.in_channels", v.in_channels, SMALL),
+        ("vision_config.patch_size", v.patch_size, SMALL),
+        ("vision_config.spatial_merge_size", v.spatial_merge_size, SMALL),
+        ("vision_config.temporal_patch_size", v.temporal_patch_size, SMALL),
+        ("vision_config.out_hidden_size", v.out_hidden_size, LARGE),
+    ];
+    let bad = |field, value, reason| ModelError::ConfigValue {
+        path: path.into(),
+        field,
+        value,
+        reason,
+    };
+    for (field, value, max) in fields {
+        if value == 0 {
+            return Err(bad(field, value, "zero"));
+        }
+        if value > max {
+            return Err(bad(field, value, "implausibly large"));
+        }
+    }
+    if v.num_position_embeddings > LARGE {
+        return Err(bad(
+            "vision_config.num_position_embeddings",
+            v.num_position_embeddings,
+            "implausibly large",
+        ));
+    }
+    if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
+        return Err(bad(
+            "text_config.num_key_value_heads",
+            t.num_key_value_heads,
+            "not a divisor of num_attention_heads",
+        ));
+    }
+    if !v.hidden_size.is_multiple_of(v.num_heads) {
+        return Err(bad(
+            "vision_config.num_heads",
+            v.num_heads,
+            "not a divisor of hidden_size",
+        ));
+    }
+    if let Some(&i) = v.deepstack_visual_indexes.iter().find(|&&i| i >= v.depth) {
+        return Err(bad(
+            "vision_config.deepstack_visual_indexes",
+            i,
+            "not below depth",
+        ));
+    }
+    Ok(())
 }
 
 /// Qwen3-VL for conditional generation: vision tower + text decoder + LM head.
