@@ -150,25 +150,32 @@ pub fn success_vs_voc_chart(results: &Results) -> Option<Chart> {
     }
     let point = |a: &ArmResult| (a.reward_voc.unwrap_or(f64::NAN), a.success_mean);
     let half = |a: &ArmResult| 0.5 * (a.ci95[1] - a.ci95[0]);
-    let mut curve: Vec<&ArmResult> = dense
-        .iter()
-        .copied()
-        .filter(|a| matches!(a.reward, RewardSource::Oracle | RewardSource::OracleNoisy))
-        .collect();
-    curve.sort_by(|a, b| point(a).0.total_cmp(&point(b).0));
-    let mut series = vec![Series {
-        name: curve
-            .iter()
-            .map(|a| a.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        points: curve.iter().map(|a| point(a)).collect(),
-        errors: Some(curve.iter().map(|a| half(a)).collect()),
-    }];
-    for a in dense
-        .iter()
-        .filter(|a| !matches!(a.reward, RewardSource::Oracle | RewardSource::OracleNoisy))
-    {
+    let on_curve = |a: &ArmResult| matches!(a.reward, RewardSource::Oracle | RewardSource::OracleNoisy);
+    // One curve per weighting formula (the method text starts with it), e.g. "RA-BC" and "Eq. 3".
+    let mut curves: Vec<(String, Vec<&ArmResult>)> = Vec::new();
+    for a in dense.iter().copied().filter(|a| on_curve(a)) {
+        let formula = a.method.split(',').next().unwrap_or_default().to_string();
+        match curves.iter_mut().find(|(f, _)| *f == formula) {
+            Some((_, arms)) => arms.push(a),
+            None => curves.push((formula, vec![a])),
+        }
+    }
+    let mut series = Vec::new();
+    for (formula, mut arms) in curves {
+        arms.sort_by(|a, b| point(a).0.total_cmp(&point(b).0));
+        series.push(Series {
+            name: format!(
+                "{formula}: {}",
+                arms.iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            points: arms.iter().map(|a| point(a)).collect(),
+            errors: Some(arms.iter().map(|a| half(a)).collect()),
+        });
+    }
+    for a in dense.iter().filter(|a| !on_curve(a)) {
         series.push(Series {
             name: a.name.clone(),
             points: vec![point(a)],
@@ -194,7 +201,7 @@ pub fn success_vs_voc_chart(results: &Results) -> Option<Chart> {
     });
     Some(Chart {
         title: format!("{}: final success against reward VOC", results.experiment),
-        x_label: "reward VOC (mean over demonstrations)".into(),
+        x_label: "reward VOC (mean over the successful demonstrations)".into(),
         y_label: "success rate (mean, 95% CI)".into(),
         series,
         y_range: Some((0.0, 1.0)),
