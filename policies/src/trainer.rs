@@ -66,10 +66,25 @@ impl TrainConfig {
     /// The optimiser with the moments saved in `dir`'s `optimizer.bpk`.
     fn saved_optimizer(&self, dir: &Path) -> Result<ModuleOptimizer> {
         let path = dir.join(OPTIMIZER_FILE);
-        self.optimizer()?.load(&path).map_err(|e| PolicyError::Record {
-            path,
-            reason: e.to_string(),
-        })
+        let optimizer = self.optimizer()?;
+        // Burn 0.22 panics on a damaged optimiser record ("Optimizer record tensors should carry a
+        // parameter id", found by fuzzing); a damaged checkpoint must be an error naming the file.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            optimizer.load(&path).map_err(|e| e.to_string())
+        }));
+        let reason = match loaded {
+            Ok(Ok(optimizer)) => return Ok(optimizer),
+            Ok(Err(reason)) => reason,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown error".into());
+                format!("damaged optimiser record: {message}")
+            }
+        };
+        Err(PolicyError::Record { path, reason })
     }
 
     /// Seed of the flow-matching noise stream (distinct from the initialisation and dropout seeds).
