@@ -1,5 +1,6 @@
-//! Where episodes come from: the SO-101 arm in MuJoCo behind a Gymnasium-style API (the real arm's
-//! Feetech bus is not driven yet; `so101` holds its joint names, ranges and units), and LeRobotDataset
+//! Where episodes come from: the SO-101 arm in MuJoCo behind a Gymnasium-style API, the real arm on its
+//! Feetech bus (`robot`: LeRobot-compatible calibration, drivers, and a simulated bus; `so101` holds the
+//! joint names, ranges and units both share), and LeRobotDataset
 //! folders (v2.1 and v3.0 read, v3.0 written) so users' recorded data works as is.
 //!
 //! Episodes are plain data (frames, states, actions, instruction). This crate depends on no other toprl crate.
