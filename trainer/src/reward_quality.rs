@@ -280,6 +280,53 @@ mod tests {
     }
 
     #[test]
+    fn voc_chart_has_one_curve_per_formula_and_marks_toprewards_voc() {
+        use crate::results::SeedResult;
+        let arm = |name: &str, reward, method: &str, voc: Option<f64>, success: f64| {
+            let seed = SeedResult {
+                seed: 0,
+                success,
+                episodes: 20,
+                mean_return: 0.0,
+                wall_time_s: 1.0,
+                curve: vec![(10, success)],
+                last_k_mean: success,
+                weights: None,
+                reward_voc: voc,
+                noise_sigma: None,
+            };
+            ArmResult::from_seeds(name, reward, method, vec![seed])
+        };
+        let results = Results::new(
+            "q".into(),
+            None,
+            vec![
+                arm("bc", RewardSource::None, "BC", None, 0.5),
+                arm("oracle", RewardSource::Oracle, "RA-BC, true", Some(0.98), 0.9),
+                arm("noisy", RewardSource::OracleNoisy, "RA-BC, noisy", Some(0.8), 0.7),
+                arm("eq3", RewardSource::Oracle, "Eq. 3, true", Some(0.98), 0.6),
+                arm("time", RewardSource::TimeBias, "RA-BC, time", Some(1.0), 0.55),
+            ],
+        );
+        let chart = success_vs_voc_chart(&results).unwrap();
+        let names: Vec<&str> = chart.series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names[..3], ["RA-BC: noisy, oracle", "Eq. 3: eq3", "time"]);
+        assert_eq!(chart.series[0].points, vec![(0.8, 0.7), (0.98, 0.9)]);
+        let bc = &chart.series[3];
+        assert!(bc.name.starts_with("bc") && bc.points.iter().all(|p| p.1 == 0.5));
+        let marker = chart.series.last().unwrap();
+        assert_eq!(marker.points, vec![(0.947, 0.0), (0.947, 1.0)]);
+        // The horizontal lines span the VOCs shown, TOPReward's included.
+        assert_eq!((bc.points[0].0, bc.points[1].0), (0.8, 1.0));
+        let bare = Results::new(
+            "q".into(),
+            None,
+            vec![arm("bc", RewardSource::None, "BC", None, 0.5)],
+        );
+        assert!(success_vs_voc_chart(&bare).is_none());
+    }
+
+    #[test]
     fn time_bias_rises_whatever_happens() {
         let p = time_bias(&[3, 1]);
         assert_eq!(p, vec![vec![0.0, 0.5, 1.0], vec![0.0]]);
