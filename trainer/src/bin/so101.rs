@@ -24,6 +24,8 @@ enum Command {
     Dataset(toprl_trainer::commands::dataset::DatasetArgs),
     /// Run a policy in the MuJoCo SO-101 tabletop tasks and report its success rate.
     Sim(toprl_trainer::commands::sim::SimArgs),
+    /// Policy tools: `predict` (the action chunk of any toprl policy for one observation).
+    Policy(toprl_trainer::commands::policy::PolicyArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         }
         Command::Dataset(a) => report(toprl_trainer::commands::dataset::run(a)),
         Command::Sim(a) => report(toprl_trainer::commands::sim::run(a)),
+        Command::Policy(a) => report(toprl_trainer::commands::policy::run(a)),
     }
 }
 

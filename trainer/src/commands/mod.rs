@@ -2,5 +2,6 @@
 
 pub mod dataset;
 pub mod label;
+pub mod policy;
 pub mod score;
 pub mod sim;
