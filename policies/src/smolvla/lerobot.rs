@@ -661,7 +661,7 @@ pub fn write_stats(path: &Path, stats: &Stats) -> Result<()> {
 }
 
 /// Write `(name, shape, little-endian f32 bytes)` tensors as one safetensors file.
-pub(crate) fn write_f32_tensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) -> Result<()> {
+pub fn write_f32_tensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) -> Result<()> {
     let views = tensors
         .iter()
         .map(|(name, shape, data)| {
@@ -673,7 +673,8 @@ pub(crate) fn write_f32_tensors(path: &Path, tensors: &[(String, Vec<usize>, Vec
     safetensors::serialize_to_file(views, None, path).map_err(|e| config_err(path, e.to_string()))
 }
 
-/// Every tensor of a safetensors file as `name -> (shape, f32 values)`; f64, f16 and bf16 are converted.
+/// Every tensor of a safetensors file as `name -> (shape, f32 values)`; f64, f16, bf16, i64 and i32 are
+/// converted.
 pub fn read_f32_tensors(path: &Path) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
     if !path.is_file() {
         return Err(missing_file(path, "safetensors file"));
@@ -697,10 +698,19 @@ pub fn read_f32_tensors(path: &Path) -> Result<BTreeMap<String, (Vec<usize>, Vec
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
+            // Integer tensors (token ids, masks in fixtures) are exact in f32 below 2^24.
+            Dtype::I64 => data
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+                .collect(),
+            Dtype::I32 => data
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+                .collect(),
             other => {
                 return Err(config_err(
                     path,
-                    format!("tensor `{name}` has dtype {other:?}, expected a float type"),
+                    format!("tensor `{name}` has dtype {other:?}, expected a float or integer type"),
                 ));
             }
         };
@@ -752,15 +762,11 @@ impl LeRobotFolder {
             .postprocessor
             .normalizer()
             .ok_or_else(|| config_err(&self.postprocessor.path, "no `unnormalizer_processor` step"))?;
-        // Dry runs of the transforms surface missing or mis-sized statistics now, naming the file.
         let state = self.config.state_feature()?;
-        norm.apply(&state.key, state.kind, &mut vec![0.0; state.shape[0]], false)
-            .map_err(|r| config_err(&pre.path, r))?;
+        require_stats(norm, state, &pre.path)?;
         let action = self.config.action_feature()?;
-        unnorm
-            .apply(&action.key, action.kind, &mut vec![0.0; action.shape[0]], true)
-            .map_err(|r| config_err(&self.postprocessor.path, r))?;
-        Ok(())
+        require_stats(norm, action, &pre.path)?;
+        require_stats(unnorm, action, &self.postprocessor.path)
     }
 
     /// The tokenizer step of the preprocessor (present: checked on read).
@@ -784,6 +790,21 @@ impl LeRobotFolder {
         }
     }
 
+    /// Point the tokenizer step at another tokenizer (`tokenizer_name` in `policy_preprocessor.json`).
+    pub fn set_tokenizer_name(&mut self, name: Value) {
+        let Some(steps) = self.preprocessor.raw.get_mut("steps").and_then(Value::as_array_mut) else {
+            return;
+        };
+        for (entry, step) in steps.iter_mut().zip(self.preprocessor.steps.iter_mut()) {
+            if let Step::Tokenizer(t) = step {
+                t.tokenizer_name = name.as_str().map(String::from);
+                if let Some(Value::Object(cfg)) = entry.get_mut("config") {
+                    cfg.insert("tokenizer_name".into(), name.clone());
+                }
+            }
+        }
+    }
+
     /// Write `config.json`, both pipelines and their statistics into `dir` (an existing folder).
     pub fn write_into(&self, dir: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(&self.config.raw)
@@ -793,6 +814,24 @@ impl LeRobotFolder {
         self.preprocessor.write(dir, PREPROCESSOR_FILE)?;
         self.postprocessor.write(dir, POSTPROCESSOR_FILE)
     }
+}
+
+/// LeRobot passes a feature without statistics through unchanged; for the state and the action that
+/// would silently feed the model wrong units, so here it is an error naming the statistics file's step.
+fn require_stats(step: &NormalizerStep, f: &Feature, path: &Path) -> Result<()> {
+    let mode = step.norm_map.get(&f.kind).copied().unwrap_or(NormMode::Identity);
+    if mode == NormMode::Identity {
+        return Ok(());
+    }
+    if !step.stats.contains_key(&f.key) {
+        return Err(config_err(
+            path,
+            format!("the {mode:?} step has no statistics for `{}` in its state_file", f.key),
+        ));
+    }
+    // A dry run surfaces a missing or mis-sized statistic (`action.std`), naming it.
+    step.apply(&f.key, f.kind, &mut vec![0.0; f.shape[0]], false)
+        .map_err(|r| config_err(path, r))
 }
 
 static FALLBACK_TOKENIZER: TokenizerStep = TokenizerStep {

@@ -78,7 +78,8 @@ pub struct RawSample {
 #[derive(Debug, Clone)]
 pub struct PreparedBatch {
     pub batch: usize,
-    /// One entry per camera, in `config.json` order: `[batch, 3, height, width]` in `[-1, 1]`.
+    /// One entry per camera, in `config.json` order: `[batch, 3, height, width]` raw values in `[0, 1]`
+    /// (the model's `prepare_images` resizes with padding and maps to `[-1, 1]`; see [`resize_with_pad`]).
     pub images: Vec<PreparedImages>,
     /// Per camera, per sample: whether the camera is present (always true: toprl refuses missing ones).
     pub image_masks: Vec<Vec<bool>>,
@@ -339,6 +340,17 @@ pub struct SmolVlaProcessor {
     resize: Option<(usize, usize)>,
 }
 
+/// `prepare_images` for one camera frame: [`resize_with_pad`] to `resize_imgs_with_padding` (when set),
+/// then `x * 2 - 1` as SigLIP expects.
+pub fn prepare_image(img: &ChwImage, resize: Option<(usize, usize)>) -> ChwImage {
+    let mut out = match resize {
+        Some((w, h)) => resize_with_pad(img, 3, w, h),
+        None => img.clone(),
+    };
+    out.data.iter_mut().for_each(|v| *v = *v * 2.0 - 1.0);
+    out
+}
+
 impl SmolVlaProcessor {
     /// Build from a read folder and its resolved VLM folder (for the tokenizer).
     pub fn new(folder: &LeRobotFolder, vlm_dir: &Path) -> Result<Self> {
@@ -390,6 +402,10 @@ impl SmolVlaProcessor {
     }
     pub fn max_action_dim(&self) -> usize {
         self.max_action_dim
+    }
+    /// `resize_imgs_with_padding` as `(width, height)`.
+    pub fn resize(&self) -> Option<(usize, usize)> {
+        self.resize
     }
     pub fn tokenizer(&self) -> &TaskTokenizer {
         &self.tokenizer
@@ -446,11 +462,7 @@ impl SmolVlaProcessor {
                         img.width
                     )));
                 }
-                let img = match self.resize {
-                    Some((w, h)) => resize_with_pad(img, 3, w, h),
-                    None => (*img).clone(),
-                };
-                per_camera[c].push(img);
+                per_camera[c].push((*img).clone());
             }
             let raw_state = vectors
                 .get(STATE_KEY)
@@ -481,10 +493,10 @@ impl SmolVlaProcessor {
             let (h, w) = (frames[0].height, frames[0].width);
             if frames.iter().any(|f| (f.height, f.width) != (h, w)) {
                 return Err(input_err(format!(
-                    "`{key}` frames of one batch differ in size (with resize_imgs_with_padding null)"
+                    "`{key}` frames of one batch differ in size; a batch stacks one size per camera"
                 )));
             }
-            let data = frames.iter().flat_map(|f| f.data.iter().map(|v| v * 2.0 - 1.0)).collect();
+            let data = frames.iter().flat_map(|f| f.data.iter().copied()).collect();
             images.push(PreparedImages {
                 key: key.clone(),
                 height: h,
