@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
-use super::config::{SmolVlaConfig, SmolVlaDims, VlmConfig};
+use super::config::{SmolVlaConfig, VlmConfig};
 use super::lerobot::{self, LeRobotFolder, STATE_KEY, Stats};
 use super::model::{SmolVla, SmolVlaBatch};
 use super::processor::{ChwImage, PreparedBatch, RawSample, SmolVlaProcessor, resolve_vlm_dir};
@@ -61,11 +61,8 @@ impl SmolVlaPolicy {
         let vlm_dir = resolve_vlm_dir(&vlm_name, dir)?;
         let processor = SmolVlaProcessor::new(&folder, &vlm_dir)?;
         let vlm_config = VlmConfig::from_file(vlm_dir.join("config.json"))?;
-        let dims = SmolVlaDims::new(&model_config, &vlm_config).map_err(|reason| PolicyError::Config {
-            path: vlm_dir.join("config.json"),
-            reason,
-        })?;
-        let model = SmolVla::load_safetensors(dims, dir.join(lerobot::WEIGHTS_FILE), device)?;
+        // Parameters are marked trainable as LeRobot does for this config (freeze_vision_encoder, ...).
+        let model = SmolVla::load(&model_config, &vlm_config, dir.join(lerobot::WEIGHTS_FILE), device)?;
         Ok(Self {
             folder,
             processor,
