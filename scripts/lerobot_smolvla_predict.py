@@ -14,6 +14,7 @@ directory, as in LeRobot.
 """
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -38,6 +39,14 @@ def main() -> int:
         transition_to_policy_action,
     )
 
+    # LeRobot prints progress on stdout while loading; keep stdout for the JSON result.
+    with contextlib.redirect_stdout(sys.stderr):
+        return predict(args, SmolVLAPolicy, PolicyProcessorPipeline, batch_to_transition, transition_to_batch,
+                       policy_action_to_transition, transition_to_policy_action)
+
+
+def predict(args, SmolVLAPolicy, PolicyProcessorPipeline, batch_to_transition, transition_to_batch,
+            policy_action_to_transition, transition_to_policy_action) -> int:
     policy = SmolVLAPolicy.from_pretrained(args.policy)
     policy.eval()
     preprocessor = PolicyProcessorPipeline.from_pretrained(
@@ -60,8 +69,8 @@ def main() -> int:
         batch = preprocessor({**observation, "task": args.task})
         chunk = policy.predict_action_chunk(batch, noise=noise)
         actions = postprocessor(chunk)
-    json.dump({"actions": actions[0].tolist()}, sys.stdout)
-    print()
+    sys.__stdout__.write(json.dumps({"actions": actions[0].tolist()}) + "\n")
+    sys.__stdout__.flush()
     return 0
 
 

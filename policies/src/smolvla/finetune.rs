@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng};

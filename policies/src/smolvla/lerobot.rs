@@ -131,13 +131,6 @@ impl Features {
     pub fn of_kind(&self, kind: FeatureType) -> impl Iterator<Item = &Feature> {
         self.0.iter().filter(move |f| f.kind == kind)
     }
-    fn to_json(&self) -> Value {
-        let mut map = serde_json::Map::new();
-        for f in &self.0 {
-            map.insert(f.key.clone(), json!({"type": f.kind, "shape": f.shape}));
-        }
-        Value::Object(map)
-    }
 }
 
 fn d_chunk() -> usize {
@@ -356,7 +349,7 @@ pub type Stats = BTreeMap<String, BTreeMap<String, Vec<f32>>>;
 /// `NormalizerProcessorStep` / `UnnormalizerProcessorStep` (`lerobot.processor.normalize_processor`).
 #[derive(Debug, Clone)]
 pub struct NormalizerStep {
-    pub eps: f32,
+    pub eps: f64,
     pub features: Features,
     pub norm_map: BTreeMap<FeatureType, NormMode>,
     pub stats: Stats,
@@ -396,7 +389,7 @@ impl NormalizerStep {
             }
         };
         let (a, b) = (get(lo_name)?, get(hi_name)?);
-        let eps = self.eps;
+        let eps = self.eps as f32;
         for ((v, &a), &b) in x.iter_mut().zip(a).zip(b) {
             *v = match (mode, inverse) {
                 (NormMode::MeanStd, false) => (*v - a) / (b + eps),
@@ -414,34 +407,20 @@ impl NormalizerStep {
         }
         Ok(())
     }
-
-    fn config_json(&self) -> Value {
-        let norm_map: serde_json::Map<String, Value> = self
-            .norm_map
-            .iter()
-            .map(|(k, v)| {
-                (
-                    serde_json::to_value(k).ok().and_then(|k| k.as_str().map(String::from)).unwrap_or_default(),
-                    serde_json::to_value(v).unwrap_or(Value::Null),
-                )
-            })
-            .collect();
-        json!({"eps": self.eps, "features": self.features.to_json(), "norm_map": norm_map})
-    }
 }
 
 /// The JSON of a `NormalizerProcessorStep` config, as LeRobot writes it.
 #[derive(Deserialize)]
 struct NormalizerConfigJson {
     #[serde(default = "d_eps")]
-    eps: f32,
+    eps: f64,
     #[serde(default)]
     features: Features,
     #[serde(default)]
     norm_map: BTreeMap<FeatureType, NormMode>,
 }
 
-fn d_eps() -> f32 {
+fn d_eps() -> f64 {
     1e-8
 }
 
@@ -611,8 +590,8 @@ impl Pipeline {
                 Step::Unnormalizer(n) => ("unnormalizer_processor", n),
                 _ => continue,
             };
+            // The step's config (eps, features, norm_map) is written back as read; only its statistics change.
             let Value::Object(obj) = entry else { continue };
-            obj.insert("config".into(), norm.config_json());
             if norm.stats.is_empty() {
                 obj.remove("state_file");
             } else {

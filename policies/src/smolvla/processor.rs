@@ -163,16 +163,23 @@ fn bilinear(data: &[f32], channels: usize, h: usize, w: usize, oh: usize, ow: us
 }
 
 /// The VLM folder named by `vlm_model_name` / the tokenizer step's `tokenizer_name`: a local folder as
-/// given, else relative to the checkpoint folder, else a Hugging Face Hub model id whose `config.json`,
+/// given, else relative to the checkpoint folder or its parent, else a Hugging Face Hub model id whose `config.json`,
 /// `tokenizer.json` and `tokenizer_config.json` are fetched (or reused from the cache) with `hf-hub`.
 pub fn resolve_vlm_dir(name: &str, checkpoint_dir: &Path) -> Result<PathBuf> {
     let as_given = PathBuf::from(name);
     if as_given.is_dir() {
         return Ok(as_given);
     }
+    // LeRobot resolves a relative name against the working directory; toprl also tries the checkpoint
+    // folder and its parent (a VLM folder kept beside the checkpoint, as the fixtures do).
     let beside = checkpoint_dir.join(name);
     if beside.is_dir() {
         return Ok(beside);
+    }
+    if let Some(sibling) = checkpoint_dir.parent().map(|p| p.join(name))
+        && sibling.is_dir()
+    {
+        return Ok(sibling);
     }
     let looks_like_repo = name.split('/').count() == 2 && !name.starts_with('.') && !name.starts_with('/');
     if !looks_like_repo {
