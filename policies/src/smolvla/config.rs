@@ -393,14 +393,17 @@ impl VlmConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let t = &self.text_config;
         let v = &self.vision_config;
-        if t.num_attention_heads == 0 || t.kv_heads() == 0 || t.num_attention_heads % t.kv_heads() != 0 {
+        if t.num_attention_heads == 0
+            || t.kv_heads() == 0
+            || !t.num_attention_heads.is_multiple_of(t.kv_heads())
+        {
             return Err(format!(
                 "text_config: num_attention_heads {} must be a positive multiple of num_key_value_heads {}",
                 t.num_attention_heads,
                 t.kv_heads()
             ));
         }
-        if t.head_dim() % 2 != 0 {
+        if !t.head_dim().is_multiple_of(2) {
             return Err(format!(
                 "text_config.head_dim {} must be even (RoPE)",
                 t.head_dim()
@@ -412,20 +415,20 @@ impl VlmConfig {
                 t.hidden_act
             ));
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(format!(
                 "vision_config.hidden_size {} must be a multiple of num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
             ));
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(format!(
                 "vision_config.image_size {} must be a multiple of patch_size {}",
                 v.image_size, v.patch_size
             ));
         }
         let side = v.image_size / v.patch_size;
-        if self.scale_factor == 0 || side % self.scale_factor != 0 {
+        if self.scale_factor == 0 || !side.is_multiple_of(self.scale_factor) {
             return Err(format!(
                 "scale_factor {} must divide the patch grid side {side}",
                 self.scale_factor
@@ -483,7 +486,7 @@ impl SmolVlaDims {
         };
         let expert_layers = if cfg.num_expert_layers > 0 {
             let n = cfg.num_expert_layers as usize;
-            if vlm_layers % n != 0 {
+            if !vlm_layers.is_multiple_of(n) {
                 return Err(format!(
                     "num_expert_layers {n} must divide the number of VLM layers {vlm_layers}"
                 ));
@@ -522,19 +525,17 @@ impl SmolVlaDims {
     /// Whether VLM layer `i` is a self-attention layer (joint prefix + action attention); the others
     /// cross-attend from the actions to the VLM layer's keys and values.
     pub fn is_self_attn_layer(&self, i: usize) -> bool {
-        self.self_attn_every_n_layers > 0 && i % (self.self_attn_every_n_layers as usize) == 0
+        self.self_attn_every_n_layers > 0 && i.is_multiple_of(self.self_attn_every_n_layers as usize)
     }
 
     /// Expert layer paired with VLM layer `i` (`get_model_layers`): with fewer expert layers, only
     /// every `vlm_layers / expert_layers`-th VLM layer has one.
     pub fn expert_index(&self, i: usize) -> Option<usize> {
         let multiple_of = self.vlm_layers / self.expert_layers;
-        if multiple_of > 0 && i > 0 && i % multiple_of != 0 {
-            None
-        } else if multiple_of > 0 {
-            Some(i / multiple_of)
-        } else {
-            Some(i)
+        match i.checked_div(multiple_of) {
+            None => Some(i),
+            Some(_) if i > 0 && !i.is_multiple_of(multiple_of) => None,
+            Some(j) => Some(j),
         }
     }
 

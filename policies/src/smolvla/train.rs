@@ -15,6 +15,7 @@ use crate::error::{PolicyError, Result};
 
 /// Which elements of the `[B, chunk, max_action_dim]` loss count.
 #[derive(Debug, Clone, Default)]
+#[allow(clippy::large_enum_variant)] // built once per batch; boxing would only add noise
 pub enum LossPadding {
     /// Every element, padded action dimensions included: LeRobot 0.4.4 (its padding mask is read
     /// from the misspelled key `actions_id_pad` and never applied). Use for parity.
