@@ -17,8 +17,8 @@ use burn::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use toprl_policies::cpu_device;
 use toprl_policies::smolvla::{
-    LossPadding, SmolVla, SmolVlaBatch, SmolVlaConfig, SmolVlaOptimizer, SmolVlaTrace, VlmConfig,
-    make_att_2d_masks, per_sample_flow_loss, position_ids,
+    ContextCache, LossPadding, SmolVla, SmolVlaBatch, SmolVlaConfig, SmolVlaOptimizer, SmolVlaTrace,
+    VlmConfig, make_att_2d_masks, per_sample_flow_loss, position_ids, weighted_flow_loss,
 };
 
 fn fixtures() -> PathBuf {
@@ -389,4 +389,134 @@ fn one_adamw_step_matches_lerobot() {
         }
     }
     assert_eq!(checked, s.meta["trainable"].as_array().unwrap().len());
+}
+
+/// Sample `s` of the fixture batch alone, its prompt cut to `tokens` tokens.
+fn one_sample(b: &SmolVlaBatch, s: usize, tokens: usize) -> SmolVlaBatch {
+    SmolVlaBatch {
+        images: b.images.iter().map(|i| i.clone().narrow(0, s, 1)).collect(),
+        image_masks: vec![],
+        state: b.state.clone().narrow(0, s, 1),
+        tokens: b.tokens.clone().narrow(0, s, 1).narrow(1, 0, tokens),
+        token_mask: b.token_mask.clone().narrow(0, s, 1).narrow(1, 0, tokens),
+    }
+}
+
+#[test]
+fn cached_context_gives_lerobots_loss_and_gradients() {
+    let s = setup();
+    let device = cpu_device().autodiff();
+    let model = load_model(&s, &device);
+    let b = batch(&s, &device);
+    // Per-frame caches of different prompt lengths, stacked (exercises the padding of `concat`).
+    let valid0 = s.fx["batch.attention_mask"].i[..s.fx["batch.tokens"].shape[1]]
+        .iter()
+        .filter(|&&m| m != 0)
+        .count();
+    let full = s.fx["batch.tokens"].shape[1];
+    assert!(valid0 < full, "the fixture's first prompt is the short one");
+    let ctx = ContextCache::concat(&[
+        model.encode_context(&one_sample(&b, 0, valid0)).unwrap(),
+        model.encode_context(&one_sample(&b, 1, full)).unwrap(),
+    ])
+    .unwrap();
+    let losses = model
+        .flow_losses_with_context(
+            &ctx,
+            b.state.clone(),
+            float(&s.fx["batch.action"], &device),
+            float(&s.fx["noise"], &device),
+            &time(&s),
+        )
+        .unwrap();
+    close3("losses (cached context)", losses.clone(), &s.fx["losses"]);
+    let loss = per_sample_flow_loss(losses, &LossPadding::AllElements).mean();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let mut checked = 0;
+    for name in s.meta["grad_names"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        if !(name.starts_with("model.state_proj") || !name.starts_with("model.vlm_with_expert.vlm")) {
+            continue; // the VLM is frozen (and cached) here
+        }
+        let reference = &s.fx[&format!("grad.{name}")];
+        let (shape, g) = model.named_grad(&grads, name).unwrap();
+        let scale = reference.f.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert_close(
+            &format!("grad {name} (cached)"),
+            (&shape, &g),
+            reference,
+            1e-5 * scale,
+            1e-3,
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked}");
+}
+
+#[test]
+fn padding_masked_and_weighted_losses() {
+    let s = setup();
+    let device = cpu_device();
+    let losses: Tensor<3> = float(&s.fx["losses"], &device);
+    let [b, c, a] = losses.dims();
+    let action_dim = s.cfg.action_dim().unwrap();
+    let l = &s.fx["losses"].f;
+    // Valid dims only: the mean over the first action_dim columns.
+    let valid = per_sample_flow_loss(
+        losses.clone(),
+        &LossPadding::Valid {
+            action_dim,
+            is_pad: None,
+        },
+    );
+    let (_, v) = values(valid);
+    for (r, got) in v.iter().enumerate() {
+        let mut sum = 0.0;
+        for t in 0..c {
+            for d in 0..action_dim {
+                sum += l[(r * c + t) * a + d];
+            }
+        }
+        let want = sum / (c * action_dim) as f32;
+        assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} vs {want}");
+    }
+    // Steps past the episode end do not count.
+    let mut pad = vec![false; b * c];
+    pad[c - 1] = true; // sample 0, last step
+    let is_pad = Tensor::<2, Bool>::from_data(TensorData::new(pad, [b, c]), &device);
+    let masked = per_sample_flow_loss(
+        losses.clone(),
+        &LossPadding::Valid {
+            action_dim,
+            is_pad: Some(is_pad),
+        },
+    );
+    let (_, m) = values(masked);
+    let mut sum = 0.0;
+    for t in 0..c - 1 {
+        for d in 0..action_dim {
+            sum += l[t * a + d];
+        }
+    }
+    let want = sum / ((c - 1) * action_dim) as f32;
+    assert!((m[0] - want).abs() <= 1e-5 * want.abs(), "{} vs {want}", m[0]);
+    assert!((m[1] - v[1]).abs() <= 1e-6);
+    // Weights: E[w * l]; unit weights give the plain mean; zero weight drops a sample.
+    let per = per_sample_flow_loss(losses, &LossPadding::AllElements);
+    let plain = weighted_flow_loss(per.clone(), None)
+        .unwrap()
+        .into_scalar::<f32>();
+    let ones = weighted_flow_loss(per.clone(), Some(&[1.0, 1.0]))
+        .unwrap()
+        .into_scalar::<f32>();
+    assert!((plain - ones).abs() <= 1e-7 && (plain - s.fx["loss"].f[0]).abs() < 1e-5);
+    let only_second = weighted_flow_loss(per, Some(&[0.0, 2.0]))
+        .unwrap()
+        .into_scalar::<f32>();
+    let want = s.fx["loss_per_sample"].f[1];
+    assert!(
+        (only_second - want).abs() <= 1e-5 * want,
+        "{only_second} vs {want}"
+    );
+    assert!(weighted_flow_loss(float(&s.fx["loss_per_sample"], &device), Some(&[1.0, -1.0])).is_err());
 }

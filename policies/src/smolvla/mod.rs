@@ -22,6 +22,10 @@
 //!   loss (`VLAFlowMatching.forward`); `sample_actions(&batch, noise) -> [B, chunk, max_action_dim]`
 //!   (10-step Euler, prefix encoded once: `encode_prefix` -> [`PrefixCache`], `denoise_step`).
 //!   Slice `[.., ..action_dim]` for `predict_action_chunk`'s result.
+//! - Frozen-VLM training cache: `encode_context(&batch) -> [ContextCache]` (image + language keys
+//!   and values of every VLM layer; `ContextCache::concat` stacks per-frame caches) and
+//!   `flow_losses_with_context(&ctx, state, actions, noise, &time)`, which runs only the state token
+//!   and the expert and equals `flow_losses`.
 //! - Lower-level pieces: `embed_prefix`, `embed_suffix`, `embed_image`, `prepare_image`,
 //!   [`make_att_2d_masks`], [`position_ids`], [`time_embedding`], [`resize_with_pad`], [`pad_last`];
 //!   [`SmolVlaTrace`] collects intermediates (vision features, per-layer hidden states).
@@ -50,8 +54,8 @@ pub use config::{
     expert_intermediate_size,
 };
 pub use model::{
-    PrefixCache, PrefixLayout, SmolVla, SmolVlaBatch, SmolVlaTrace, make_att_2d_masks, pad_last,
-    position_ids, resize_with_pad, time_embedding,
+    ContextCache, PrefixCache, PrefixLayout, SmolVla, SmolVlaBatch, SmolVlaTrace, make_att_2d_masks,
+    pad_last, position_ids, resize_with_pad, time_embedding,
 };
 pub use train::{LossPadding, SmolVlaOptimizer, clip_grad_norm, per_sample_flow_loss, weighted_flow_loss};
 pub use weights::{Layout, ParamVisitor, lerobot_trainable};

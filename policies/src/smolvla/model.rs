@@ -675,3 +675,219 @@ impl PrefixCache {
         self.len == 0
     }
 }
+
+/// The image and language keys/values of every VLM layer for a batch of frames (no state token, no
+/// actions). Image and language tokens never attend to the state token or the actions (LeRobot's
+/// block mask), so with a frozen VLM these are constants of the frame: cache them and a training
+/// step runs the state token and the expert only ([`SmolVla::flow_losses_with_context`]).
+#[derive(Debug, Clone)]
+pub struct ContextCache {
+    /// Per VLM layer: keys after RoPE and values, `[B, Lc, KVH, head_dim]`, detached.
+    layers: Vec<(Tensor<4>, Tensor<4>)>,
+    /// `[B * Lc]` validity of the context tokens.
+    pad: Vec<bool>,
+    batch: usize,
+    len: usize,
+}
+
+impl ContextCache {
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Stack caches of several batches (e.g. one per frame) into one, right-padding shorter contexts
+    /// with invalid (masked) tokens.
+    pub fn concat(caches: &[ContextCache]) -> Option<ContextCache> {
+        let first = caches.first()?;
+        let len = caches.iter().map(|c| c.len).max().unwrap_or(0);
+        let batch = caches.iter().map(|c| c.batch).sum();
+        let mut pad = Vec::with_capacity(batch * len);
+        for c in caches {
+            for b in 0..c.batch {
+                pad.extend_from_slice(&c.pad[b * c.len..(b + 1) * c.len]);
+                pad.extend(std::iter::repeat_n(false, len - c.len));
+            }
+        }
+        let grow = |t: &Tensor<4>, l: usize| -> Tensor<4> {
+            let [b, tl, h, d] = t.dims();
+            if tl == l {
+                t.clone()
+            } else {
+                Tensor::cat(vec![t.clone(), Tensor::zeros([b, l - tl, h, d], &t.device())], 1)
+            }
+        };
+        let layers = (0..first.layers.len())
+            .map(|i| {
+                let ks = caches.iter().map(|c| grow(&c.layers[i].0, len)).collect();
+                let vs = caches.iter().map(|c| grow(&c.layers[i].1, len)).collect();
+                (Tensor::cat(ks, 0), Tensor::cat(vs, 0))
+            })
+            .collect();
+        Some(ContextCache {
+            layers,
+            pad,
+            batch,
+            len,
+        })
+    }
+}
+
+impl SmolVla {
+    /// Encode the image and language tokens of `batch` through the VLM once ([`ContextCache`]).
+    /// `batch.state` is only used for its batch size.
+    pub fn encode_context(&self, batch: &SmolVlaBatch) -> Result<ContextCache> {
+        let (prefix, layout) = self.embed_prefix(batch, None)?;
+        let device = prefix.device();
+        let (b, lc) = (layout.batch, layout.len - 1); // drop the state token (last)
+        let mut h = prefix.narrow(1, 0, lc);
+        let pad: Vec<bool> = (0..b)
+            .flat_map(|s| layout.pad[s * layout.len..s * layout.len + lc].to_vec())
+            .collect();
+        let att = vec![false; b * lc];
+        let mask = Self::bool_tensor(make_att_2d_masks(&pad, &att, b, lc), [b, lc, lc], &device);
+        let pos = position_ids(&pad, b, lc, &[]);
+        let (cos, sin) = rope_tables(&pos, b, lc, self.dims.text.head_dim(), &device);
+        let n = self.dims.vlm_layers;
+        let mut layers = Vec::with_capacity(n);
+        for i in 0..n {
+            let vlm = &self.text_layers[i];
+            let (q, k, v) = vlm.qkv(h.clone());
+            let q = apply_rope(q, &cos, &sin);
+            let k = apply_rope(k, &cos, &sin);
+            layers.push((k.clone().detach(), v.clone().detach()));
+            if i + 1 < n {
+                let a = masked_attention(q, k, v, Some(mask.clone()));
+                h = vlm.finish(h, a).detach();
+            }
+        }
+        Ok(ContextCache {
+            layers,
+            pad,
+            batch: b,
+            len: lc,
+        })
+    }
+
+    /// [`SmolVla::flow_losses`] with the image/language part of the prefix taken from `context`:
+    /// only the state token (through the VLM layers, so `state_proj` still trains) and the action
+    /// expert run. Equal to `flow_losses` up to float rounding.
+    pub fn flow_losses_with_context(
+        &self,
+        context: &ContextCache,
+        state: Tensor<2>,
+        actions: Tensor<3>,
+        noise: Tensor<3>,
+        time: &[f32],
+    ) -> Result<Tensor<3>> {
+        let [b, c, _] = actions.dims();
+        let amax = self.dims.max_action_dim;
+        if b != context.batch
+            || c != self.dims.chunk_size
+            || noise.dims() != [b, c, amax]
+            || time.len() != b
+            || state.dims()[0] != b
+        {
+            return Err(crate::error::shape_err(
+                "context / state / actions / noise / time",
+                format!("batch {} and chunk {}", context.batch, self.dims.chunk_size),
+                format!(
+                    "{:?} / {:?} / {:?} / [{}]",
+                    state.dims(),
+                    actions.dims(),
+                    noise.dims(),
+                    time.len()
+                ),
+            ));
+        }
+        let device = actions.device();
+        let actions = pad_last(actions, amax);
+        let t = Tensor::<1>::from_data(TensorData::new(time.to_vec(), [b]), &device).reshape([b, 1, 1]);
+        let x_t = t.clone() * noise.clone() + (t.neg() + 1.0) * actions.clone();
+        let u_t = noise - actions;
+        let mut st = self
+            .state_proj
+            .forward(pad_last(state, self.dims.max_state_dim))
+            .unsqueeze_dim::<3>(1);
+        let mut suffix = self.embed_suffix(x_t, time);
+        let (lc, ls) = (context.len, c);
+        let valid: Vec<i64> = (0..b)
+            .map(|s| context.pad[s * lc..(s + 1) * lc].iter().filter(|&&p| p).count() as i64)
+            .collect();
+        // Masks over keys [context, state, actions].
+        let mut m_self = Vec::with_capacity(b * (1 + ls) * (lc + 1 + ls));
+        let mut m_state = Vec::with_capacity(b * (lc + 1));
+        let mut m_cross = Vec::with_capacity(b * ls * (lc + 1));
+        for s in 0..b {
+            let ctx = &context.pad[s * lc..(s + 1) * lc];
+            m_self.extend_from_slice(ctx);
+            m_self.push(true);
+            m_self.extend(std::iter::repeat_n(false, ls));
+            for i in 0..ls {
+                m_self.extend_from_slice(ctx);
+                m_self.push(true);
+                m_self.extend((0..ls).map(|j| j <= i));
+                m_cross.extend_from_slice(ctx);
+                m_cross.push(true);
+            }
+            m_state.extend_from_slice(ctx);
+            m_state.push(true);
+        }
+        let m_self = Self::bool_tensor(m_self, [b, 1 + ls, lc + 1 + ls], &device);
+        let m_state = Self::bool_tensor(m_state, [b, 1, lc + 1], &device);
+        let m_cross = Self::bool_tensor(m_cross, [b, ls, lc + 1], &device);
+        let hd = self.dims.text.head_dim();
+        let (cos_st, sin_st) = rope_tables(&valid, b, 1, hd, &device);
+        let pos_s = position_ids(
+            &vec![true; b * ls],
+            b,
+            ls,
+            &valid.iter().map(|v| v + 1).collect::<Vec<_>>(),
+        );
+        let (cos_s, sin_s) = rope_tables(&pos_s, b, ls, hd, &device);
+        let expert_pos: Vec<i64> = (0..b).flat_map(|_| 0..ls as i64).collect();
+        let (cos_e, sin_e) = rope_tables(&expert_pos, b, ls, hd, &device);
+        let n = self.dims.vlm_layers;
+        for i in 0..n {
+            let vlm = &self.text_layers[i];
+            let expert = self.dims.expert_index(i).map(|j| &self.expert_layers[j]);
+            let last = i + 1 == n;
+            let (ck, cv) = &context.layers[i];
+            let (q, k, v) = vlm.qkv(st.clone());
+            let q = apply_rope(q, &cos_st, &sin_st);
+            let k = Tensor::cat(vec![ck.clone(), apply_rope(k, &cos_st, &sin_st)], 1);
+            let v = Tensor::cat(vec![cv.clone(), v], 1);
+            match expert {
+                Some(ex) if self.dims.is_self_attn_layer(i) => {
+                    let (qe, ke, ve) = ex.qkv(suffix.clone());
+                    let q = Tensor::cat(vec![q, apply_rope(qe, &cos_s, &sin_s)], 1);
+                    let k = Tensor::cat(vec![k, apply_rope(ke, &cos_s, &sin_s)], 1);
+                    let v = Tensor::cat(vec![v, ve], 1);
+                    let att = masked_attention(q, k, v, Some(m_self.clone()));
+                    if !last {
+                        st = vlm.finish(st, att.clone().narrow(1, 0, 1));
+                    }
+                    suffix = ex.finish(suffix, att.narrow(1, 1, ls));
+                }
+                _ => {
+                    if let Some(ex) = expert {
+                        let qe = apply_rope(ex.query(suffix.clone()), &cos_e, &sin_e);
+                        let (ke, ve) = ex.project_kv(k.clone(), v.clone());
+                        suffix = ex.finish(suffix, masked_attention(qe, ke, ve, Some(m_cross.clone())));
+                    }
+                    if !last {
+                        st = vlm.finish(st, masked_attention(q, k, v, Some(m_state.clone())));
+                    }
+                }
+            }
+        }
+        let out = self.expert_norm.forward(suffix).narrow(1, ls - c, c);
+        let v_t = self.action_out_proj.forward(out);
+        Ok((u_t - v_t).square())
+    }
+}
