@@ -21,7 +21,8 @@ pub struct SmolVlaBatch {
     /// One `[B, 3, H, W]` tensor per camera, in the config's camera order; sizes may differ.
     pub images: Vec<Tensor<4>>,
     /// Per camera, per sample: false marks a missing camera (LeRobot's `*_padding_mask`); empty means
-    /// every image is present.
+    /// every image is present. For LeRobot's `empty_cameras`, pass an all-zero image (any size) with
+    /// mask false: after resize and `x * 2 - 1` it is LeRobot's all -1 image.
     pub image_masks: Vec<Vec<bool>>,
     /// Normalised state `[B, state_dim]` (zero-padded to `max_state_dim` here).
     pub state: Tensor<2>,
