@@ -36,6 +36,7 @@ t = json.load(open(f"{w}/torch.json"))
 b = json.load(open(f"{w}/burn.json"))
 rss = {n: int(open(f"{w}/{n}.rss").read()) for n in ("torch", "burn")}
 print(f"train samples/s ratio toprl/LeRobot: {b['train_samples_per_s'] / t['train_samples_per_s']:.3f}")
+print(f"train samples/s ratio toprl cached-context/LeRobot: {b['cached_context_train_samples_per_s'] / t['train_samples_per_s']:.3f}")
 print(f"chunk latency ratio LeRobot/toprl (>1 = toprl faster): {t['chunk_latency_s'] / b['chunk_latency_s']:.3f}")
 print(f"max RSS ratio toprl/LeRobot: {rss['burn'] / rss['torch']:.3f}")
 PY
