@@ -184,3 +184,29 @@ print("OK", len(ref))
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// At smolvla_base's real shape (SmolVLM2-500M backbone), the Burn model expects exactly LeRobot's
+/// `model.safetensors` keys and shapes (`make_real_shape_names.py`, built on torch's meta device):
+/// the real checkpoint loads strictly. Nothing is allocated here (Burn parameters are lazy).
+#[test]
+fn real_shape_names_match_lerobot() {
+    let text = std::fs::read_to_string(fixtures().join("real_shape_names.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let vlm: VlmConfig = serde_json::from_value(v["vlm_config"].clone()).unwrap();
+    let cfg = SmolVlaConfig::default();
+    let dims = SmolVlaDims::new(&cfg, &vlm).unwrap();
+    let model = SmolVla::new(dims, &cpu_device());
+    let ours: std::collections::BTreeMap<String, Vec<usize>> = model.named_shapes().into_iter().collect();
+    let theirs: std::collections::BTreeMap<String, Vec<usize>> =
+        serde_json::from_value(v["tensors"].clone()).unwrap();
+    let only_ours: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
+    let only_theirs: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
+    assert!(
+        only_ours.is_empty() && only_theirs.is_empty(),
+        "{only_ours:?} / {only_theirs:?}"
+    );
+    assert_eq!(ours, theirs);
+    let total: usize = ours.values().map(|s| s.iter().product::<usize>()).sum();
+    assert_eq!(total as u64, v["num_parameters"].as_u64().unwrap());
+    assert_eq!(total, 450_046_176);
+}
