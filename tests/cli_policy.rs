@@ -11,8 +11,8 @@ use toprl_policies::flow::FlowConfig;
 use toprl_policies::gaussian::GaussianMlpConfig;
 use toprl_policies::smolvla::lerobot::write_f32_tensors;
 use toprl_policies::{
-    Batch, CameraImage, Normalizer, ObsBatch, Observation, Policy, PolicyConfig, TrainConfig, Trainer, cpu_device,
-    load_policy,
+    Batch, CameraImage, Normalizer, ObsBatch, Observation, Policy, PolicyConfig, TrainConfig, Trainer,
+    cpu_device, load_policy,
 };
 
 fn repo_root() -> PathBuf {
@@ -46,7 +46,13 @@ fn actions_of(out: &Output) -> Vec<Vec<f32>> {
 fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(n, s, v)| (n.to_string(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(n, s, v)| {
+            (
+                n.to_string(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     write_f32_tensors(path, &bytes).expect("write safetensors");
 }
@@ -57,7 +63,9 @@ const CHUNK: usize = 4;
 /// A `[3, SIDE, SIDE]` image whose values are exact multiples of 1/255, so the CLI's conversion to RGB8
 /// is lossless, and the same image as HWC bytes.
 fn image(seed: usize) -> (Vec<f32>, Vec<u8>) {
-    let bytes: Vec<u8> = (0..SIDE * SIDE * 3).map(|i| ((i * 37 + seed * 101) % 256) as u8).collect();
+    let bytes: Vec<u8> = (0..SIDE * SIDE * 3)
+        .map(|i| ((i * 37 + seed * 101) % 256) as u8)
+        .collect();
     let plane = SIDE * SIDE;
     let mut chw = vec![0.0; 3 * plane];
     for p in 0..plane {
@@ -77,10 +85,14 @@ fn trained_checkpoint(cfg: PolicyConfig, dir: &Path) {
     let normalizer = Normalizer::fit(&states, 6, &actions, 6).expect("fit");
     let mut obs = ObsBatch::new(states, 6).expect("obs");
     if cfg.cameras() > 0 {
-        let rgb: Vec<u8> = (0..n).flat_map(|s| [image(s).1, image(s + 9).1].concat()).collect();
+        let rgb: Vec<u8> = (0..n)
+            .flat_map(|s| [image(s).1, image(s + 9).1].concat())
+            .collect();
         obs = obs.with_images(rgb, 2, SIDE, SIDE).expect("images");
     }
-    obs = obs.with_instructions(vec!["pick the cube".into(); n]).expect("text");
+    obs = obs
+        .with_instructions(vec!["pick the cube".into(); n])
+        .expect("text");
     let batch = Batch::new(obs, actions, CHUNK, 6).expect("batch");
     let mut trainer = Trainer::new(cfg, normalizer, TrainConfig::default(), &device).expect("trainer");
     for _ in 0..3 {
@@ -107,9 +119,18 @@ fn predicts_native_checkpoints_as_the_library_does() {
     let state_only = tmp.path().join("state.safetensors");
     write_tensors(&state_only, &[("observation.state", vec![6], state.clone())]);
     let kinds: [(&str, PolicyConfig); 3] = [
-        ("gaussian", PolicyConfig::Gaussian(GaussianMlpConfig::new(6, 6).with_chunk_size(CHUNK))),
-        ("act", PolicyConfig::Act(ActConfig::new(6, 6).with_cameras(2).with_chunk_size(CHUNK))),
-        ("flow", PolicyConfig::Flow(FlowConfig::new(6, 6).with_cameras(2).with_chunk_size(CHUNK))),
+        (
+            "gaussian",
+            PolicyConfig::Gaussian(GaussianMlpConfig::new(6, 6).with_chunk_size(CHUNK)),
+        ),
+        (
+            "act",
+            PolicyConfig::Act(ActConfig::new(6, 6).with_cameras(2).with_chunk_size(CHUNK)),
+        ),
+        (
+            "flow",
+            PolicyConfig::Flow(FlowConfig::new(6, 6).with_cameras(2).with_chunk_size(CHUNK)),
+        ),
     ];
     for (name, cfg) in kinds {
         let images = cfg.cameras() > 0;
@@ -164,7 +185,11 @@ fn predicts_native_checkpoints_as_the_library_does() {
     let flow_arg = flow.to_str().expect("utf8");
     let bad_arg = bad.to_str().expect("utf8");
     let cases: Vec<(Vec<(&str, Vec<usize>, Vec<f32>)>, Vec<&str>, &str)> = vec![
-        (vec![("observation.images.front", vec![3, SIDE, SIDE], image(1).0)], vec![], "observation.state"),
+        (
+            vec![("observation.images.front", vec![3, SIDE, SIDE], image(1).0)],
+            vec![],
+            "observation.state",
+        ),
         (
             vec![
                 ("observation.state", vec![6], state.clone()),
@@ -191,11 +216,23 @@ fn predicts_native_checkpoints_as_the_library_does() {
     ];
     for (tensors, extra, expected) in cases {
         write_tensors(&bad, &tensors);
-        let mut args = vec!["policy", "predict", "--policy", flow_arg, "--observation", bad_arg, "--json"];
+        let mut args = vec![
+            "policy",
+            "predict",
+            "--policy",
+            flow_arg,
+            "--observation",
+            bad_arg,
+            "--json",
+        ];
         args.extend(extra);
         let out = so101(&args);
         assert!(!out.status.success(), "accepted: {expected}");
-        assert!(stderr(&out).contains(expected), "expected `{expected}` in: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "expected `{expected}` in: {}",
+            stderr(&out)
+        );
         assert!(out.stdout.is_empty(), "no partial output on stdout");
     }
 }
@@ -271,7 +308,10 @@ fn predicts_the_smolvla_fixture_as_lerobot_does() {
     let want = lerobot_predict(&ckpt, &obs, &noise, &task);
     assert_eq!((got.len(), got[0].len()), (6, 5), "chunk_size x action_dim");
     let err = max_abs_diff(&got, &want);
-    assert!(err <= SMOLVLA_TOL, "max |toprl - LeRobot| = {err} > {SMOLVLA_TOL}\ntoprl {got:?}\nlerobot {want:?}");
+    assert!(
+        err <= SMOLVLA_TOL,
+        "max |toprl - LeRobot| = {err} > {SMOLVLA_TOL}\ntoprl {got:?}\nlerobot {want:?}"
+    );
 
     // Bad input: no task, a camera the config does not list, a missing camera, noise of the wrong shape.
     let tmp = tempfile::tempdir().expect("tmp");
@@ -292,7 +332,11 @@ fn predicts_the_smolvla_fixture_as_lerobot_does() {
         so101(&args)
     };
     let out = run(&obs, &[]);
-    assert!(!out.status.success() && stderr(&out).contains("--task"), "{}", stderr(&out));
+    assert!(
+        !out.status.success() && stderr(&out).contains("--task"),
+        "{}",
+        stderr(&out)
+    );
     write_tensors(
         &bad,
         &[
@@ -303,23 +347,42 @@ fn predicts_the_smolvla_fixture_as_lerobot_does() {
     );
     let out = run(&bad, &["--task", "x"]);
     let err = stderr(&out);
-    assert!(!out.status.success() && err.contains("observation.images.top") && err.contains("config.json"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("observation.images.top") && err.contains("config.json"),
+        "{err}"
+    );
     write_tensors(
         &bad,
-        &[("observation.state", vec![6], state.clone()), ("observation.images.front", vec![3, 8, 8], img(8, 8))],
+        &[
+            ("observation.state", vec![6], state.clone()),
+            ("observation.images.front", vec![3, 8, 8], img(8, 8)),
+        ],
     );
     let out = run(&bad, &["--task", "x"]);
     let err = stderr(&out);
-    assert!(!out.status.success() && err.contains("input_features.observation.images.wrist"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("input_features.observation.images.wrist"),
+        "{err}"
+    );
     let bad_noise = tmp.path().join("noise.safetensors");
     write_tensors(&bad_noise, &[("noise", vec![6, 5], vec![0.0; 30])]);
-    let out = run(&obs, &["--task", "x", "--noise", bad_noise.to_str().expect("utf8")]);
+    let out = run(
+        &obs,
+        &["--task", "x", "--noise", bad_noise.to_str().expect("utf8")],
+    );
     let err = stderr(&out);
-    assert!(!out.status.success() && err.contains("`noise`") && err.contains("[6, 32]"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("`noise`") && err.contains("[6, 32]"),
+        "{err}"
+    );
     // A folder of another LeRobot policy type.
     let act_dir = tmp.path().join("act");
     std::fs::create_dir_all(&act_dir).expect("mkdir");
-    std::fs::write(act_dir.join("config.json"), r#"{"type": "act", "chunk_size": 100}"#).expect("write");
+    std::fs::write(
+        act_dir.join("config.json"),
+        r#"{"type": "act", "chunk_size": 100}"#,
+    )
+    .expect("write");
     let out = so101(&[
         "policy",
         "predict",
@@ -331,5 +394,8 @@ fn predicts_the_smolvla_fixture_as_lerobot_does() {
         "x",
     ]);
     let err = stderr(&out);
-    assert!(!out.status.success() && err.contains("config.json") && err.contains("\"smolvla\""), "{err}");
+    assert!(
+        !out.status.success() && err.contains("config.json") && err.contains("\"smolvla\""),
+        "{err}"
+    );
 }

@@ -65,11 +65,15 @@ fn training_samples(task: &str) -> Vec<TrainSample> {
         .map(|i| {
             let mut obs = base.clone();
             for v in obs.vectors.values_mut() {
-                v.iter_mut().enumerate().for_each(|(j, x)| *x += 0.3 * (i + j) as f32);
+                v.iter_mut()
+                    .enumerate()
+                    .for_each(|(j, x)| *x += 0.3 * (i + j) as f32);
             }
             TrainSample {
                 obs,
-                actions: (0..6 * 5).map(|k| ((k * 7 + i * 3) % 11) as f32 * 0.4 - 2.0).collect(),
+                actions: (0..6 * 5)
+                    .map(|k| ((k * 7 + i * 3) % 11) as f32 * 0.4 - 2.0)
+                    .collect(),
                 // The second sample's last step lies past its episode end.
                 action_is_pad: (0..6).map(|t| i == 1 && t == 5).collect(),
             }
@@ -109,15 +113,23 @@ fn lerobot_loads_a_toprl_finetuned_smolvla_and_predicts_the_same_chunk() {
     tuner.save(&saved).expect("save");
 
     // The saved folder is LeRobot's layout with the new statistics and changed weights.
-    let stats = read_stats(&saved.join("policy_postprocessor_step_0_unnormalizer_processor.safetensors")).expect("stats");
+    let stats = read_stats(&saved.join("policy_postprocessor_step_0_unnormalizer_processor.safetensors"))
+        .expect("stats");
     assert_eq!(stats["action"]["std"], new_stats["action"]["std"]);
     let before = read_f32_tensors(&ckpt.join("model.safetensors")).expect("weights");
     let after = read_f32_tensors(&saved.join("model.safetensors")).expect("weights");
-    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>(), "same tensor names");
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "same tensor names"
+    );
     let name = "model.action_out_proj.weight";
     assert_ne!(before[name].1, after[name].1, "the expert was trained");
     let frozen = "model.vlm_with_expert.vlm.model.vision_model.encoder.layers.0.mlp.fc1.weight";
-    assert_eq!(before[frozen].1, after[frozen].1, "the frozen vision encoder is unchanged");
+    assert_eq!(
+        before[frozen].1, after[frozen].1,
+        "the frozen vision encoder is unchanged"
+    );
 
     // toprl's prediction from the saved folder, and LeRobot's.
     let noise_path = fixtures().join("predict_noise.safetensors");
@@ -141,7 +153,11 @@ fn lerobot_loads_a_toprl_finetuned_smolvla_and_predicts_the_same_chunk() {
         .args(["--task", task])
         .output()
         .expect("python runs");
-    assert!(out.status.success(), "LeRobot failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "LeRobot failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let theirs: Vec<Vec<f32>> = serde_json::from_value(json["actions"].clone()).expect("actions");
     assert_eq!((theirs.len(), theirs[0].len()), (6, 5));
@@ -151,5 +167,8 @@ fn lerobot_loads_a_toprl_finetuned_smolvla_and_predicts_the_same_chunk() {
         .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
         .fold(0.0f32, f32::max);
     // f32 on both sides after 10 Euler steps; un-normalised with std up to 1.7.
-    assert!(err <= 1e-4, "max |toprl - LeRobot| = {err}\ntoprl {ours:?}\nlerobot {theirs:?}");
+    assert!(
+        err <= 1e-4,
+        "max |toprl - LeRobot| = {err}\ntoprl {ours:?}\nlerobot {theirs:?}"
+    );
 }

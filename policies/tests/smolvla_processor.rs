@@ -8,9 +8,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use toprl_policies::smolvla::lerobot::{
-    LeRobotFolder, POSTPROCESSOR_FILE, PREPROCESSOR_FILE, Stats, read_f32_tensors, read_stats, write_dir_atomically,
+    LeRobotFolder, POSTPROCESSOR_FILE, PREPROCESSOR_FILE, Stats, read_f32_tensors, read_stats,
+    write_dir_atomically,
 };
-use toprl_policies::smolvla::processor::{ChwImage, RawSample, SmolVlaProcessor, prepare_image, resolve_vlm_dir};
+use toprl_policies::smolvla::processor::{
+    ChwImage, RawSample, SmolVlaProcessor, prepare_image, resolve_vlm_dir,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/smolvla")
@@ -25,8 +28,11 @@ fn parity() -> Tensors {
 fn processor() -> (LeRobotFolder, SmolVlaProcessor) {
     let dir = fixtures().join("checkpoint");
     let folder = LeRobotFolder::read(&dir).expect("fixture checkpoint reads");
-    let vlm = resolve_vlm_dir(&folder.tokenizer_step().tokenizer_name.clone().unwrap_or_default(), &fixtures())
-        .expect("vlm folder");
+    let vlm = resolve_vlm_dir(
+        &folder.tokenizer_step().tokenizer_name.clone().unwrap_or_default(),
+        &fixtures(),
+    )
+    .expect("vlm folder");
     let proc = SmolVlaProcessor::new(&folder, &vlm).expect("processor");
     (folder, proc)
 }
@@ -50,7 +56,10 @@ fn fixture_folder_reads_as_lerobot_wrote_it() {
         ["observation.images.front", "observation.images.wrist"],
         "camera order is config.json's"
     );
-    assert_eq!((proc.state_dim(), proc.action_dim(), proc.max_action_dim()), (6, 5, 32));
+    assert_eq!(
+        (proc.state_dim(), proc.action_dim(), proc.max_action_dim()),
+        (6, 5, 32)
+    );
     assert_eq!(folder.config.io.chunk_size, 6);
     assert_eq!(folder.config.io.resize_imgs_with_padding, Some((32, 32)));
     assert_eq!(folder.tokenizer_step().padding, "longest");
@@ -90,14 +99,21 @@ fn tokens_images_and_masks_equal_lerobot_preprocessing() {
     assert_eq!(prepared.token_len, tokens.0[1], "padded prompt length");
     let ids: Vec<f32> = prepared.tokens.iter().map(|&t| t as f32).collect();
     assert_eq!(ids, tokens.1, "token ids");
-    let mask: Vec<f32> = prepared.token_mask.iter().map(|&m| f32::from(u8::from(m))).collect();
+    let mask: Vec<f32> = prepared
+        .token_mask
+        .iter()
+        .map(|&m| f32::from(u8::from(m)))
+        .collect();
     assert_eq!(mask, p["batch.attention_mask"].1, "attention mask");
     // Images: stacked raw per camera in config order; `prepare_image` (resize_with_pad to 32x32, bilinear,
     // align_corners=False, pad left/top, then *2-1) equals LeRobot's prepare_images.
     for (c, key) in keys.iter().enumerate() {
         let raw = &p[&format!("batch.{key}")];
         assert_eq!(prepared.images[c].key, *key);
-        assert_eq!(prepared.images[c].data, raw.1, "camera {c}: raw frames stacked in order");
+        assert_eq!(
+            prepared.images[c].data, raw.1,
+            "camera {c}: raw frames stacked in order"
+        );
         let want = &p[&format!("inter.prepared_image.{c}")];
         let mut got = Vec::new();
         for b in 0..2 {
@@ -118,8 +134,16 @@ fn tokens_images_and_masks_equal_lerobot_preprocessing() {
 #[test]
 fn state_and_actions_round_trip_through_the_fixture_statistics() {
     let (folder, proc) = processor();
-    let stats = folder.preprocessor.normalizer().expect("normalizer").stats.clone();
-    let (mean, std) = (&stats["observation.state"]["mean"], &stats["observation.state"]["std"]);
+    let stats = folder
+        .preprocessor
+        .normalizer()
+        .expect("normalizer")
+        .stats
+        .clone();
+    let (mean, std) = (
+        &stats["observation.state"]["mean"],
+        &stats["observation.state"]["std"],
+    );
     let raw: Vec<f32> = (0..6).map(|i| i as f32 * 0.7 - 1.0).collect();
     let keys = proc.camera_keys().to_vec();
     let sample = RawSample {
@@ -145,7 +169,10 @@ fn state_and_actions_round_trip_through_the_fixture_statistics() {
         let want = (raw[i] - mean[i]) / (std[i] + 1e-8);
         assert!((prepared.state[i] - want).abs() < 1e-6);
     }
-    assert!(prepared.state[6..32].iter().all(|&v| v == 0.0), "zero-padded to max_state_dim");
+    assert!(
+        prepared.state[6..32].iter().all(|&v| v == 0.0),
+        "zero-padded to max_state_dim"
+    );
     // Postprocessing unpads to action_dim and un-normalises: x * std + mean.
     let astats = &folder.postprocessor.normalizer().expect("unnormalizer").stats["action"];
     let padded: Vec<f32> = (0..6 * 32).map(|i| (i % 32) as f32 * 0.1).collect();
@@ -155,7 +182,9 @@ fn state_and_actions_round_trip_through_the_fixture_statistics() {
         let want = j as f32 * 0.1 * astats["std"][j] + astats["mean"][j];
         assert!((actions[3][j] - want).abs() < 1e-6);
     }
-    let normed = proc.prepare_actions(&actions.concat()).expect("normalise actions");
+    let normed = proc
+        .prepare_actions(&actions.concat())
+        .expect("normalise actions");
     assert!(max_abs_diff(&normed[..5], &padded[..5]) < 1e-5);
     assert!(normed[5..32].iter().all(|&v| v == 0.0));
 }
@@ -168,37 +197,55 @@ fn saving_writes_lerobot_layout_with_replaced_stats() {
     let new: Stats = BTreeMap::from([
         (
             "observation.state".to_string(),
-            BTreeMap::from([("mean".to_string(), vec![1.0; 6]), ("std".to_string(), vec![2.0; 6])]),
+            BTreeMap::from([
+                ("mean".to_string(), vec![1.0; 6]),
+                ("std".to_string(), vec![2.0; 6]),
+            ]),
         ),
         (
             "action".to_string(),
-            BTreeMap::from([("mean".to_string(), vec![3.0; 5]), ("std".to_string(), vec![4.0; 5])]),
+            BTreeMap::from([
+                ("mean".to_string(), vec![3.0; 5]),
+                ("std".to_string(), vec![4.0; 5]),
+            ]),
         ),
     ]);
     folder.replace_stats(&new);
     write_dir_atomically(&out, |dir| {
-        std::fs::copy(folder.dir.join("model.safetensors"), dir.join("model.safetensors"))
-            .map_err(|e| toprl_policies::PolicyError::Io {
-                path: dir.to_path_buf(),
-                source: e,
-            })?;
+        std::fs::copy(
+            folder.dir.join("model.safetensors"),
+            dir.join("model.safetensors"),
+        )
+        .map_err(|e| toprl_policies::PolicyError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
         folder.write_into(dir)
     })
     .expect("save");
-    let pre = read_stats(&out.join("policy_preprocessor_step_5_normalizer_processor.safetensors")).expect("pre");
-    assert_eq!(pre, new, "the preprocessor keeps state and action stats, as LeRobot's does");
-    let post = read_stats(&out.join("policy_postprocessor_step_0_unnormalizer_processor.safetensors")).expect("post");
+    let pre =
+        read_stats(&out.join("policy_preprocessor_step_5_normalizer_processor.safetensors")).expect("pre");
+    assert_eq!(
+        pre, new,
+        "the preprocessor keeps state and action stats, as LeRobot's does"
+    );
+    let post = read_stats(&out.join("policy_postprocessor_step_0_unnormalizer_processor.safetensors"))
+        .expect("post");
     assert_eq!(post.keys().collect::<Vec<_>>(), ["action"]);
     // The rewritten JSONs are the originals up to the replaced statistics.
     for file in [PREPROCESSOR_FILE, POSTPROCESSOR_FILE, "config.json"] {
         let a: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(folder.dir.join(file)).expect("read")).expect("json");
+            serde_json::from_str(&std::fs::read_to_string(folder.dir.join(file)).expect("read"))
+                .expect("json");
         let b: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join(file)).expect("read")).expect("json");
         assert_eq!(a, b, "{file} written back unchanged");
     }
     let again = LeRobotFolder::read(&out).expect("saved folder reads back");
-    assert_eq!(again.postprocessor.normalizer().expect("unnorm").stats["action"]["std"], vec![4.0; 5]);
+    assert_eq!(
+        again.postprocessor.normalizer().expect("unnorm").stats["action"]["std"],
+        vec![4.0; 5]
+    );
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).expect("ls").collect();
     assert_eq!(leftovers.len(), 1, "no temporary folder left behind");
 }
@@ -212,7 +259,8 @@ fn copy_fixture(to: &Path) {
 }
 
 fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
     f(&mut v);
     std::fs::write(path, serde_json::to_string_pretty(&v).expect("ser")).expect("write");
 }
@@ -224,16 +272,25 @@ fn bad_folders_fail_naming_file_and_key() {
     // Wrong policy type.
     copy_fixture(&dir);
     edit_json(&dir.join("config.json"), |v| v["type"] = "act".into());
-    let err = LeRobotFolder::read(&dir).expect_err("act is not smolvla").to_string();
-    assert!(err.contains("config.json") && err.contains("`type`") && err.contains("\"act\""), "{err}");
+    let err = LeRobotFolder::read(&dir)
+        .expect_err("act is not smolvla")
+        .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("`type`") && err.contains("\"act\""),
+        "{err}"
+    );
     // Unknown fields are ignored, as LeRobot's draccus parsing of a saved config tolerates new keys.
     copy_fixture(&dir);
     edit_json(&dir.join("config.json"), |v| v["some_future_field"] = 3.into());
     LeRobotFolder::read(&dir).expect("unknown config fields are ignored");
     // A missing statistics file.
-    std::fs::remove_file(dir.join("policy_postprocessor_step_0_unnormalizer_processor.safetensors")).expect("rm");
+    std::fs::remove_file(dir.join("policy_postprocessor_step_0_unnormalizer_processor.safetensors"))
+        .expect("rm");
     let err = LeRobotFolder::read(&dir).expect_err("missing stats").to_string();
-    assert!(err.contains("policy_postprocessor_step_0_unnormalizer_processor.safetensors"), "{err}");
+    assert!(
+        err.contains("policy_postprocessor_step_0_unnormalizer_processor.safetensors"),
+        "{err}"
+    );
     // Statistics without the action's std.
     copy_fixture(&dir);
     let stats_file = dir.join("policy_postprocessor_step_0_unnormalizer_processor.safetensors");
@@ -241,7 +298,10 @@ fn bad_folders_fail_naming_file_and_key() {
     stats.get_mut("action").expect("action").remove("std");
     toprl_policies::smolvla::lerobot::write_stats(&stats_file, &stats).expect("write");
     let err = LeRobotFolder::read(&dir).expect_err("no action.std").to_string();
-    assert!(err.contains("policy_postprocessor.json") && err.contains("action.std"), "{err}");
+    assert!(
+        err.contains("policy_postprocessor.json") && err.contains("action.std"),
+        "{err}"
+    );
     // Missing weights.
     std::fs::remove_file(dir.join("model.safetensors")).expect("rm");
     let err = LeRobotFolder::read(&dir).expect_err("no weights").to_string();
@@ -265,5 +325,8 @@ fn bad_folders_fail_naming_file_and_key() {
         task: "x".into(),
     };
     let err = proc.prepare(&[sample]).expect_err("unknown camera").to_string();
-    assert!(err.contains("config.json") && err.contains("observation.images.side"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("observation.images.side"),
+        "{err}"
+    );
 }

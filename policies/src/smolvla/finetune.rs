@@ -99,7 +99,10 @@ impl SmolVlaFinetuner {
         let actions = Tensor::<3>::from_data(TensorData::new(actions, [b, c, amax]), &device);
         let noise = Tensor::<3>::from_data(TensorData::new(noise, [b, c, amax]), &device);
         let is_pad = Tensor::<2, Bool>::from_data(TensorData::new(is_pad, [b, c]), &device);
-        let losses = self.policy.model.flow_losses(&batch, actions, noise, &time, None)?;
+        let losses = self
+            .policy
+            .model
+            .flow_losses(&batch, actions, noise, &time, None)?;
         let padding = LossPadding::Valid {
             action_dim: a,
             is_pad: Some(is_pad),

@@ -222,8 +222,14 @@ pub fn policy_type(dir: &Path) -> Result<String> {
     let raw = read_json(&path)?;
     match raw.get("type") {
         Some(Value::String(t)) => Ok(t.clone()),
-        Some(other) => Err(config_err(&path, format!("key `type` is {other}, expected a string"))),
-        None => Err(config_err(&path, "key `type` is missing (a LeRobot policy config names its type)")),
+        Some(other) => Err(config_err(
+            &path,
+            format!("key `type` is {other}, expected a string"),
+        )),
+        None => Err(config_err(
+            &path,
+            "key `type` is missing (a LeRobot policy config names its type)",
+        )),
     }
 }
 
@@ -235,7 +241,10 @@ impl LeRobotConfig {
         match raw.get("type").and_then(Value::as_str) {
             Some("smolvla") => {}
             Some(other) => {
-                return Err(config_err(&path, format!("key `type` is \"{other}\", expected \"smolvla\"")));
+                return Err(config_err(
+                    &path,
+                    format!("key `type` is \"{other}\", expected \"smolvla\""),
+                ));
             }
             None => return Err(config_err(&path, "key `type` is missing, expected \"smolvla\"")),
         }
@@ -275,7 +284,10 @@ impl LeRobotConfig {
             if f.shape.len() != 3 || f.shape[0] != 3 {
                 return Err(config_err(
                     &self.path,
-                    format!("key `input_features.{}.shape` is {:?}, expected [3, H, W]", f.key, f.shape),
+                    format!(
+                        "key `input_features.{}.shape` is {:?}, expected [3, H, W]",
+                        f.key, f.shape
+                    ),
                 ));
             }
         }
@@ -289,32 +301,45 @@ impl LeRobotConfig {
             ));
         }
         if io.adapt_to_pi_aloha {
-            return Err(config_err(&self.path, "key `adapt_to_pi_aloha` is true; toprl supports false only"));
+            return Err(config_err(
+                &self.path,
+                "key `adapt_to_pi_aloha` is true; toprl supports false only",
+            ));
         }
         if io.empty_cameras != 0 {
             return Err(config_err(
                 &self.path,
-                format!("key `empty_cameras` is {}; toprl supports 0 only", io.empty_cameras),
+                format!(
+                    "key `empty_cameras` is {}; toprl supports 0 only",
+                    io.empty_cameras
+                ),
             ));
         }
         if !matches!(io.pad_language_to.as_str(), "longest" | "max_length") {
             return Err(config_err(
                 &self.path,
-                format!("key `pad_language_to` is \"{}\", expected \"longest\" or \"max_length\"", io.pad_language_to),
+                format!(
+                    "key `pad_language_to` is \"{}\", expected \"longest\" or \"max_length\"",
+                    io.pad_language_to
+                ),
             ));
         }
         Ok(())
     }
 
     pub fn state_feature(&self) -> Result<&Feature> {
-        self.io.input_features.get(STATE_KEY).ok_or_else(|| {
-            config_err(&self.path, format!("key `input_features.{STATE_KEY}` is missing"))
-        })
+        self.io
+            .input_features
+            .get(STATE_KEY)
+            .ok_or_else(|| config_err(&self.path, format!("key `input_features.{STATE_KEY}` is missing")))
     }
 
     pub fn action_feature(&self) -> Result<&Feature> {
         self.io.output_features.get(ACTION_KEY).ok_or_else(|| {
-            config_err(&self.path, format!("key `output_features.{ACTION_KEY}` is missing"))
+            config_err(
+                &self.path,
+                format!("key `output_features.{ACTION_KEY}` is missing"),
+            )
         })
     }
 
@@ -363,7 +388,13 @@ impl NormalizerStep {
 
     /// `_apply_transform` of LeRobot 0.4.4 for one feature vector, in place: the mode comes from the
     /// feature's type; a feature without statistics, or an IDENTITY one, passes through unchanged.
-    pub fn apply(&self, key: &str, kind: FeatureType, x: &mut [f32], inverse: bool) -> std::result::Result<(), String> {
+    pub fn apply(
+        &self,
+        key: &str,
+        kind: FeatureType,
+        x: &mut [f32],
+        inverse: bool,
+    ) -> std::result::Result<(), String> {
         let mode = self.norm_map.get(&kind).copied().unwrap_or(NormMode::Identity);
         let Some(stats) = self.stats.get(key) else {
             return Ok(());
@@ -385,7 +416,11 @@ impl NormalizerStep {
             if v.len() == x.len() {
                 Ok(v)
             } else {
-                Err(format!("statistic `{key}.{name}` has {} values, the feature {}", v.len(), x.len()))
+                Err(format!(
+                    "statistic `{key}.{name}` has {} values, the feature {}",
+                    v.len(),
+                    x.len()
+                ))
             }
         };
         let (a, b) = (get(lo_name)?, get(hi_name)?);
@@ -489,9 +524,15 @@ impl Pipeline {
                 .get("registry_name")
                 .or_else(|| entry.get("class"))
                 .and_then(Value::as_str)
-                .ok_or_else(|| config_err(&path, format!("key `steps[{i}]` has no `registry_name` or `class`")))?;
+                .ok_or_else(|| {
+                    config_err(
+                        &path,
+                        format!("key `steps[{i}]` has no `registry_name` or `class`"),
+                    )
+                })?;
             let config = entry.get("config").cloned().unwrap_or_else(|| json!({}));
-            let bad = |e: serde_json::Error| config_err(&path, format!("key `steps[{i}].config` ({name}): {e}"));
+            let bad =
+                |e: serde_json::Error| config_err(&path, format!("key `steps[{i}].config` ({name}): {e}"));
             let step = match name {
                 "rename_observations_processor" => Step::Rename(
                     config
@@ -526,7 +567,9 @@ impl Pipeline {
                 other => {
                     return Err(config_err(
                         &path,
-                        format!("key `steps[{i}]` is processor step `{other}`, which toprl does not implement"),
+                        format!(
+                            "key `steps[{i}]` is processor step `{other}`, which toprl does not implement"
+                        ),
                     ));
                 }
             };
@@ -610,7 +653,13 @@ impl Pipeline {
 fn sanitize(name: &str) -> String {
     name.to_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -622,7 +671,10 @@ pub fn read_stats(path: &Path) -> Result<Stats> {
         let (key, stat) = name
             .rsplit_once('.')
             .ok_or_else(|| config_err(path, format!("tensor `{name}` is not named `feature.stat`")))?;
-        stats.entry(key.to_string()).or_default().insert(stat.to_string(), values);
+        stats
+            .entry(key.to_string())
+            .or_default()
+            .insert(stat.to_string(), values);
     }
     Ok(stats)
 }
@@ -659,12 +711,16 @@ pub fn read_f32_tensors(path: &Path) -> Result<BTreeMap<String, (Vec<usize>, Vec
         return Err(missing_file(path, "safetensors file"));
     }
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| config_err(path, format!("not a safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| config_err(path, format!("not a safetensors file: {e}")))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let data = view.data();
         let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
             Dtype::F64 => data
                 .chunks_exact(8)
                 .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
@@ -732,7 +788,10 @@ impl LeRobotFolder {
     fn check(&self) -> Result<()> {
         let pre = &self.preprocessor;
         if pre.tokenizer().is_none() {
-            return Err(config_err(&pre.path, "no `tokenizer_processor` step; SmolVLA needs one"));
+            return Err(config_err(
+                &pre.path,
+                "no `tokenizer_processor` step; SmolVLA needs one",
+            ));
         }
         let norm = pre
             .normalizer()
@@ -771,7 +830,12 @@ impl LeRobotFolder {
 
     /// Point the tokenizer step at another tokenizer (`tokenizer_name` in `policy_preprocessor.json`).
     pub fn set_tokenizer_name(&mut self, name: Value) {
-        let Some(steps) = self.preprocessor.raw.get_mut("steps").and_then(Value::as_array_mut) else {
+        let Some(steps) = self
+            .preprocessor
+            .raw
+            .get_mut("steps")
+            .and_then(Value::as_array_mut)
+        else {
             return;
         };
         for (entry, step) in steps.iter_mut().zip(self.preprocessor.steps.iter_mut()) {
@@ -805,7 +869,10 @@ fn require_stats(step: &NormalizerStep, f: &Feature, path: &Path) -> Result<()> 
     if !step.stats.contains_key(&f.key) {
         return Err(config_err(
             path,
-            format!("the {mode:?} step has no statistics for `{}` in its state_file", f.key),
+            format!(
+                "the {mode:?} step has no statistics for `{}` in its state_file",
+                f.key
+            ),
         ));
     }
     // A dry run surfaces a missing or mis-sized statistic (`action.std`), naming it.

@@ -62,7 +62,12 @@ impl SmolVlaPolicy {
         let processor = SmolVlaProcessor::new(&folder, &vlm_dir)?;
         let vlm_config = VlmConfig::from_file(vlm_dir.join("config.json"))?;
         // Parameters are marked trainable as LeRobot does for this config (freeze_vision_encoder, ...).
-        let model = SmolVla::load(&model_config, &vlm_config, dir.join(lerobot::WEIGHTS_FILE), device)?;
+        let model = SmolVla::load(
+            &model_config,
+            &vlm_config,
+            dir.join(lerobot::WEIGHTS_FILE),
+            device,
+        )?;
         Ok(Self {
             folder,
             processor,
@@ -107,10 +112,16 @@ impl SmolVlaPolicy {
             image_masks: p.image_masks.clone(),
             state: Tensor::from_data(TensorData::new(p.state.clone(), [b, max_state]), d),
             tokens: Tensor::<2, Int>::from_data(
-                TensorData::new(p.tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>(), [b, p.token_len]),
+                TensorData::new(
+                    p.tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>(),
+                    [b, p.token_len],
+                ),
                 d,
             ),
-            token_mask: Tensor::<2, Bool>::from_data(TensorData::new(p.token_mask.clone(), [b, p.token_len]), d),
+            token_mask: Tensor::<2, Bool>::from_data(
+                TensorData::new(p.token_mask.clone(), [b, p.token_len]),
+                d,
+            ),
         }
     }
 
@@ -118,7 +129,11 @@ impl SmolVlaPolicy {
     /// `[chunk][action_dim]` in dataset units per sample. `noise` is `[batch, chunk, max_action_dim]`
     /// row-major (or `[chunk, max_action_dim]` for a batch of one); without it the noise is drawn from
     /// this policy's seeded stream.
-    pub fn predict_chunks(&mut self, samples: &[RawSample], noise: Option<&[f32]>) -> Result<Vec<Vec<Vec<f32>>>> {
+    pub fn predict_chunks(
+        &mut self,
+        samples: &[RawSample],
+        noise: Option<&[f32]>,
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
         let prepared = self.processor.prepare(samples)?;
         let (b, c, a) = (prepared.batch, self.chunk_size(), self.max_action_dim());
         let noise = match noise {
@@ -136,11 +151,18 @@ impl SmolVlaPolicy {
         let noise = Tensor::from_data(TensorData::new(noise, [b, c, a]), &self.device);
         let out = self.model.sample_actions(&batch, noise)?;
         let flat = read_vec(out.reshape([b * c * a]), "sampled actions")?;
-        flat.chunks(c * a).map(|chunk| self.processor.postprocess(chunk)).collect()
+        flat.chunks(c * a)
+            .map(|chunk| self.processor.postprocess(chunk))
+            .collect()
     }
 
     /// [`Self::predict_chunks`] with the noise seed reset to `seed` first when no noise is given.
-    pub fn predict(&mut self, samples: &[RawSample], noise: Option<&[f32]>, seed: u64) -> Result<Vec<Vec<Vec<f32>>>> {
+    pub fn predict(
+        &mut self,
+        samples: &[RawSample],
+        noise: Option<&[f32]>,
+        seed: u64,
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
         if noise.is_none() {
             self.set_seed(seed);
         }
@@ -158,7 +180,9 @@ impl SmolVlaPolicy {
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mut folder = self.folder.clone();
         let is_local = self.vlm_dir.is_dir()
-            && !self.vlm_dir.starts_with(hf_cache_root().unwrap_or_else(|| PathBuf::from("/nonexistent")));
+            && !self
+                .vlm_dir
+                .starts_with(hf_cache_root().unwrap_or_else(|| PathBuf::from("/nonexistent")));
         if is_local {
             let abs = std::fs::canonicalize(&self.vlm_dir).map_err(|source| PolicyError::Io {
                 path: self.vlm_dir.clone(),
@@ -195,7 +219,9 @@ impl Policy for SmolVlaPolicy {
             task: observation.instruction.clone(),
             ..RawSample::default()
         };
-        sample.vectors.insert(STATE_KEY.to_string(), observation.state.clone());
+        sample
+            .vectors
+            .insert(STATE_KEY.to_string(), observation.state.clone());
         for im in &observation.images {
             sample
                 .images

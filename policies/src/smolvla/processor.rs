@@ -155,7 +155,8 @@ fn bilinear(data: &[f32], channels: usize, h: usize, w: usize, oh: usize, ow: us
         for (oy, &(y0, y1, wy0, wy1)) in ys.iter().enumerate() {
             let (r0, r1) = (&plane[y0 * w..(y0 + 1) * w], &plane[y1 * w..(y1 + 1) * w]);
             for (ox, &(x0, x1, wx0, wx1)) in xs.iter().enumerate() {
-                out[(c * oh + oy) * ow + ox] = wy0 * (wx0 * r0[x0] + wx1 * r0[x1]) + wy1 * (wx0 * r1[x0] + wx1 * r1[x1]);
+                out[(c * oh + oy) * ow + ox] =
+                    wy0 * (wx0 * r0[x0] + wx1 * r0[x1]) + wy1 * (wx0 * r1[x0] + wx1 * r1[x1]);
             }
         }
     }
@@ -208,7 +209,8 @@ pub fn resolve_vlm_dir(name: &str, checkpoint_dir: &Path) -> Result<PathBuf> {
         .map_err(|e| hub_err("(client)", e))?;
     let repo = api.model(name.to_string());
     let config = repo.get("config.json").map_err(|e| hub_err("config.json", e))?;
-    repo.get("tokenizer.json").map_err(|e| hub_err("tokenizer.json", e))?;
+    repo.get("tokenizer.json")
+        .map_err(|e| hub_err("tokenizer.json", e))?;
     // Optional in some repos; the pad token falls back to tokenizer.json's padding settings.
     let _ = repo.get("tokenizer_config.json");
     let _ = repo.get("special_tokens_map.json");
@@ -219,7 +221,9 @@ pub fn resolve_vlm_dir(name: &str, checkpoint_dir: &Path) -> Result<PathBuf> {
 /// `AddedToken` object with `content`).
 fn named_token(dir: &Path, key: &str) -> Option<String> {
     for file in ["tokenizer_config.json", "special_tokens_map.json"] {
-        let Ok(v) = read_json(&dir.join(file)) else { continue };
+        let Ok(v) = read_json(&dir.join(file)) else {
+            continue;
+        };
         match v.get(key) {
             Some(Value::String(s)) => return Some(s.clone()),
             Some(Value::Object(o)) => {
@@ -260,13 +264,19 @@ impl TaskTokenizer {
         if !matches!(step.padding_side.as_str(), "right" | "left") {
             return Err(config_err(
                 &path,
-                format!("tokenizer step `padding_side` is \"{}\", expected \"right\" or \"left\"", step.padding_side),
+                format!(
+                    "tokenizer step `padding_side` is \"{}\", expected \"right\" or \"left\"",
+                    step.padding_side
+                ),
             ));
         }
         if !matches!(step.padding.as_str(), "longest" | "max_length" | "do_not_pad") {
             return Err(config_err(
                 &path,
-                format!("tokenizer step `padding` is \"{}\", expected longest / max_length / do_not_pad", step.padding),
+                format!(
+                    "tokenizer step `padding` is \"{}\", expected longest / max_length / do_not_pad",
+                    step.padding
+                ),
             ));
         }
         Ok(Self {
@@ -288,7 +298,8 @@ impl TaskTokenizer {
             max_length: self.step.max_length,
             ..TruncationParams::default()
         });
-        tok.with_truncation(trunc).map_err(|e| config_err(&self.path, e.to_string()))?;
+        tok.with_truncation(trunc)
+            .map_err(|e| config_err(&self.path, e.to_string()))?;
         let strategy = match self.step.padding.as_str() {
             "max_length" => Some(PaddingStrategy::Fixed(self.step.max_length)),
             "longest" => Some(PaddingStrategy::BatchLongest),
@@ -321,7 +332,10 @@ impl TaskTokenizer {
                 "prompts of different lengths need padding, but the tokenizer has no pad token",
             ));
         }
-        let ids = encodings.iter().flat_map(|e| e.get_ids().iter().copied()).collect();
+        let ids = encodings
+            .iter()
+            .flat_map(|e| e.get_ids().iter().copied())
+            .collect();
         let mask = encodings
             .iter()
             .flat_map(|e| e.get_attention_mask().iter().map(|&m| m != 0))
@@ -378,7 +392,10 @@ impl SmolVlaProcessor {
             if normalizer.stats.contains_key(&f.key) && mode.is_some_and(|m| m != NormMode::Identity) {
                 return Err(config_err(
                     &folder.preprocessor.path,
-                    format!("image feature `{}` is normalised ({mode:?}); toprl supports IDENTITY only", f.key),
+                    format!(
+                        "image feature `{}` is normalised ({mode:?}); toprl supports IDENTITY only",
+                        f.key
+                    ),
                 ));
             }
         }
@@ -441,8 +458,10 @@ impl SmolVlaProcessor {
         let mut tasks = Vec::with_capacity(batch);
         for (b, sample) in samples.iter().enumerate() {
             let rename = |k: &String| self.rename_map.get(k).cloned().unwrap_or_else(|| k.clone());
-            let vectors: BTreeMap<String, &Vec<f32>> = sample.vectors.iter().map(|(k, v)| (rename(k), v)).collect();
-            let images: BTreeMap<String, &ChwImage> = sample.images.iter().map(|(k, v)| (rename(k), v)).collect();
+            let vectors: BTreeMap<String, &Vec<f32>> =
+                sample.vectors.iter().map(|(k, v)| (rename(k), v)).collect();
+            let images: BTreeMap<String, &ChwImage> =
+                sample.images.iter().map(|(k, v)| (rename(k), v)).collect();
             for key in images.keys() {
                 if !self.camera_keys.contains(key) {
                     return Err(config_err(
@@ -526,7 +545,11 @@ impl SmolVlaProcessor {
     /// `[chunk, max_action_dim]`, as the preprocessor and `prepare_action` do for training targets.
     pub fn prepare_actions(&self, actions: &[f32]) -> Result<Vec<f32>> {
         if !actions.len().is_multiple_of(self.action_dim) {
-            return Err(input_err(format!("actions: {} values are not rows of {}", actions.len(), self.action_dim)));
+            return Err(input_err(format!(
+                "actions: {} values are not rows of {}",
+                actions.len(),
+                self.action_dim
+            )));
         }
         let mut out = Vec::with_capacity(actions.len() / self.action_dim * self.max_action_dim);
         for row in actions.chunks(self.action_dim) {

@@ -195,7 +195,11 @@ fn predict_native(args: &PredictArgs, tensors: &Tensors) -> anyhow::Result<Vec<V
     }
     // Native image policies see the simulator's cameras in training order: front, then wrist.
     let cameras = policy.config().cameras();
-    let keys: Vec<String> = ["front", "wrist"].iter().take(cameras).map(|c| camera_key(c)).collect();
+    let keys: Vec<String> = ["front", "wrist"]
+        .iter()
+        .take(cameras)
+        .map(|c| camera_key(c))
+        .collect();
     let imgs = images(tensors, file)?;
     if let Some(extra) = imgs.keys().find(|k| !keys.contains(k)) {
         bail!(
@@ -205,9 +209,12 @@ fn predict_native(args: &PredictArgs, tensors: &Tensors) -> anyhow::Result<Vec<V
     }
     let mut camera_images = Vec::with_capacity(keys.len());
     for key in &keys {
-        let img = imgs
-            .get(key)
-            .with_context(|| format!("--observation {}: no tensor `{key}` (the policy reads {keys:?})", file.display()))?;
+        let img = imgs.get(key).with_context(|| {
+            format!(
+                "--observation {}: no tensor `{key}` (the policy reads {keys:?})",
+                file.display()
+            )
+        })?;
         let plane = img.height * img.width;
         let mut rgb = Vec::with_capacity(plane * 3);
         for p in 0..plane {
