@@ -43,7 +43,10 @@ fn actions_of(out: &Output) -> Vec<Vec<f32>> {
     serde_json::from_value(json["actions"].clone()).expect("actions: [[f32]]")
 }
 
-fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+/// A tensor to write: name, shape, values.
+type Named<'a> = (&'a str, Vec<usize>, Vec<f32>);
+
+fn write_tensors(path: &Path, tensors: &[Named]) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, s, v)| {
@@ -184,7 +187,7 @@ fn predicts_native_checkpoints_as_the_library_does() {
     let bad = tmp.path().join("bad.safetensors");
     let flow_arg = flow.to_str().expect("utf8");
     let bad_arg = bad.to_str().expect("utf8");
-    let cases: Vec<(Vec<(&str, Vec<usize>, Vec<f32>)>, Vec<&str>, &str)> = vec![
+    let cases: Vec<(Vec<Named>, Vec<&str>, &str)> = vec![
         (
             vec![("observation.images.front", vec![3, SIDE, SIDE], image(1).0)],
             vec![],

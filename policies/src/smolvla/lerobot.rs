@@ -704,9 +704,12 @@ pub fn write_f32_tensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)])
     safetensors::serialize_to_file(views, None, path).map_err(|e| config_err(path, e.to_string()))
 }
 
+/// Tensors by name: `(shape, row-major f32 values)`.
+pub type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Every tensor of a safetensors file as `name -> (shape, f32 values)`; f64, f16, bf16, i64 and i32 are
 /// converted.
-pub fn read_f32_tensors(path: &Path) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+pub fn read_f32_tensors(path: &Path) -> Result<NamedTensors> {
     if !path.is_file() {
         return Err(missing_file(path, "safetensors file"));
     }
