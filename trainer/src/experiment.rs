@@ -100,7 +100,7 @@ pub(crate) fn camera_keys(cameras: &[String]) -> Vec<String> {
     cameras.iter().map(|c| camera_key(c)).collect()
 }
 
-fn sim_err(what: impl Into<String>) -> impl FnOnce(toprl_envs::sim::SimError) -> ExperimentError {
+pub(crate) fn sim_err(what: impl Into<String>) -> impl FnOnce(toprl_envs::sim::SimError) -> ExperimentError {
     let what = what.into();
     move |source| ExperimentError::Sim { what, source }
 }
@@ -159,6 +159,12 @@ pub fn run(
     scorer: Option<&mut EpisodeScorer<'_>>,
 ) -> Result<Results> {
     let out = &opts.out;
+    // A SmolVLA checkpoint is located (downloaded when allowed) and checked before any work.
+    let smolvla = if config.policy.kind == crate::smolvla_arm::KIND {
+        Some(crate::smolvla_arm::prepare(config)?)
+    } else {
+        None
+    };
     let marker = out.join("experiment.toml");
     let resolved = toml::to_string_pretty(config).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
     if marker.exists() && !opts.resume {
@@ -239,7 +245,12 @@ pub fn run(
                 } else {
                     None
                 };
-                let result = train_one(config, &sim, &data, &weights, arm, seed, opts, awr_inputs)?;
+                let result = match &smolvla {
+                    Some(pretrained) => crate::smolvla_arm::train_one(
+                        config, &sim, &episodes, &weights, arm, seed, opts, pretrained,
+                    )?,
+                    None => train_one(config, &sim, &data, &weights, arm, seed, opts, awr_inputs)?,
+                };
                 let json = serde_json::to_vec_pretty(&result)
                     .map_err(|e| ExperimentError::Invalid(e.to_string()))?;
                 write_atomic(&dir.join("result.json"), &json)
@@ -315,7 +326,7 @@ fn log_weight_stats(arm: &str, seed: u64, weights: &[Vec<f32>]) {
 /// The run's progress, saved inside its checkpoint directory.
 const PROGRESS_FILE: &str = "progress.json";
 
-fn run_dir(out: &Path, arm: &str, seed: u64) -> PathBuf {
+pub(crate) fn run_dir(out: &Path, arm: &str, seed: u64) -> PathBuf {
     out.join("runs").join(arm).join(format!("seed-{seed}"))
 }
 
@@ -448,7 +459,7 @@ pub(crate) fn awr_seed(seed: u64, iteration: u32, episode: usize) -> u64 {
         .wrapping_add(1_000_000 + 10_000 * u64::from(iteration) + episode as u64)
 }
 
-fn eval_seed(seed: u64, episode: usize) -> u64 {
+pub(crate) fn eval_seed(seed: u64, episode: usize) -> u64 {
     // Disjoint from demonstration scenes: offset far beyond any episode count.
     seed.wrapping_mul(1_000_003)
         .wrapping_add(500_000 + episode as u64)

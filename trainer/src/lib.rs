@@ -13,4 +13,5 @@ pub mod experiment;
 pub mod label;
 pub mod plot;
 pub mod results;
+pub mod smolvla_arm;
 pub mod tensorboard;

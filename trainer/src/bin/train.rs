@@ -59,9 +59,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(config.name.clone().unwrap_or_else(|| "experiment".into()))
     });
-    // Fail before any training when the policy or its overrides are wrong.
-    toprl_trainer::experiment::policy_config(&config)
-        .with_context(|| format!("invalid experiment config {}", args.config.display()))?;
+    // Fail before any training when the policy or its overrides are wrong, or (SmolVLA) when the
+    // model cannot be had.
+    if config.policy.kind == toprl_trainer::smolvla_arm::KIND {
+        toprl_trainer::smolvla_arm::prepare(&config)
+            .with_context(|| format!("invalid experiment config {}", args.config.display()))?;
+    } else {
+        toprl_trainer::experiment::policy_config(&config)
+            .with_context(|| format!("invalid experiment config {}", args.config.display()))?;
+    }
     if args.check {
         let resolved = toml::to_string_pretty(&config).context("serialising the resolved config")?;
         println!(

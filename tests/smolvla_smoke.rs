@@ -1,0 +1,198 @@
+//! SmolVLA in the trainer: `experiments/smolvla_smoke.toml` fine-tunes the tiny random SO-101 SmolVLA
+//! fixture (policies/fixtures/smolvla/so101_tiny, made by LeRobot 0.4.4) with every BC reward arm,
+//! evaluates it in MuJoCo and writes LeRobot checkpoints that `so101 sim` runs; a missing model or a
+//! checkpoint that does not fit the task is refused before any work.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("trainer/ has a parent")
+        .to_path_buf()
+}
+
+fn train(config: &Path, out: &Path, extra: &[&str], hf_home: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(repo_root())
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", hf_home)
+        .output()
+        .expect("train runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn smoke_text() -> String {
+    std::fs::read_to_string(repo_root().join("experiments/smolvla_smoke.toml")).expect("smolvla_smoke.toml")
+}
+
+#[test]
+fn smolvla_smoke_fine_tunes_every_arm_and_writes_lerobot_checkpoints_that_the_sim_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("smolvla");
+    let run = train(Path::new("experiments/smolvla_smoke.toml"), &out, &[], dir.path());
+    assert!(run.status.success(), "train failed:\n{}", stderr(&run));
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json"))
+            .expect("json");
+    let arms: Vec<&str> = json["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(arms, ["bc", "sparse", "oracle"]);
+    for arm in json["arms"].as_array().unwrap() {
+        let curve = &arm["per_seed"][0]["curve"];
+        assert_eq!(curve[0][0], 3, "evaluated after the 3 training steps: {curve}");
+        assert!((0.0..=1.0).contains(&arm["success_mean"].as_f64().unwrap()));
+    }
+
+    let fixture = repo_root().join("policies/fixtures/smolvla/so101_tiny");
+    let mut weights = Vec::new();
+    for arm in arms {
+        let ckpt = out.join(format!("runs/{arm}/seed-0/checkpoint"));
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "policy_preprocessor.json",
+            "policy_postprocessor.json",
+            "policy_preprocessor_step_5_normalizer_processor.safetensors",
+        ] {
+            assert!(ckpt.join(file).is_file(), "{arm}: {file} missing");
+        }
+        // The normalisation statistics are the demonstrations' (the fixture's are placeholders).
+        let stats =
+            std::fs::read(ckpt.join("policy_preprocessor_step_5_normalizer_processor.safetensors")).unwrap();
+        let original =
+            std::fs::read(fixture.join("policy_preprocessor_step_5_normalizer_processor.safetensors"))
+                .unwrap();
+        assert_ne!(stats, original, "{arm}: statistics were not replaced");
+        let model = std::fs::read(ckpt.join("model.safetensors")).unwrap();
+        weights.push(model);
+    }
+    let original = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    assert!(
+        weights.iter().all(|w| *w != original),
+        "fine-tuning changed no weight"
+    );
+    // Different per-frame weights (plain BC vs sparse success) give different fine-tuned weights.
+    assert_ne!(weights[0], weights[1], "bc and sparse arms trained identically");
+
+    // `so101 sim --policy DIR` runs the fine-tuned LeRobot folder on its cameras.
+    let sim = Command::new(env!("CARGO_BIN_EXE_so101"))
+        .args([
+            "sim",
+            "--task",
+            "reach",
+            "--episodes",
+            "1",
+            "--image-size",
+            "32",
+            "--json",
+            "--policy",
+        ])
+        .arg(out.join("runs/oracle/seed-0/checkpoint"))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("so101 runs");
+    assert!(sim.status.success(), "{}", stderr(&sim));
+    let report: serde_json::Value = serde_json::from_slice(&sim.stdout).expect("json");
+    assert_eq!(report["episodes"], 1);
+    assert!(report["mean_steps"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bc_reward_aligned_offline_says_which_model_it_needs_before_any_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Path::new("experiments/bc_reward_aligned.toml");
+    for extra in [&["--check"][..], &[][..]] {
+        let out_dir = dir.path().join("out");
+        let out = train(config, &out_dir, extra, dir.path());
+        assert!(!out.status.success(), "{extra:?}: accepted without the model");
+        let err = stderr(&out);
+        for needle in [
+            "bc_reward_aligned.toml",
+            "policy.pretrained",
+            "needs the model lerobot/smolvla_base",
+            "huggingface-cli download lerobot/smolvla_base",
+            "HF_HUB_OFFLINE",
+        ] {
+            assert!(err.contains(needle), "{extra:?}: `{needle}` not in:\n{err}");
+        }
+        assert!(
+            !out_dir.exists(),
+            "{extra:?}: output written before the model was found"
+        );
+    }
+}
+
+#[test]
+fn smolvla_configs_that_do_not_fit_are_refused_by_field_before_any_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = smoke_text();
+    let cases = [
+        (
+            "cameras",
+            text.replace(
+                "cameras = [\"front\", \"wrist\"]",
+                "cameras = [\"front\", \"top\"]",
+            ),
+            "observation.images.top",
+        ),
+        (
+            "folder",
+            text.replace("policies/fixtures/smolvla/so101_tiny", "no/such/smolvla_folder"),
+            "no/such/smolvla_folder",
+        ),
+        (
+            "dims",
+            // The parity fixture has 5 action dims.
+            text.replace("fixtures/smolvla/so101_tiny", "fixtures/smolvla/checkpoint"),
+            "`action` has shape Some(5)",
+        ),
+        (
+            "awr",
+            text.replace("reward = \"oracle\"", "reward = \"oracle\"\nalgorithm = \"awr\""),
+            "arms.algorithm",
+        ),
+        (
+            "pretrained",
+            text.replace("kind = \"smolvla\"", "kind = \"flow\""),
+            "policy.pretrained",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out_dir = dir.path().join(format!("out-{name}"));
+        let out = train(&path, &out_dir, &[], dir.path());
+        assert!(!out.status.success(), "{name} was accepted");
+        let err = stderr(&out);
+        assert!(
+            err.contains(expected) && err.contains(&format!("{name}.toml")),
+            "{name}: {err}"
+        );
+        assert!(!out_dir.exists(), "{name}: output written before the refusal");
+    }
+
+    // `so101 sim` refuses a SmolVLA folder whose action size is not the SO-101's.
+    let sim = Command::new(env!("CARGO_BIN_EXE_so101"))
+        .current_dir(repo_root())
+        .args(["sim", "--task", "reach", "--episodes", "1", "--policy"])
+        .arg("policies/fixtures/smolvla/checkpoint")
+        .output()
+        .expect("so101 runs");
+    assert!(!sim.status.success());
+    let err = stderr(&sim);
+    assert!(err.contains("the SO-101 has 6 joints"), "{err}");
+}
