@@ -161,6 +161,20 @@ fn smolvla_configs_that_do_not_fit_are_refused_by_field_before_any_work() {
             "`action` has shape Some(5)",
         ),
         (
+            "camera_features",
+            text.replace(
+                "train_expert_only = true",
+                "train_expert_only = true\ncamera_features = { side = \"observation.images.front\" }",
+            ),
+            "policy.camera_features",
+        ),
+        (
+            "unfed",
+            // The checkpoint's wrist camera would get no image.
+            text.replace("cameras = [\"front\", \"wrist\"]", "cameras = [\"front\"]"),
+            "`observation.images.wrist` is fed by none",
+        ),
+        (
             "awr",
             text.replace("reward = \"oracle\"", "reward = \"oracle\"\nalgorithm = \"awr\""),
             "arms.algorithm",
@@ -195,4 +209,24 @@ fn smolvla_configs_that_do_not_fit_are_refused_by_field_before_any_work() {
     assert!(!sim.status.success());
     let err = stderr(&sim);
     assert!(err.contains("the SO-101 has 6 joints"), "{err}");
+}
+
+#[test]
+fn camera_features_map_simulator_cameras_to_the_checkpoints_like_lerobots_rename_map() {
+    // The sim's top and front cameras feed the checkpoint's `front` and `wrist` features.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = smoke_text();
+    let start = text.find("[[arms]]").expect("arms");
+    let renamed = format!("{}[[arms]]\nname = \"bc\"\nreward = \"none\"\n", &text[..start])
+        .replace("cameras = [\"front\", \"wrist\"]", "cameras = [\"top\", \"front\"]")
+        .replace(
+            "train_expert_only = true",
+            "train_expert_only = true\ncamera_features = { top = \"observation.images.front\", front = \"observation.images.wrist\" }",
+        );
+    let config = dir.path().join("renamed.toml");
+    std::fs::write(&config, renamed).unwrap();
+    let out = dir.path().join("out");
+    let run = train(&config, &out, &[], dir.path());
+    assert!(run.status.success(), "train failed:\n{}", stderr(&run));
+    assert!(out.join("runs/bc/seed-0/checkpoint/model.safetensors").is_file());
 }

@@ -149,6 +149,13 @@ pub struct PolicyConfig {
     pub train_expert_only: Option<bool>,
     #[serde(default)]
     pub train_state_proj: Option<bool>,
+    /// `smolvla` only: the checkpoint image feature each task camera feeds, LeRobot's `rename_map`
+    /// (`lerobot/smolvla_base` expects `observation.images.camera1` .. `camera3`), e.g.
+    /// `{ front = "observation.images.camera1", top = "observation.images.camera2", wrist =
+    /// "observation.images.camera3" }`; every checkpoint camera must be fed. Default:
+    /// `observation.images.<camera>`.
+    #[serde(default)]
+    pub camera_features: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn default_chunk() -> usize {

@@ -18,12 +18,12 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use toprl_envs::episode::Episode;
 use toprl_envs::sim::{ActionSource, Rollout, RolloutOptions, SimConfig, So101Env, rollout};
-use toprl_policies::Policy;
 use toprl_policies::smolvla::SmolVlaConfig;
 use toprl_policies::smolvla::SmolVlaPolicy;
 use toprl_policies::smolvla::finetune::{SmolVlaFinetuner, TrainSample};
 use toprl_policies::smolvla::lerobot::Stats;
 use toprl_policies::smolvla::processor::{ChwImage, RawSample};
+use toprl_policies::{Observation, Policy, PolicyError};
 
 use crate::config::{Algorithm, ArmConfig, ExperimentConfig};
 use crate::driver::{ChunkDriver, DriveError, STATE_FEATURE, camera_key};
@@ -49,6 +49,7 @@ pub(crate) fn validate_fields(config: &ExperimentConfig) -> std::result::Result<
             ("policy.freeze_vision_encoder", p.freeze_vision_encoder.is_some()),
             ("policy.train_expert_only", p.train_expert_only.is_some()),
             ("policy.train_state_proj", p.train_state_proj.is_some()),
+            ("policy.camera_features", p.camera_features.is_some()),
         ];
         if let Some((field, _)) = set.iter().find(|(_, s)| *s) {
             return Err((field, format!("only used with kind = \"{KIND}\"")));
@@ -61,6 +62,17 @@ pub(crate) fn validate_fields(config: &ExperimentConfig) -> std::result::Result<
             "kind = \"smolvla\" fine-tunes a LeRobot SmolVLA checkpoint: set pretrained to a folder or a hub \
              id such as \"lerobot/smolvla_base\""
                 .into(),
+        ));
+    }
+    if let Some(bad) = p
+        .camera_features
+        .iter()
+        .flat_map(|m| m.keys())
+        .find(|c| !config.task.cameras.contains(c))
+    {
+        return Err((
+            "policy.camera_features",
+            format!("`{bad}` is not one of task.cameras {:?}", config.task.cameras),
         ));
     }
     let refused = [
@@ -188,24 +200,56 @@ fn check_vlm(name: &str, checkpoint: &Path) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Check that a SmolVLA config fits the SO-101 task with `cameras` (simulator camera names): its
-/// cameras are exactly `observation.images.<camera>`, its state and action have the 6 joints.
+/// Simulator camera key (`observation.images.front`) -> the checkpoint image feature it feeds.
+pub type CameraMap = BTreeMap<String, String>;
+
+/// The experiment's camera map: `policy.camera_features` where given, else the same name.
+fn camera_map(config: &ExperimentConfig) -> CameraMap {
+    config
+        .task
+        .cameras
+        .iter()
+        .map(|c| {
+            let feature = config
+                .policy
+                .camera_features
+                .as_ref()
+                .and_then(|m| m.get(c))
+                .cloned();
+            (camera_key(c), feature.unwrap_or_else(|| camera_key(c)))
+        })
+        .collect()
+}
+
+/// Check that a SmolVLA config fits the SO-101 task: the cameras in `map` feed the checkpoint's image
+/// features one to one (toprl's processor refuses a missing camera), and its state and action have the
+/// 6 joints.
 pub fn check_features(
     cfg: &SmolVlaConfig,
-    cameras: &[String],
+    map: &CameraMap,
     source: &Path,
 ) -> std::result::Result<(), String> {
     let file = source.join("config.json");
-    let mut expected: Vec<String> = camera_keys(cameras);
-    let mut got = cfg.image_features();
-    expected.sort();
-    got.sort();
-    if expected != got {
+    let got = cfg.image_features();
+    let mut fed = Vec::new();
+    for (camera, feature) in map {
+        if !got.contains(feature) || fed.contains(&feature) {
+            return Err(format!(
+                "{}: input_features has the cameras {got:?}, so the task camera `{camera}` cannot feed \
+                 `{feature}` (missing or already fed); set policy.camera_features (LeRobot's rename_map) or \
+                 task.cameras (the simulator has {:?})",
+                file.display(),
+                toprl_envs::sim::env::CAMERAS
+            ));
+        }
+        fed.push(feature);
+    }
+    if let Some(unfed) = got.iter().find(|f| !fed.contains(f)) {
         return Err(format!(
-            "{}: input_features has the cameras {got:?} but the task renders {expected:?}; set task.cameras to \
-             the checkpoint's cameras (the simulator has {:?})",
+            "{}: the checkpoint camera `{unfed}` is fed by none of the task's cameras {:?}; add a camera to \
+             task.cameras and map it in policy.camera_features (LeRobot's rename_map)",
             file.display(),
-            toprl_envs::sim::env::CAMERAS
+            map.keys().collect::<Vec<_>>()
         ));
     }
     for (what, dim) in [
@@ -228,7 +272,7 @@ pub fn prepare(config: &ExperimentConfig) -> Result<PathBuf> {
     let name = config.policy.pretrained.as_deref().unwrap_or_default();
     let dir = locate_checkpoint(name).map_err(ExperimentError::Invalid)?;
     let cfg = SmolVlaConfig::from_file(dir.join("config.json")).map_err(policy_err("policy.pretrained"))?;
-    check_features(&cfg, &config.task.cameras, &dir)
+    check_features(&cfg, &camera_map(config), &dir)
         .map_err(|e| ExperimentError::Invalid(format!("policy.pretrained: {e}")))?;
     check_vlm(&cfg.vlm_model_name, &dir).map_err(ExperimentError::Invalid)?;
     Ok(dir)
@@ -278,20 +322,20 @@ fn data_stats(episodes: &[Episode]) -> Stats {
 
 /// Frame `t` of `ep` as a training sample: its observation and the `chunk` actions from it (past the
 /// episode end the last action repeats, flagged as padding so the loss ignores it).
-fn train_sample(ep: &Episode, t: usize, keys: &[String], chunk: usize) -> Result<TrainSample> {
+fn train_sample(ep: &Episode, t: usize, cameras: &CameraMap, chunk: usize) -> Result<TrainSample> {
     let mut obs = RawSample {
         task: ep.instruction.clone(),
         ..RawSample::default()
     };
     obs.vectors
         .insert(STATE_FEATURE.to_string(), ep.states[t].clone());
-    for key in keys {
+    for (key, feature) in cameras {
         let frame = ep.cameras.get(key).and_then(|f| f.get(t)).ok_or_else(|| {
             ExperimentError::Invalid(format!("episode {} has no `{key}` frame {t}", ep.index))
         })?;
         let image = ChwImage::from_rgb8(frame.height() as usize, frame.width() as usize, frame.as_raw())
             .map_err(policy_err(format!("episode {} frame {t}", ep.index)))?;
-        obs.images.insert(key.clone(), image);
+        obs.images.insert(feature.clone(), image);
     }
     let last = ep.len() - 1;
     Ok(TrainSample {
@@ -303,18 +347,46 @@ fn train_sample(ep: &Episode, t: usize, keys: &[String], chunk: usize) -> Result
     })
 }
 
-/// One episode of a SmolVLA policy in `env` from scene `seed` (its chunks executed in full).
+/// A SmolVLA policy seeing the simulator's cameras under its own feature names.
+struct RenamedCameras<'a> {
+    policy: &'a mut SmolVlaPolicy,
+    cameras: &'a CameraMap,
+}
+
+impl Policy for RenamedCameras<'_> {
+    fn action_dim(&self) -> usize {
+        self.policy.action_dim()
+    }
+
+    fn act(&mut self, observation: &Observation) -> std::result::Result<Vec<Vec<f32>>, PolicyError> {
+        let mut observation = observation.clone();
+        for image in &mut observation.images {
+            if let Some(feature) = self.cameras.get(&image.key) {
+                image.key = feature.clone();
+            }
+        }
+        self.policy.act(&observation)
+    }
+
+    fn reset(&mut self) {
+        self.policy.reset();
+    }
+}
+
+/// One episode of a SmolVLA policy in `env` from scene `seed` (its chunks executed in full), the
+/// simulator cameras (the keys of `cameras`) feeding the checkpoint features they map to.
 pub fn smolvla_rollout(
     env: &mut So101Env,
     policy: &mut SmolVlaPolicy,
-    camera_keys: &[String],
+    cameras: &CameraMap,
     seed: u64,
     opts: RolloutOptions,
 ) -> std::result::Result<Rollout, DriveError> {
     policy.set_seed(seed);
+    let mut renamed = RenamedCameras { policy, cameras };
     let mut driver = ChunkDriver::new(
-        policy as &mut dyn Policy,
-        camera_keys.to_vec(),
+        &mut renamed,
+        cameras.keys().cloned().collect(),
         vec![STATE_FEATURE.to_string()],
     );
     let mut act = |obs: &toprl_envs::sim::SimObservation, instruction: &str| driver.act(obs, instruction);
@@ -332,7 +404,7 @@ fn evaluate(
     config: &ExperimentConfig,
     seed: u64,
 ) -> Result<(f64, f64)> {
-    let keys = camera_keys(&config.task.cameras);
+    let cameras = camera_map(config);
     let mut env = So101Env::new(sim.clone()).map_err(sim_err("evaluation env"))?;
     let (mut successes, mut total) = (0usize, 0.0);
     for i in 0..config.eval.episodes as usize {
@@ -340,7 +412,7 @@ fn evaluate(
             keep_frames: false,
             index: i,
         };
-        let r = smolvla_rollout(&mut env, policy, &keys, eval_seed(seed, i), opts)
+        let r = smolvla_rollout(&mut env, policy, &cameras, eval_seed(seed, i), opts)
             .map_err(drive_err(format!("evaluation episode {i}")))?;
         successes += usize::from(r.success);
         total += r.total_reward;
@@ -393,7 +465,7 @@ pub(crate) fn train_one(
     tuner.policy.model = tuner.policy.model.clone().with_lerobot_trainability(&cfg);
     tuner.replace_stats(&data_stats(episodes));
 
-    let keys = camera_keys(&config.task.cameras);
+    let cameras = camera_map(config);
     let chunk = tuner.policy.chunk_size();
     let frames: Vec<(usize, usize)> = episodes
         .iter()
@@ -424,7 +496,7 @@ pub(crate) fn train_one(
         let mut w = Vec::with_capacity(config.train.batch_size);
         for _ in 0..config.train.batch_size {
             let (e, t) = frames[rng.random_range(0..frames.len())];
-            samples.push(train_sample(&episodes[e], t, &keys, chunk)?);
+            samples.push(train_sample(&episodes[e], t, &cameras, chunk)?);
             w.push(weights[e][t]);
         }
         let loss = tuner
@@ -488,6 +560,10 @@ pub fn sim_cameras(policy: &SmolVlaPolicy, dir: &Path) -> std::result::Result<Ve
             toprl_envs::sim::env::CAMERAS.join("|")
         ));
     }
-    check_features(&policy.model_config, &cameras, dir)?;
+    let identity: CameraMap = camera_keys(&cameras)
+        .into_iter()
+        .map(|k| (k.clone(), k))
+        .collect();
+    check_features(&policy.model_config, &identity, dir)?;
     Ok(cameras)
 }

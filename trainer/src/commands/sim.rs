@@ -183,14 +183,16 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let mut rollouts = Vec::with_capacity(args.episodes);
     // Batches of `threads` episodes so the bar moves; each batch loads the model once.
     if let Some((loaded, cameras)) = smolvla.as_mut() {
-        let camera_keys: Vec<String> = cameras.iter().map(|c| camera_key(c)).collect();
+        // The folder's own camera names are the simulator's (checked on load).
+        let camera_map: crate::smolvla_arm::CameraMap =
+            cameras.iter().map(|c| (camera_key(c), camera_key(c))).collect();
         let mut env = So101Env::new(cfg.clone()).context("building the simulator")?;
         for (i, &seed) in seeds.iter().enumerate() {
             let opts = RolloutOptions {
                 keep_frames,
                 index: i,
             };
-            let mut r = crate::smolvla_arm::smolvla_rollout(&mut env, loaded, &camera_keys, seed, opts)
+            let mut r = crate::smolvla_arm::smolvla_rollout(&mut env, loaded, &camera_map, seed, opts)
                 .with_context(|| format!("episode {i} (seed {seed})"))?;
             record(&mut r)?;
             bar.inc(1);
