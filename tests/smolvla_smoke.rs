@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use toprl_policies::smolvla::lerobot::write_f32_tensors;
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -28,6 +30,73 @@ fn train(config: &Path, out: &Path, extra: &[&str], hf_home: &Path) -> Output {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One fixed observation and noise through `so101 policy predict` and through LeRobot 0.4.4
+/// (`scripts/lerobot_smolvla_predict.py` in `.venv-lerobot`): both un-normalised chunks.
+fn predict_both(ckpt: &Path, tmp: &Path) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let side = 32;
+    // Values that are exact multiples of 1/255, so the conversion to RGB8 is lossless.
+    let image = |seed: usize| -> Vec<u8> {
+        (0..3 * side * side)
+            .flat_map(|i| (((i * 37 + seed * 101) % 256) as f32 / 255.0).to_le_bytes())
+            .collect()
+    };
+    let state: Vec<u8> = [10.0f32, -20.0, 30.0, 5.0, -7.5, 40.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let obs = tmp.join("obs.safetensors");
+    write_f32_tensors(
+        &obs,
+        &[
+            ("observation.state".into(), vec![6], state),
+            ("observation.images.front".into(), vec![3, side, side], image(1)),
+            ("observation.images.wrist".into(), vec![3, side, side], image(2)),
+        ],
+    )
+    .expect("observation");
+    let noise_values: Vec<u8> = (0..5 * 32)
+        .flat_map(|i| ((((i * 7919) % 200) as f32 / 100.0) - 1.0).to_le_bytes())
+        .collect();
+    let noise = tmp.join("noise.safetensors");
+    write_f32_tensors(&noise, &[("noise".into(), vec![5, 32], noise_values)]).expect("noise");
+    let task = "move the arm to the cube";
+    let actions = |out: Output| -> Vec<Vec<f32>> {
+        assert!(out.status.success(), "{}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        serde_json::from_value(json["actions"].clone()).expect("actions")
+    };
+    let toprl = Command::new(env!("CARGO_BIN_EXE_so101"))
+        .args(["policy", "predict", "--json", "--task", task, "--policy"])
+        .arg(ckpt)
+        .arg("--observation")
+        .arg(&obs)
+        .arg("--noise")
+        .arg(&noise)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("so101 runs");
+    let python = repo_root().join(".venv-lerobot/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/setup.sh (it installs lerobot==0.4.4 into .venv-lerobot)",
+        python.display()
+    );
+    let lerobot = Command::new(python)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .arg(repo_root().join("scripts/lerobot_smolvla_predict.py"))
+        .arg("--policy")
+        .arg(ckpt)
+        .arg("--observation")
+        .arg(&obs)
+        .arg("--noise")
+        .arg(&noise)
+        .args(["--task", task])
+        .output()
+        .expect("python runs");
+    (actions(toprl), actions(lerobot))
 }
 
 fn smoke_text() -> String {
@@ -87,6 +156,23 @@ fn smolvla_smoke_fine_tunes_every_arm_and_writes_lerobot_checkpoints_that_the_si
     );
     // Different per-frame weights (plain BC vs sparse success) give different fine-tuned weights.
     assert_ne!(weights[0], weights[1], "bc and sparse arms trained identically");
+
+    // LeRobot 0.4.4 loads the fine-tuned folder and predicts what toprl predicts from it.
+    let ckpt = out.join("runs/oracle/seed-0/checkpoint");
+    let (toprl, lerobot) = predict_both(&ckpt, dir.path());
+    let scale = lerobot.iter().flatten().fold(1.0f32, |m, v| m.max(v.abs()));
+    let err = toprl
+        .iter()
+        .zip(&lerobot)
+        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+        .fold(0.0f32, f32::max);
+    eprintln!("max |toprl - LeRobot| = {err} (largest action {scale})");
+    assert_eq!((toprl.len(), toprl[0].len()), (5, 6), "chunk_size x action_dim");
+    // f32 on both sides: 10 Euler steps, then un-normalised by the data's std (joint degrees).
+    assert!(
+        err <= 1e-5 * scale + 1e-4,
+        "max |toprl - LeRobot| = {err}\ntoprl {toprl:?}\nlerobot {lerobot:?}"
+    );
 
     // `so101 sim --policy DIR` runs the fine-tuned LeRobot folder on its cameras.
     let sim = Command::new(env!("CARGO_BIN_EXE_so101"))
