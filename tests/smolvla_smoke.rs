@@ -314,5 +314,45 @@ fn camera_features_map_simulator_cameras_to_the_checkpoints_like_lerobots_rename
     let out = dir.path().join("out");
     let run = train(&config, &out, &[], dir.path());
     assert!(run.status.success(), "train failed:\n{}", stderr(&run));
-    assert!(out.join("runs/bc/seed-0/checkpoint/model.safetensors").is_file());
+    let ckpt = out.join("runs/bc/seed-0/checkpoint");
+    assert!(ckpt.join("model.safetensors").is_file());
+
+    // `so101 sim` feeds the same renamed cameras with --camera SIM=FEATURE.
+    let sim = |cameras: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_so101"));
+        cmd.args([
+            "sim",
+            "--task",
+            "reach",
+            "--episodes",
+            "1",
+            "--image-size",
+            "32",
+            "--json",
+            "--policy",
+        ])
+        .arg(&ckpt);
+        for c in cameras {
+            cmd.args(["--camera", c]);
+        }
+        cmd.output().expect("so101 runs")
+    };
+    let ok = sim(&["top=observation.images.front", "front=observation.images.wrist"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let report: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("json");
+    assert_eq!(report["episodes"], 1);
+    let unfed = sim(&["top=observation.images.front"]);
+    assert!(!unfed.status.success());
+    assert!(
+        stderr(&unfed).contains("`observation.images.wrist` is fed by none"),
+        "{}",
+        stderr(&unfed)
+    );
+    let not_sim = sim(&["side=observation.images.front", "front=observation.images.wrist"]);
+    assert!(!not_sim.status.success());
+    assert!(
+        stderr(&not_sim).contains("`side` is not a simulator camera"),
+        "{}",
+        stderr(&not_sim)
+    );
 }

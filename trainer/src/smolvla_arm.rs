@@ -27,9 +27,7 @@ use toprl_policies::{Observation, Policy, PolicyError};
 
 use crate::config::{Algorithm, ArmConfig, ExperimentConfig};
 use crate::driver::{ChunkDriver, DriveError, STATE_FEATURE, camera_key};
-use crate::experiment::{
-    ExperimentError, bar, camera_keys, drive_err, eval_seed, policy_err, run_dir, sim_err,
-};
+use crate::experiment::{ExperimentError, bar, drive_err, eval_seed, policy_err, run_dir, sim_err};
 use crate::results::SeedResult;
 use crate::tensorboard::EventWriter;
 
@@ -541,29 +539,40 @@ pub(crate) fn train_one(
     })
 }
 
-/// `so101 sim`'s view of a SmolVLA folder: the simulator camera names its image features use.
-pub fn sim_cameras(policy: &SmolVlaPolicy, dir: &Path) -> std::result::Result<Vec<String>, String> {
-    let cameras: Vec<String> = policy
-        .model_config
-        .image_features()
-        .iter()
-        .map(|k| k.strip_prefix("observation.images.").unwrap_or(k).to_string())
-        .collect();
-    if let Some(bad) = cameras
-        .iter()
-        .find(|c| !toprl_envs::sim::env::CAMERAS.contains(&c.as_str()))
-    {
+/// `so101 sim`'s view of a SmolVLA folder: the simulator cameras and the image features they feed,
+/// from `renames` (`SIM=FEATURE`, LeRobot's rename_map) where given, else the folder's own
+/// `observation.images.<camera>` names, which must then be simulator cameras.
+pub fn sim_cameras(
+    policy: &SmolVlaPolicy,
+    dir: &Path,
+    renames: &[String],
+) -> std::result::Result<(Vec<String>, CameraMap), String> {
+    let features = policy.model_config.image_features();
+    let mut pairs = Vec::new();
+    if renames.is_empty() {
+        for feature in &features {
+            let camera = feature.strip_prefix("observation.images.").unwrap_or(feature);
+            pairs.push((camera.to_string(), feature.clone()));
+        }
+    } else {
+        for r in renames {
+            let (camera, feature) = r.split_once('=').ok_or_else(|| {
+                format!("--camera {r}: expected SIM=FEATURE, e.g. front=observation.images.camera1")
+            })?;
+            pairs.push((camera.to_string(), feature.to_string()));
+        }
+    }
+    let sim = toprl_envs::sim::env::CAMERAS;
+    if let Some((bad, _)) = pairs.iter().find(|(c, _)| !sim.contains(&c.as_str())) {
         return Err(format!(
-            "{}: camera `{}` is not a simulator camera (expected observation.images.<{}>)",
-            dir.join("config.json").display(),
-            camera_key(bad),
-            toprl_envs::sim::env::CAMERAS.join("|")
+            "`{bad}` is not a simulator camera ({}); map the folder's cameras {features:?} with --camera SIM=FEATURE",
+            sim.join(", ")
         ));
     }
-    let identity: CameraMap = camera_keys(&cameras)
-        .into_iter()
-        .map(|k| (k.clone(), k))
-        .collect();
-    check_features(&policy.model_config, &identity, dir)?;
-    Ok(cameras)
+    let map: CameraMap = pairs.iter().map(|(c, f)| (camera_key(c), f.clone())).collect();
+    if map.len() != pairs.len() {
+        return Err("a simulator camera is given twice in --camera".into());
+    }
+    check_features(&policy.model_config, &map, dir)?;
+    Ok((pairs.into_iter().map(|(c, _)| c).collect(), map))
 }

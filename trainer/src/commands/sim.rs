@@ -54,6 +54,11 @@ pub struct SimArgs {
     /// Print one JSON object (task, episodes, success_rate, mean_return, steps_per_second) on stdout.
     #[arg(long)]
     pub json: bool,
+    /// SmolVLA folders: feed simulator camera SIM to the folder's image feature FEATURE (LeRobot's
+    /// rename_map), e.g. `--camera front=observation.images.camera1`; repeat for every camera of the
+    /// folder. Default: the folder's own `observation.images.<front|top|wrist>`.
+    #[arg(long = "camera", value_name = "SIM=FEATURE")]
+    pub camera_features: Vec<String>,
 }
 
 /// The `--json` summary.
@@ -95,11 +100,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                 )
                 .with_context(|| format!("--policy {path}: loading the SmolVLA folder"))?;
                 loaded.set_seed(args.seed);
-                let cameras = crate::smolvla_arm::sim_cameras(&loaded, Path::new(path))
-                    .map_err(anyhow::Error::msg)
-                    .with_context(|| {
-                        format!("--policy {path}: the checkpoint does not fit the SO-101 simulator")
-                    })?;
+                let cameras =
+                    crate::smolvla_arm::sim_cameras(&loaded, Path::new(path), &args.camera_features)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| {
+                            format!("--policy {path}: the checkpoint does not fit the SO-101 simulator")
+                        })?;
                 smolvla = Some((loaded, cameras));
             }
         }
@@ -108,6 +114,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         "scripted" => (BuiltinPolicy::Scripted { noise: args.noise }, None),
         "random" => (BuiltinPolicy::Random { step_deg: 3.0 }, None),
         _ if smolvla.is_some() => (BuiltinPolicy::Random { step_deg: 0.0 }, None),
+        _ if !args.camera_features.is_empty() => bail!("--camera applies to SmolVLA folders only"),
         path => {
             let loaded = toprl_policies::load_policy(path, &toprl_policies::cpu_device())
                 .with_context(|| format!("--policy {path}: loading the checkpoint"))?
@@ -116,7 +123,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         }
     };
     let policy_cameras = checkpoint.as_ref().map_or(0, |p| p.config().cameras())
-        + smolvla.as_ref().map_or(0, |(_, c)| c.len());
+        + smolvla.as_ref().map_or(0, |(_, (c, _))| c.len());
     let render = args.render || args.video.is_some() || args.record.is_some() || policy_cameras > 0;
     let keep_frames = args.video.is_some() || args.record.is_some();
     if let Some(path) = &args.record
@@ -128,7 +135,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         image_size: args.image_size,
         cameras: match &smolvla {
             // The policy's cameras, plus front and wrist when they are recorded.
-            Some((_, cams)) => {
+            Some((_, (cams, _))) => {
                 let mut cams = cams.clone();
                 for c in ["front", "wrist"] {
                     if keep_frames && !cams.iter().any(|x| x == c) {
@@ -182,17 +189,14 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut rollouts = Vec::with_capacity(args.episodes);
     // Batches of `threads` episodes so the bar moves; each batch loads the model once.
-    if let Some((loaded, cameras)) = smolvla.as_mut() {
-        // The folder's own camera names are the simulator's (checked on load).
-        let camera_map: crate::smolvla_arm::CameraMap =
-            cameras.iter().map(|c| (camera_key(c), camera_key(c))).collect();
+    if let Some((loaded, (_, camera_map))) = smolvla.as_mut() {
         let mut env = So101Env::new(cfg.clone()).context("building the simulator")?;
         for (i, &seed) in seeds.iter().enumerate() {
             let opts = RolloutOptions {
                 keep_frames,
                 index: i,
             };
-            let mut r = crate::smolvla_arm::smolvla_rollout(&mut env, loaded, &camera_map, seed, opts)
+            let mut r = crate::smolvla_arm::smolvla_rollout(&mut env, loaded, camera_map, seed, opts)
                 .with_context(|| format!("episode {i} (seed {seed})"))?;
             record(&mut r)?;
             bar.inc(1);
