@@ -307,7 +307,8 @@ fn camera_features_map_simulator_cameras_to_the_checkpoints_like_lerobots_rename
         .replace("cameras = [\"front\", \"wrist\"]", "cameras = [\"top\", \"front\"]")
         .replace(
             "train_expert_only = true",
-            "train_expert_only = true\ncamera_features = { top = \"observation.images.front\", front = \"observation.images.wrist\" }",
+            // The VLM trains too here: the full model runs every step (no frozen-context cache).
+            "train_expert_only = false\ncamera_features = { top = \"observation.images.front\", front = \"observation.images.wrist\" }",
         );
     let config = dir.path().join("renamed.toml");
     std::fs::write(&config, renamed).unwrap();
@@ -316,6 +317,12 @@ fn camera_features_map_simulator_cameras_to_the_checkpoints_like_lerobots_rename
     assert!(run.status.success(), "train failed:\n{}", stderr(&run));
     let ckpt = out.join("runs/bc/seed-0/checkpoint");
     assert!(ckpt.join("model.safetensors").is_file());
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        saved["train_expert_only"], false,
+        "the freezing option is saved with the folder"
+    );
 
     // `so101 sim` feeds the same renamed cameras with --camera SIM=FEATURE.
     let sim = |cameras: &[&str]| {

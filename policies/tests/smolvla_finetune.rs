@@ -71,3 +71,25 @@ fn weights_multiply_each_samples_flow_loss() {
         .expect_err("one weight for two samples");
     assert!(err.to_string().contains("weights"), "{err}");
 }
+
+#[test]
+fn cached_frozen_vlm_context_gives_the_same_steps_as_the_full_model() {
+    // Same seed: both tuners draw the same noise and times. The cached tuner encodes each frame's
+    // context once (first step) and reuses it (second step, after an update of the expert).
+    let device = cpu_device();
+    let mut full = SmolVlaFinetuner::load(&checkpoint(), 1e-3, 5, &device).expect("load");
+    let mut cached = SmolVlaFinetuner::load(&checkpoint(), 1e-3, 5, &device).expect("load");
+    let mut cache = std::collections::HashMap::new();
+    let (batch, weights, frames) = (samples(), [1.0, 0.5], [7u64, 9]);
+    for step in 0..2 {
+        let a = full.step(&batch, &weights).expect("full step");
+        let b = cached
+            .step_cached(&batch, &weights, &frames, &mut cache)
+            .expect("cached step");
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "step {step}: full {a} vs cached {b}"
+        );
+        assert_eq!(cache.len(), 2, "one context per frame");
+    }
+}

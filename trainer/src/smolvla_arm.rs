@@ -9,7 +9,7 @@
 //! that is neither cached nor downloadable (`HF_HUB_OFFLINE=1` never touches the network), is an error
 //! that says what to download. The checkpoint's cameras and state/action sizes must match the task.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,11 +18,11 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use toprl_envs::episode::Episode;
 use toprl_envs::sim::{ActionSource, Rollout, RolloutOptions, SimConfig, So101Env, rollout};
-use toprl_policies::smolvla::SmolVlaConfig;
 use toprl_policies::smolvla::SmolVlaPolicy;
 use toprl_policies::smolvla::finetune::{SmolVlaFinetuner, TrainSample};
 use toprl_policies::smolvla::lerobot::Stats;
 use toprl_policies::smolvla::processor::{ChwImage, RawSample};
+use toprl_policies::smolvla::{ContextCache, SmolVlaConfig};
 use toprl_policies::{Observation, Policy, PolicyError};
 
 use crate::config::{Algorithm, ArmConfig, ExperimentConfig};
@@ -33,6 +33,8 @@ use crate::tensorboard::EventWriter;
 
 /// The `[policy] kind` of a SmolVLA arm.
 pub const KIND: &str = "smolvla";
+/// Most memory the frozen-VLM context cache may hold (4 GiB).
+const CONTEXT_CACHE_BYTES: usize = 4 << 30;
 /// Joints of the SO-101 (state and action size the checkpoint must have).
 const JOINTS: usize = toprl_envs::so101::NUM_JOINTS;
 
@@ -475,6 +477,11 @@ pub(crate) fn train_one(
             "no demonstration frames to train on".into(),
         ));
     }
+    // With the VLM frozen a frame's image + language context never changes: encode it once and train
+    // the state token and the expert only (`step_cached`); the cache is emptied when it outgrows
+    // CONTEXT_CACHE_BYTES.
+    let use_cache = cfg.train_expert_only;
+    let mut cache = HashMap::new();
     let dir = run_dir(&opts.out, &arm.name, seed);
     let mut tb = EventWriter::create(
         &opts
@@ -492,14 +499,23 @@ pub(crate) fn train_one(
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(step) << 20) ^ 0x736d_6f6c_7600_0000);
         let mut samples = Vec::with_capacity(config.train.batch_size);
         let mut w = Vec::with_capacity(config.train.batch_size);
+        let mut keys = Vec::with_capacity(config.train.batch_size);
         for _ in 0..config.train.batch_size {
             let (e, t) = frames[rng.random_range(0..frames.len())];
             samples.push(train_sample(&episodes[e], t, &cameras, chunk)?);
             w.push(weights[e][t]);
+            keys.push(((e as u64) << 32) | t as u64);
         }
-        let loss = tuner
-            .step(&samples, &w)
-            .map_err(policy_err(format!("training step {step}")))?;
+        let loss = if use_cache {
+            tuner.step_cached(&samples, &w, &keys, &mut cache)
+        } else {
+            tuner.step(&samples, &w)
+        }
+        .map_err(policy_err(format!("training step {step}")))?;
+        let held: usize = cache.values().map(ContextCache::bytes).sum();
+        if held > CONTEXT_CACHE_BYTES {
+            cache.clear();
+        }
         progress.inc(1);
         if step % 10 == 0 {
             tb.scalar("train/loss", u64::from(step), loss)?;

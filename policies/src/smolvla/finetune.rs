@@ -4,6 +4,8 @@
 //! then LeRobot's optimiser (global-norm clip, AdamW). Normalisation statistics can be replaced by the
 //! training data's, as LeRobot does when fine-tuning on a new dataset; saving writes LeRobot's layout.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::Path;
 
 use burn::module::Module;
@@ -13,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::lerobot::Stats;
+use super::model::ContextCache;
 use super::policy::{SmolVlaPolicy, standard_normal};
 use super::processor::RawSample;
 use super::train::{LossPadding, SmolVlaOptimizer, per_sample_flow_loss, weighted_flow_loss};
@@ -67,6 +70,54 @@ impl SmolVlaFinetuner {
 
     /// One optimiser step on `E[w * loss]` over `samples`; returns that loss before the update.
     pub fn step(&mut self, samples: &[TrainSample], weights: &[f32]) -> Result<f32> {
+        self.step_inner(samples, weights, None)
+    }
+
+    /// [`Self::step`] for a frozen VLM (`train_expert_only`): the image and language keys/values of a
+    /// frame never change then, so each sample's [`ContextCache`] is taken from `cache` under its key
+    /// in `frames` (encoded on first use) and the step runs the state token and the expert only. Draws
+    /// the same noise and times as `step`, and gives the same loss and update.
+    pub fn step_cached(
+        &mut self,
+        samples: &[TrainSample],
+        weights: &[f32],
+        frames: &[u64],
+        cache: &mut HashMap<u64, ContextCache>,
+    ) -> Result<f32> {
+        if !self.policy.model_config.train_expert_only {
+            return Err(PolicyError::Invalid {
+                field: "train_expert_only",
+                reason: "the context cache needs a frozen VLM (train_expert_only = true)".into(),
+            });
+        }
+        if frames.len() != samples.len() {
+            return Err(PolicyError::Shape {
+                field: "frames",
+                expected: samples.len().to_string(),
+                got: frames.len().to_string(),
+            });
+        }
+        for (sample, &key) in samples.iter().zip(frames) {
+            if let Entry::Vacant(slot) = cache.entry(key) {
+                let prepared = self.policy.processor.prepare(std::slice::from_ref(&sample.obs))?;
+                let batch = self.policy.model_batch(&prepared);
+                slot.insert(self.policy.model.encode_context(&batch)?);
+            }
+        }
+        let contexts: Vec<ContextCache> = frames.iter().filter_map(|k| cache.get(k).cloned()).collect();
+        let context = ContextCache::concat(&contexts).ok_or_else(|| PolicyError::Invalid {
+            field: "samples",
+            reason: "an empty batch".into(),
+        })?;
+        self.step_inner(samples, weights, Some(&context))
+    }
+
+    fn step_inner(
+        &mut self,
+        samples: &[TrainSample],
+        weights: &[f32],
+        context: Option<&ContextCache>,
+    ) -> Result<f32> {
         let b = samples.len();
         if weights.len() != b {
             return Err(PolicyError::Shape {
@@ -99,10 +150,17 @@ impl SmolVlaFinetuner {
         let actions = Tensor::<3>::from_data(TensorData::new(actions, [b, c, amax]), &device);
         let noise = Tensor::<3>::from_data(TensorData::new(noise, [b, c, amax]), &device);
         let is_pad = Tensor::<2, Bool>::from_data(TensorData::new(is_pad, [b, c]), &device);
-        let losses = self
-            .policy
-            .model
-            .flow_losses(&batch, actions, noise, &time, None)?;
+        let losses = match context {
+            Some(ctx) => {
+                self.policy
+                    .model
+                    .flow_losses_with_context(ctx, batch.state, actions, noise, &time)?
+            }
+            None => self
+                .policy
+                .model
+                .flow_losses(&batch, actions, noise, &time, None)?,
+        };
         let padding = LossPadding::Valid {
             action_dim: a,
             is_pad: Some(is_pad),

@@ -695,6 +695,11 @@ impl ContextCache {
     pub fn batch(&self) -> usize {
         self.batch
     }
+    /// Memory held by the keys and values (f32).
+    pub fn bytes(&self) -> usize {
+        let numel = |t: &Tensor<4>| t.dims().iter().product::<usize>();
+        self.layers.iter().map(|(k, v)| (numel(k) + numel(v)) * 4).sum()
+    }
     pub fn len(&self) -> usize {
         self.len
     }
