@@ -592,3 +592,31 @@ pub fn sim_cameras(
     check_features(&policy.model_config, &map, dir)?;
     Ok((pairs.into_iter().map(|(c, _)| c).collect(), map))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_are_population_mean_std_min_max_as_lerobots() {
+        let rows = [vec![1.0, -2.0], vec![3.0, 2.0]];
+        let s = feature_stats(rows.iter());
+        assert_eq!(s["mean"], [2.0, 0.0]);
+        assert_eq!(s["std"], [1.0, 2.0]);
+        assert_eq!(s["min"], [1.0, -2.0]);
+        assert_eq!(s["max"], [3.0, 2.0]);
+    }
+
+    #[test]
+    fn hub_ids_and_folders_are_told_apart() {
+        assert!(looks_like_hub_id("lerobot/smolvla_base"));
+        for folder in [
+            "policies/fixtures/smolvla/so101_tiny",
+            "./a/b",
+            "/abs/model",
+            "model/",
+        ] {
+            assert!(!looks_like_hub_id(folder), "{folder}");
+        }
+    }
+}
