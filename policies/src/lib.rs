@@ -20,6 +20,7 @@ pub mod flow;
 pub mod gaussian;
 pub mod model;
 pub mod nets;
+pub mod smolvla;
 pub mod text;
 pub mod trainer;
 pub mod value;

@@ -122,7 +122,8 @@ fn default_camera() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// One of `gaussian` (Gaussian MLP on state), `act` (ACT-style), `flow` (flow-matching action chunks).
+    /// One of `gaussian` (Gaussian MLP on state), `act` (ACT-style), `flow` (flow-matching action chunks),
+    /// `smolvla` (LeRobot's SmolVLA fine-tuned from `pretrained`, see [`crate::smolvla_arm`]).
     pub kind: String,
     /// Checkpoint directory to fine-tune from. Default: random initialisation.
     #[serde(default)]
@@ -140,6 +141,24 @@ pub struct PolicyConfig {
     /// `ActConfig` or `FlowConfig`, e.g. `d_model = 64`). Default: none.
     #[serde(default)]
     pub network: Option<toml::Table>,
+    /// `smolvla` only: the LeRobot SmolVLA checkpoint to fine-tune, a local folder or a hub id
+    /// (`lerobot/smolvla_base`). Its `chunk_size` replaces `chunk`. Required for `smolvla`.
+    #[serde(default)]
+    pub pretrained: Option<String>,
+    /// `smolvla` only: LeRobot's freezing options. Default: the checkpoint's values.
+    #[serde(default)]
+    pub freeze_vision_encoder: Option<bool>,
+    #[serde(default)]
+    pub train_expert_only: Option<bool>,
+    #[serde(default)]
+    pub train_state_proj: Option<bool>,
+    /// `smolvla` only: the checkpoint image feature each task camera feeds, LeRobot's `rename_map`
+    /// (`lerobot/smolvla_base` expects `observation.images.camera1` .. `camera3`), e.g.
+    /// `{ front = "observation.images.camera1", top = "observation.images.camera2", wrist =
+    /// "observation.images.camera3" }`; every checkpoint camera must be fed. Default:
+    /// `observation.images.<camera>`.
+    #[serde(default)]
+    pub camera_features: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn default_chunk() -> usize {
@@ -506,7 +525,7 @@ impl ExperimentConfig {
                 format!("unknown task `{}`, expected one of {TASKS:?}", self.task.name),
             ));
         }
-        const POLICIES: [&str; 3] = ["gaussian", "act", "flow"];
+        const POLICIES: [&str; 4] = ["gaussian", "act", "flow", "smolvla"];
         if !POLICIES.contains(&self.policy.kind.as_str()) {
             return Err(invalid(
                 "policy.kind",
@@ -630,6 +649,7 @@ impl ExperimentConfig {
                 return Err(invalid(field, format!("expected {expected}")));
             }
         }
+        crate::smolvla_arm::validate_fields(self).map_err(|(field, message)| invalid(field, message))?;
         if let Some(init) = &self.policy.init
             && !init.exists()
         {

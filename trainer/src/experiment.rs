@@ -100,7 +100,7 @@ pub(crate) fn camera_keys(cameras: &[String]) -> Vec<String> {
     cameras.iter().map(|c| camera_key(c)).collect()
 }
 
-fn sim_err(what: impl Into<String>) -> impl FnOnce(toprl_envs::sim::SimError) -> ExperimentError {
+pub(crate) fn sim_err(what: impl Into<String>) -> impl FnOnce(toprl_envs::sim::SimError) -> ExperimentError {
     let what = what.into();
     move |source| ExperimentError::Sim { what, source }
 }
@@ -162,12 +162,18 @@ pub fn run(
     scorer: Option<&mut EpisodeScorer<'_>>,
 ) -> Result<Results> {
     let out = &opts.out;
-    // The same checks as `train --check`, before anything is written.
+    // The same checks as `train --check`, before anything is written. A SmolVLA checkpoint is located
+    // (downloaded when allowed) and checked here too.
     let source = Path::new(config.name.as_deref().unwrap_or("experiment"));
     config
         .check_resources(source)
         .map_err(|e| ExperimentError::Invalid(e.to_string()))?;
-    policy_config(config)?;
+    let smolvla = if config.policy.kind == crate::smolvla_arm::KIND {
+        Some(crate::smolvla_arm::prepare(config)?)
+    } else {
+        policy_config(config)?;
+        None
+    };
     let resolved = toml::to_string_pretty(config).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
     let mode = match (opts.resume, opts.restart) {
         (true, true) => {
@@ -260,7 +266,12 @@ pub fn run(
                 } else {
                     None
                 };
-                let mut result = train_one(config, &sim, &data, &weights, arm, seed, opts, awr_inputs)?;
+                let mut result = match &smolvla {
+                    Some(pretrained) => crate::smolvla_arm::train_one(
+                        config, &sim, &episodes, &weights, arm, seed, opts, pretrained,
+                    )?,
+                    None => train_one(config, &sim, &data, &weights, arm, seed, opts, awr_inputs)?,
+                };
                 result.weights = weight_stats;
                 result.reward_voc = labels.reward_voc;
                 result.noise_sigma = labels.noise_sigma;
@@ -419,7 +430,7 @@ pub(crate) fn total_policy_steps(config: &ExperimentConfig, arm: &ArmConfig) -> 
 /// The run's progress, saved inside its checkpoint directory.
 const PROGRESS_FILE: &str = "progress.json";
 
-fn run_dir(out: &Path, arm: &str, seed: u64) -> PathBuf {
+pub(crate) fn run_dir(out: &Path, arm: &str, seed: u64) -> PathBuf {
     out.join("runs").join(arm).join(format!("seed-{seed}"))
 }
 
@@ -552,7 +563,7 @@ pub(crate) fn awr_seed(seed: u64, iteration: u32, episode: usize) -> u64 {
         .wrapping_add(1_000_000 + 10_000 * u64::from(iteration) + episode as u64)
 }
 
-fn eval_seed(seed: u64, episode: usize) -> u64 {
+pub(crate) fn eval_seed(seed: u64, episode: usize) -> u64 {
     // Disjoint from demonstration scenes: offset far beyond any episode count.
     seed.wrapping_mul(1_000_003)
         .wrapping_add(500_000 + episode as u64)

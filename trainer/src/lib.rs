@@ -15,6 +15,7 @@ pub mod plot;
 pub mod results;
 pub mod reward_quality;
 pub mod run_folder;
+pub mod smolvla_arm;
 pub mod stats;
 pub mod tensorboard;
 pub mod weighting;

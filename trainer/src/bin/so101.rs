@@ -36,6 +36,8 @@ enum Command {
     Run(arm::RunArgs),
     /// Serve a simulated SO-101 bus on a pseudo-terminal (prints `port: PATH`, serves until killed).
     SimBus(arm::SimBusArgs),
+    /// Policy tools: `predict` (the action chunk of any toprl policy for one observation).
+    Policy(toprl_trainer::commands::policy::PolicyArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Record(a) => report(arm::record(a)),
         Command::Run(a) => report(arm::run(a)),
         Command::SimBus(a) => report(arm::sim_bus(a)),
+        Command::Policy(a) => report(toprl_trainer::commands::policy::run(a)),
     }
 }
 

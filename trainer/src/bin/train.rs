@@ -62,10 +62,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(config.name.clone().unwrap_or_else(|| "experiment".into()))
     });
-    // The run performs exactly these checks again: --check accepts only what the run accepts.
+    // The run performs exactly these checks again: --check accepts only what the run accepts. For SmolVLA
+    // that includes finding the model, so a missing one is reported before any training.
     config.check_resources(&args.config)?;
-    toprl_trainer::experiment::policy_config(&config)
-        .with_context(|| format!("invalid experiment config {}", args.config.display()))?;
+    if config.policy.kind == toprl_trainer::smolvla_arm::KIND {
+        toprl_trainer::smolvla_arm::prepare(&config)
+            .with_context(|| format!("invalid experiment config {}", args.config.display()))?;
+    } else {
+        toprl_trainer::experiment::policy_config(&config)
+            .with_context(|| format!("invalid experiment config {}", args.config.display()))?;
+    }
     if args.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1 (omit it to use every core)");
     }

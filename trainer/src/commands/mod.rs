@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod eval;
 pub mod gvl;
 pub mod label;
+pub mod policy;
 pub mod remote;
 pub mod score;
 pub mod serve;

@@ -22,7 +22,8 @@ pub struct SimArgs {
     /// Task: reach, push_cube, pick_cube or pick_place.
     #[arg(long)]
     pub task: Task,
-    /// `scripted` (IK expert), `random` (random walk), or a policy checkpoint path.
+    /// `scripted` (IK expert), `random` (random walk), a toprl policy checkpoint, or a LeRobot SmolVLA
+    /// folder (its cameras must be named as the simulator's: observation.images.<front|top|wrist>).
     #[arg(long, default_value = "scripted")]
     pub policy: String,
     /// Number of episodes.
@@ -57,6 +58,11 @@ pub struct SimArgs {
     /// Print one JSON object (task, episodes, success_rate, mean_return, steps_per_second) on stdout.
     #[arg(long)]
     pub json: bool,
+    /// SmolVLA folders: feed simulator camera SIM to the folder's image feature FEATURE (LeRobot's
+    /// rename_map), e.g. `--camera front=observation.images.camera1`; repeat for every camera of the
+    /// folder. Default: the folder's own `observation.images.<front|top|wrist>`.
+    #[arg(long = "camera", value_name = "SIM=FEATURE")]
+    pub camera_features: Vec<String>,
 }
 
 /// The `--json` summary.
@@ -85,10 +91,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     if args.threads == Some(0) {
         bail!("--threads must be at least 1 (omit it to use every core)");
     }
-    let (policy, mut checkpoint) = match args.policy.as_str() {
-        "scripted" => (BuiltinPolicy::Scripted { noise: args.noise }, None),
-        "random" => (BuiltinPolicy::Random { step_deg: 3.0 }, None),
-        path => {
+    let mut smolvla = None;
+    if !matches!(args.policy.as_str(), "scripted" | "random") {
+        let path = args.policy.as_str();
+        {
             if !Path::new(path).exists() {
                 bail!(
                     "--policy {path}: expected `scripted`, `random` or a checkpoint path, and {path} does not exist"
@@ -111,13 +117,37 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                     args.task
                 );
             }
+            if toprl_policies::smolvla::is_lerobot_folder(Path::new(path)) {
+                let mut loaded = toprl_policies::smolvla::SmolVlaPolicy::load(
+                    Path::new(path),
+                    &toprl_policies::cpu_device(),
+                )
+                .with_context(|| format!("--policy {path}: loading the SmolVLA folder"))?;
+                loaded.set_seed(args.seed);
+                let cameras =
+                    crate::smolvla_arm::sim_cameras(&loaded, Path::new(path), &args.camera_features)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| {
+                            format!("--policy {path}: the checkpoint does not fit the SO-101 simulator")
+                        })?;
+                smolvla = Some((loaded, cameras));
+            }
+        }
+    }
+    let (policy, mut checkpoint) = match args.policy.as_str() {
+        "scripted" => (BuiltinPolicy::Scripted { noise: args.noise }, None),
+        "random" => (BuiltinPolicy::Random { step_deg: 3.0 }, None),
+        _ if smolvla.is_some() => (BuiltinPolicy::Random { step_deg: 0.0 }, None),
+        _ if !args.camera_features.is_empty() => bail!("--camera applies to SmolVLA folders only"),
+        path => {
             let loaded = toprl_policies::load_policy(path, &toprl_policies::cpu_device())
                 .with_context(|| format!("--policy {path}: loading the checkpoint"))?
                 .with_seed(args.seed);
             (BuiltinPolicy::Random { step_deg: 0.0 }, Some(loaded))
         }
     };
-    let policy_cameras = checkpoint.as_ref().map_or(0, |p| p.config().cameras());
+    let policy_cameras = checkpoint.as_ref().map_or(0, |p| p.config().cameras())
+        + smolvla.as_ref().map_or(0, |(_, (c, _))| c.len());
     let render = args.render || args.video.is_some() || args.record.is_some() || policy_cameras > 0;
     let keep_frames = args.video.is_some() || args.record.is_some();
     if let Some(path) = &args.record
@@ -127,10 +157,19 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     }
     let cfg = SimConfig {
         image_size: args.image_size,
-        cameras: if render {
-            vec!["front".into(), "wrist".into()]
-        } else {
-            vec![]
+        cameras: match &smolvla {
+            // The policy's cameras, plus front and wrist when they are recorded.
+            Some((_, (cams, _))) => {
+                let mut cams = cams.clone();
+                for c in ["front", "wrist"] {
+                    if keep_frames && !cams.iter().any(|x| x == c) {
+                        cams.push(c.into());
+                    }
+                }
+                cams
+            }
+            None if render => vec!["front".into(), "wrist".into()],
+            None => vec![],
         },
         ..SimConfig::for_task(args.task)
     };
@@ -174,7 +213,20 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut rollouts = Vec::with_capacity(args.episodes);
     // Batches of `threads` episodes so the bar moves; each batch loads the model once.
-    if let Some(loaded) = checkpoint.as_mut() {
+    if let Some((loaded, (_, camera_map))) = smolvla.as_mut() {
+        let mut env = So101Env::new(cfg.clone()).context("building the simulator")?;
+        for (i, &seed) in seeds.iter().enumerate() {
+            let opts = RolloutOptions {
+                keep_frames,
+                index: i,
+            };
+            let mut r = crate::smolvla_arm::smolvla_rollout(&mut env, loaded, camera_map, seed, opts)
+                .with_context(|| format!("episode {i} (seed {seed})"))?;
+            record(&mut r)?;
+            bar.inc(1);
+            rollouts.push(r);
+        }
+    } else if let Some(loaded) = checkpoint.as_mut() {
         // A learned policy runs on one thread (its network already uses the cores).
         let camera_keys: Vec<String> = ["front", "wrist"]
             .iter()

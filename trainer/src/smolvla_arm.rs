@@ -1,0 +1,626 @@
+//! `[policy] kind = "smolvla"`: an arm fine-tunes LeRobot's SmolVLA (`pretrained`, a folder or a hub
+//! id) with reward-aligned BC. Each step is LeRobot's flow-matching training step with the arm's
+//! per-frame weights multiplying the per-sample loss ([`SmolVlaFinetuner`]); the normalisation
+//! statistics are replaced by the demonstrations' before the first step (as LeRobot does when
+//! fine-tuning on a new dataset); evaluation runs the policy in the simulator through the [`Policy`]
+//! wrapper; checkpoints are LeRobot folders (`runs/<arm>/seed-<s>/checkpoint/`) that LeRobot loads.
+//!
+//! Everything the model needs is located by [`prepare`] before any work: a missing folder, or a hub id
+//! that is neither cached nor downloadable (`HF_HUB_OFFLINE=1` never touches the network), is an error
+//! that says what to download. The checkpoint's cameras and state/action sizes must match the task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+use toprl_envs::episode::Episode;
+use toprl_envs::sim::{ActionSource, Rollout, RolloutOptions, SimConfig, So101Env, rollout};
+use toprl_policies::smolvla::SmolVlaPolicy;
+use toprl_policies::smolvla::finetune::{SmolVlaFinetuner, TrainSample};
+use toprl_policies::smolvla::lerobot::Stats;
+use toprl_policies::smolvla::processor::{ChwImage, RawSample};
+use toprl_policies::smolvla::{ContextCache, SmolVlaConfig};
+use toprl_policies::{Observation, Policy, PolicyError};
+
+use crate::config::{Algorithm, ArmConfig, ExperimentConfig};
+use crate::driver::{ChunkDriver, DriveError, STATE_FEATURE, camera_key};
+use crate::experiment::{ExperimentError, bar, drive_err, eval_seed, policy_err, run_dir, sim_err};
+use crate::results::SeedResult;
+use crate::tensorboard::EventWriter;
+
+/// The `[policy] kind` of a SmolVLA arm.
+pub const KIND: &str = "smolvla";
+/// Most memory the frozen-VLM context cache may hold (4 GiB).
+const CONTEXT_CACHE_BYTES: usize = 4 << 30;
+/// Joints of the SO-101 (state and action size the checkpoint must have).
+const JOINTS: usize = toprl_envs::so101::NUM_JOINTS;
+
+type Result<T> = std::result::Result<T, ExperimentError>;
+
+/// Field checks of `[policy]` for SmolVLA (called by the config's validation): `(field, message)`.
+pub(crate) fn validate_fields(config: &ExperimentConfig) -> std::result::Result<(), (&'static str, String)> {
+    let p = &config.policy;
+    if p.kind != KIND {
+        let set = [
+            ("policy.pretrained", p.pretrained.is_some()),
+            ("policy.freeze_vision_encoder", p.freeze_vision_encoder.is_some()),
+            ("policy.train_expert_only", p.train_expert_only.is_some()),
+            ("policy.train_state_proj", p.train_state_proj.is_some()),
+            ("policy.camera_features", p.camera_features.is_some()),
+        ];
+        if let Some((field, _)) = set.iter().find(|(_, s)| *s) {
+            return Err((field, format!("only used with kind = \"{KIND}\"")));
+        }
+        return Ok(());
+    }
+    if p.pretrained.as_deref().is_none_or(str::is_empty) {
+        return Err((
+            "policy.pretrained",
+            "kind = \"smolvla\" fine-tunes a LeRobot SmolVLA checkpoint: set pretrained to a folder or a hub \
+             id such as \"lerobot/smolvla_base\""
+                .into(),
+        ));
+    }
+    if let Some(bad) = p
+        .camera_features
+        .iter()
+        .flat_map(|m| m.keys())
+        .find(|c| !config.task.cameras.contains(c))
+    {
+        return Err((
+            "policy.camera_features",
+            format!("`{bad}` is not one of task.cameras {:?}", config.task.cameras),
+        ));
+    }
+    let refused = [
+        (
+            "policy.network",
+            p.network.is_some(),
+            "the network is the checkpoint's",
+        ),
+        ("policy.init", p.init.is_some(), "use policy.pretrained"),
+        (
+            "policy.environment_state",
+            p.environment_state,
+            "SmolVLA reads the joint state and the cameras only",
+        ),
+    ];
+    if let Some((field, _, why)) = refused.iter().find(|(_, set, _)| *set) {
+        return Err((field, format!("not available with kind = \"{KIND}\": {why}")));
+    }
+    if let Some(arm) = config.arms.iter().find(|a| a.algorithm == Algorithm::Awr) {
+        return Err((
+            "arms.algorithm",
+            format!(
+                "arm `{}`: algorithm = \"awr\" is not implemented for kind = \"{KIND}\" yet; use \"bc\"",
+                arm.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether hf-hub must stay off the network (`HF_HUB_OFFLINE=1`, as the Python tools read it).
+fn hub_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
+}
+
+fn looks_like_hub_id(name: &str) -> bool {
+    name.split('/').count() == 2 && !name.starts_with('.') && !name.starts_with('/') && !name.ends_with('/')
+}
+
+fn needs(repo: &str, field: &str, why: &str) -> String {
+    format!(
+        "{field}: needs the model {repo} ({why}); download it with `huggingface-cli download {repo}` or set \
+         {field} to a local folder"
+    )
+}
+
+/// `file` of hub repo `repo`: from the local Hugging Face cache, else downloaded (unless offline).
+fn hub_file(repo: &str, file: &str, field: &str) -> std::result::Result<PathBuf, String> {
+    if let Some(path) = hf_hub::Cache::from_env().model(repo.to_string()).get(file) {
+        return Ok(path);
+    }
+    if hub_offline() {
+        return Err(needs(
+            repo,
+            field,
+            &format!("{file} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"),
+        ));
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .map_err(|e| needs(repo, field, &format!("no Hugging Face client: {e}")))?;
+    api.model(repo.to_string())
+        .get(file)
+        .map_err(|e| needs(repo, field, &format!("cannot download {file}: {e}")))
+}
+
+/// The `state_file`s a LeRobot processor pipeline (`policy_preprocessor.json`) refers to.
+fn state_files(pipeline: &Path) -> std::result::Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(pipeline).map_err(|e| format!("{}: {e}", pipeline.display()))?;
+    let json: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", pipeline.display()))?;
+    Ok(json["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["state_file"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// The local folder of the `pretrained` checkpoint (downloading a hub id's files when allowed).
+fn locate_checkpoint(name: &str) -> std::result::Result<PathBuf, String> {
+    let field = "policy.pretrained";
+    let local = PathBuf::from(name);
+    if local.is_dir() {
+        return Ok(local);
+    }
+    if !looks_like_hub_id(name) {
+        return Err(format!(
+            "{field}: the folder `{name}` does not exist (and it is not a hub id such as lerobot/smolvla_base)"
+        ));
+    }
+    let config = hub_file(name, "config.json", field)?;
+    for pipeline in ["policy_preprocessor.json", "policy_postprocessor.json"] {
+        let path = hub_file(name, pipeline, field)?;
+        for state in state_files(&path)? {
+            hub_file(name, &state, field)?;
+        }
+    }
+    hub_file(name, "model.safetensors", field)?;
+    config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("{field}: {} has no folder", config.display()))
+}
+
+/// Make sure the VLM (`vlm_model_name`: tokenizer and config) can be had, as the policy loader looks
+/// for it: a folder as given, inside the checkpoint, beside it, or a hub id.
+fn check_vlm(name: &str, checkpoint: &Path) -> std::result::Result<(), String> {
+    let candidates = [
+        Some(PathBuf::from(name)),
+        Some(checkpoint.join(name)),
+        checkpoint.parent().map(|p| p.join(name)),
+    ];
+    if candidates.iter().flatten().any(|c| c.is_dir()) {
+        return Ok(());
+    }
+    let field = format!("vlm_model_name in {}", checkpoint.join("config.json").display());
+    if !looks_like_hub_id(name) {
+        return Err(format!("{field}: the VLM folder `{name}` does not exist"));
+    }
+    for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        hub_file(name, file, &field)?;
+    }
+    Ok(())
+}
+
+/// Simulator camera key (`observation.images.front`) -> the checkpoint image feature it feeds.
+pub type CameraMap = BTreeMap<String, String>;
+
+/// The experiment's camera map: `policy.camera_features` where given, else the same name.
+fn camera_map(config: &ExperimentConfig) -> CameraMap {
+    config
+        .task
+        .cameras
+        .iter()
+        .map(|c| {
+            let feature = config
+                .policy
+                .camera_features
+                .as_ref()
+                .and_then(|m| m.get(c))
+                .cloned();
+            (camera_key(c), feature.unwrap_or_else(|| camera_key(c)))
+        })
+        .collect()
+}
+
+/// Check that a SmolVLA config fits the SO-101 task: the cameras in `map` feed the checkpoint's image
+/// features one to one (toprl's processor refuses a missing camera), and its state and action have the
+/// 6 joints.
+pub fn check_features(
+    cfg: &SmolVlaConfig,
+    map: &CameraMap,
+    source: &Path,
+) -> std::result::Result<(), String> {
+    let file = source.join("config.json");
+    let got = cfg.image_features();
+    let mut fed = Vec::new();
+    for (camera, feature) in map {
+        if !got.contains(feature) || fed.contains(&feature) {
+            return Err(format!(
+                "{}: input_features has the cameras {got:?}, so the task camera `{camera}` cannot feed \
+                 `{feature}` (missing or already fed); set policy.camera_features (LeRobot's rename_map) or \
+                 task.cameras (the simulator has {:?})",
+                file.display(),
+                toprl_envs::sim::env::CAMERAS
+            ));
+        }
+        fed.push(feature);
+    }
+    if let Some(unfed) = got.iter().find(|f| !fed.contains(f)) {
+        return Err(format!(
+            "{}: the checkpoint camera `{unfed}` is fed by none of the task's cameras {:?}; add a camera to \
+             task.cameras and map it in policy.camera_features (LeRobot's rename_map)",
+            file.display(),
+            map.keys().collect::<Vec<_>>()
+        ));
+    }
+    for (what, dim) in [
+        ("observation.state", cfg.state_dim()),
+        ("action", cfg.action_dim()),
+    ] {
+        if dim != Some(JOINTS) {
+            return Err(format!(
+                "{}: `{what}` has shape {dim:?}, the SO-101 has {JOINTS} joints",
+                file.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Locate and check everything a SmolVLA experiment needs, before any work: the checkpoint folder (or
+/// hub files), its config against the task, and its VLM. Returns the checkpoint folder.
+pub fn prepare(config: &ExperimentConfig) -> Result<PathBuf> {
+    let name = config.policy.pretrained.as_deref().unwrap_or_default();
+    let dir = locate_checkpoint(name).map_err(ExperimentError::Invalid)?;
+    let cfg = SmolVlaConfig::from_file(dir.join("config.json")).map_err(policy_err("policy.pretrained"))?;
+    check_features(&cfg, &camera_map(config), &dir)
+        .map_err(|e| ExperimentError::Invalid(format!("policy.pretrained: {e}")))?;
+    check_vlm(&cfg.vlm_model_name, &dir).map_err(ExperimentError::Invalid)?;
+    Ok(dir)
+}
+
+/// Mean, standard deviation (population, as LeRobot's `compute_stats`), min and max of `rows`.
+fn feature_stats<'a>(rows: impl Iterator<Item = &'a Vec<f32>>) -> BTreeMap<String, Vec<f32>> {
+    let rows: Vec<&Vec<f32>> = rows.collect();
+    let dim = rows.first().map_or(0, |r| r.len());
+    let n = rows.len().max(1) as f64;
+    let mut mean = vec![0f64; dim];
+    let (mut min, mut max) = (vec![f32::INFINITY; dim], vec![f32::NEG_INFINITY; dim]);
+    for r in &rows {
+        for (i, &v) in r.iter().enumerate().take(dim) {
+            mean[i] += f64::from(v) / n;
+            min[i] = min[i].min(v);
+            max[i] = max[i].max(v);
+        }
+    }
+    let mut var = vec![0f64; dim];
+    for r in &rows {
+        for (i, &v) in r.iter().enumerate().take(dim) {
+            var[i] += (f64::from(v) - mean[i]).powi(2) / n;
+        }
+    }
+    BTreeMap::from([
+        ("mean".to_string(), mean.iter().map(|&m| m as f32).collect()),
+        ("std".to_string(), var.iter().map(|&v| v.sqrt() as f32).collect()),
+        ("min".to_string(), min),
+        ("max".to_string(), max),
+    ])
+}
+
+/// The demonstrations' state and action statistics, which replace the checkpoint's.
+fn data_stats(episodes: &[Episode]) -> Stats {
+    Stats::from([
+        (
+            STATE_FEATURE.to_string(),
+            feature_stats(episodes.iter().flat_map(|e| &e.states)),
+        ),
+        (
+            "action".to_string(),
+            feature_stats(episodes.iter().flat_map(|e| &e.actions)),
+        ),
+    ])
+}
+
+/// Frame `t` of `ep` as a training sample: its observation and the `chunk` actions from it (past the
+/// episode end the last action repeats, flagged as padding so the loss ignores it).
+fn train_sample(ep: &Episode, t: usize, cameras: &CameraMap, chunk: usize) -> Result<TrainSample> {
+    let mut obs = RawSample {
+        task: ep.instruction.clone(),
+        ..RawSample::default()
+    };
+    obs.vectors
+        .insert(STATE_FEATURE.to_string(), ep.states[t].clone());
+    for (key, feature) in cameras {
+        let frame = ep.cameras.get(key).and_then(|f| f.get(t)).ok_or_else(|| {
+            ExperimentError::Invalid(format!("episode {} has no `{key}` frame {t}", ep.index))
+        })?;
+        let image = ChwImage::from_rgb8(frame.height() as usize, frame.width() as usize, frame.as_raw())
+            .map_err(policy_err(format!("episode {} frame {t}", ep.index)))?;
+        obs.images.insert(feature.clone(), image);
+    }
+    let last = ep.len() - 1;
+    Ok(TrainSample {
+        obs,
+        actions: (0..chunk)
+            .flat_map(|k| ep.actions[(t + k).min(last)].clone())
+            .collect(),
+        action_is_pad: (0..chunk).map(|k| t + k > last).collect(),
+    })
+}
+
+/// A SmolVLA policy seeing the simulator's cameras under its own feature names.
+struct RenamedCameras<'a> {
+    policy: &'a mut SmolVlaPolicy,
+    cameras: &'a CameraMap,
+}
+
+impl Policy for RenamedCameras<'_> {
+    fn action_dim(&self) -> usize {
+        self.policy.action_dim()
+    }
+
+    fn act(&mut self, observation: &Observation) -> std::result::Result<Vec<Vec<f32>>, PolicyError> {
+        let mut observation = observation.clone();
+        for image in &mut observation.images {
+            if let Some(feature) = self.cameras.get(&image.key) {
+                image.key = feature.clone();
+            }
+        }
+        self.policy.act(&observation)
+    }
+
+    fn reset(&mut self) {
+        self.policy.reset();
+    }
+}
+
+/// One episode of a SmolVLA policy in `env` from scene `seed` (its chunks executed in full), the
+/// simulator cameras (the keys of `cameras`) feeding the checkpoint features they map to.
+pub fn smolvla_rollout(
+    env: &mut So101Env,
+    policy: &mut SmolVlaPolicy,
+    cameras: &CameraMap,
+    seed: u64,
+    opts: RolloutOptions,
+) -> std::result::Result<Rollout, DriveError> {
+    policy.set_seed(seed);
+    let mut renamed = RenamedCameras { policy, cameras };
+    let mut driver = ChunkDriver::new(
+        &mut renamed,
+        cameras.keys().cloned().collect(),
+        vec![STATE_FEATURE.to_string()],
+    );
+    let mut act = |obs: &toprl_envs::sim::SimObservation, instruction: &str| driver.act(obs, instruction);
+    let r = rollout(env, ActionSource::Policy(&mut act), seed, opts)?;
+    match driver.error.take() {
+        Some(e) => Err(e.into()),
+        None => Ok(r),
+    }
+}
+
+/// Success rate and mean return over the evaluation scenes of `seed` (the same scenes as other policies).
+fn evaluate(
+    policy: &mut SmolVlaPolicy,
+    sim: &SimConfig,
+    config: &ExperimentConfig,
+    seed: u64,
+) -> Result<(f64, f64)> {
+    let cameras = camera_map(config);
+    let mut env = So101Env::new(sim.clone()).map_err(sim_err("evaluation env"))?;
+    let (mut successes, mut total) = (0usize, 0.0);
+    for i in 0..config.eval.episodes as usize {
+        let opts = RolloutOptions {
+            keep_frames: false,
+            index: i,
+        };
+        let r = smolvla_rollout(&mut env, policy, &cameras, eval_seed(seed, i), opts)
+            .map_err(drive_err(format!("evaluation episode {i}")))?;
+        successes += usize::from(r.success);
+        total += r.total_reward;
+    }
+    let n = f64::from(config.eval.episodes.max(1));
+    Ok((successes as f64 / n, total / n))
+}
+
+/// Fine-tune the checkpoint in `pretrained` for one arm and seed: `train.steps` weighted flow-matching
+/// steps on frames drawn uniformly (the batch of step k depends only on (seed, k)), evaluating and
+/// writing the LeRobot checkpoint every `eval_every` steps and at the end. An interrupted run restarts.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_one(
+    config: &ExperimentConfig,
+    sim: &SimConfig,
+    episodes: &[Episode],
+    weights: &[Vec<f32>],
+    arm: &ArmConfig,
+    seed: u64,
+    opts: &crate::experiment::RunOptions,
+    pretrained: &Path,
+) -> Result<SeedResult> {
+    let clock = Instant::now();
+    let device = toprl_policies::cpu_device();
+    let mut tuner = SmolVlaFinetuner::load(pretrained, config.train.lr, seed, &device).map_err(
+        policy_err(format!("loading policy.pretrained {}", pretrained.display())),
+    )?;
+    // LeRobot's freezing options: the config's where given, else the checkpoint's.
+    let p = &config.policy;
+    let cfg = &mut tuner.policy.model_config;
+    for (key, value, slot) in [
+        (
+            "freeze_vision_encoder",
+            p.freeze_vision_encoder,
+            &mut cfg.freeze_vision_encoder,
+        ),
+        (
+            "train_expert_only",
+            p.train_expert_only,
+            &mut cfg.train_expert_only,
+        ),
+        ("train_state_proj", p.train_state_proj, &mut cfg.train_state_proj),
+    ] {
+        if let Some(v) = value {
+            *slot = v;
+            tuner.policy.folder.config.set_raw(key, Value::Bool(v));
+        }
+    }
+    let cfg = tuner.policy.model_config.clone();
+    tuner.policy.model = tuner.policy.model.clone().with_lerobot_trainability(&cfg);
+    tuner.replace_stats(&data_stats(episodes));
+
+    let cameras = camera_map(config);
+    let chunk = tuner.policy.chunk_size();
+    let frames: Vec<(usize, usize)> = episodes
+        .iter()
+        .enumerate()
+        .flat_map(|(e, ep)| (0..ep.len()).map(move |t| (e, t)))
+        .collect();
+    if frames.is_empty() {
+        return Err(ExperimentError::Invalid(
+            "no demonstration frames to train on".into(),
+        ));
+    }
+    // With the VLM frozen a frame's image + language context never changes: encode it once and train
+    // the state token and the expert only (`step_cached`); the cache is emptied when it outgrows
+    // CONTEXT_CACHE_BYTES.
+    let use_cache = cfg.train_expert_only;
+    let mut cache = HashMap::new();
+    let dir = run_dir(&opts.out, &arm.name, seed);
+    let mut tb = EventWriter::create(
+        &opts
+            .out
+            .join("tensorboard")
+            .join(&arm.name)
+            .join(format!("seed-{seed}")),
+    )?;
+    let steps = config.train.steps;
+    let progress = bar(opts, u64::from(steps), "training");
+    progress.set_message(format!("{} seed {seed}", arm.name));
+    let mut curve = Vec::new();
+    let mut last = None;
+    for step in 0..steps {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(step) << 20) ^ 0x736d_6f6c_7600_0000);
+        let mut samples = Vec::with_capacity(config.train.batch_size);
+        let mut w = Vec::with_capacity(config.train.batch_size);
+        let mut keys = Vec::with_capacity(config.train.batch_size);
+        for _ in 0..config.train.batch_size {
+            let (e, t) = frames[rng.random_range(0..frames.len())];
+            samples.push(train_sample(&episodes[e], t, &cameras, chunk)?);
+            w.push(weights[e][t]);
+            keys.push(((e as u64) << 32) | t as u64);
+        }
+        let loss = if use_cache {
+            tuner.step_cached(&samples, &w, &keys, &mut cache)
+        } else {
+            tuner.step(&samples, &w)
+        }
+        .map_err(policy_err(format!("training step {step}")))?;
+        let held: usize = cache.values().map(ContextCache::bytes).sum();
+        if held > CONTEXT_CACHE_BYTES {
+            cache.clear();
+        }
+        progress.inc(1);
+        if step % 10 == 0 {
+            tb.scalar("train/loss", u64::from(step), loss)?;
+            tb.scalar(
+                "train/weight_mean",
+                u64::from(step),
+                w.iter().sum::<f32>() / w.len() as f32,
+            )?;
+        }
+        let done = step + 1;
+        if done % config.train.eval_every == 0 || done == steps {
+            let (success, mean_return) = evaluate(&mut tuner.policy, sim, config, seed)?;
+            tb.scalar("eval/success", u64::from(done), success as f32)?;
+            tb.scalar("eval/return", u64::from(done), mean_return as f32)?;
+            tb.flush()?;
+            curve.push((done, success));
+            let checkpoint = dir.join("checkpoint");
+            tuner
+                .save(&checkpoint)
+                .map_err(policy_err(format!("saving {}", checkpoint.display())))?;
+            last = Some((success, mean_return));
+        }
+    }
+    progress.finish_and_clear();
+    let (success, mean_return) = match last {
+        Some(r) => r,
+        None => evaluate(&mut tuner.policy, sim, config, seed)?,
+    };
+    tracing::info!(arm = arm.name, seed, success, "run finished");
+    Ok(SeedResult {
+        seed,
+        success,
+        episodes: config.eval.episodes,
+        mean_return,
+        wall_time_s: clock.elapsed().as_secs_f64(),
+        last_k_mean: crate::stats::last_k_mean(&curve, config.train.last_k as usize),
+        curve,
+        weights: None,
+        reward_voc: None,
+        noise_sigma: None,
+    })
+}
+
+/// `so101 sim`'s view of a SmolVLA folder: the simulator cameras and the image features they feed,
+/// from `renames` (`SIM=FEATURE`, LeRobot's rename_map) where given, else the folder's own
+/// `observation.images.<camera>` names, which must then be simulator cameras.
+pub fn sim_cameras(
+    policy: &SmolVlaPolicy,
+    dir: &Path,
+    renames: &[String],
+) -> std::result::Result<(Vec<String>, CameraMap), String> {
+    let features = policy.model_config.image_features();
+    let mut pairs = Vec::new();
+    if renames.is_empty() {
+        for feature in &features {
+            let camera = feature.strip_prefix("observation.images.").unwrap_or(feature);
+            pairs.push((camera.to_string(), feature.clone()));
+        }
+    } else {
+        for r in renames {
+            let (camera, feature) = r.split_once('=').ok_or_else(|| {
+                format!("--camera {r}: expected SIM=FEATURE, e.g. front=observation.images.camera1")
+            })?;
+            pairs.push((camera.to_string(), feature.to_string()));
+        }
+    }
+    let sim = toprl_envs::sim::env::CAMERAS;
+    if let Some((bad, _)) = pairs.iter().find(|(c, _)| !sim.contains(&c.as_str())) {
+        return Err(format!(
+            "`{bad}` is not a simulator camera ({}); map the folder's cameras {features:?} with --camera SIM=FEATURE",
+            sim.join(", ")
+        ));
+    }
+    let map: CameraMap = pairs.iter().map(|(c, f)| (camera_key(c), f.clone())).collect();
+    if map.len() != pairs.len() {
+        return Err("a simulator camera is given twice in --camera".into());
+    }
+    check_features(&policy.model_config, &map, dir)?;
+    Ok((pairs.into_iter().map(|(c, _)| c).collect(), map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_are_population_mean_std_min_max_as_lerobots() {
+        let rows = [vec![1.0, -2.0], vec![3.0, 2.0]];
+        let s = feature_stats(rows.iter());
+        assert_eq!(s["mean"], [2.0, 0.0]);
+        assert_eq!(s["std"], [1.0, 2.0]);
+        assert_eq!(s["min"], [1.0, -2.0]);
+        assert_eq!(s["max"], [3.0, 2.0]);
+    }
+
+    #[test]
+    fn hub_ids_and_folders_are_told_apart() {
+        assert!(looks_like_hub_id("lerobot/smolvla_base"));
+        for folder in [
+            "policies/fixtures/smolvla/so101_tiny",
+            "./a/b",
+            "/abs/model",
+            "model/",
+        ] {
+            assert!(!looks_like_hub_id(folder), "{folder}");
+        }
+    }
+}
