@@ -232,7 +232,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         }
     };
     let load_seconds = load_start.elapsed().as_secs_f64();
-    // The precision the weights run in (a remote server does not say).
+    // The precision the weights run in (local only: a remote server does not say).
     let dtype = match &scorer {
         Scorer::Local(s) => Some(format!("{:?}", s.model().model().dtype()).to_lowercase()),
         Scorer::Remote(_) => None,
@@ -291,10 +291,10 @@ pub fn run(args: ScoreArgs) -> Result<()> {
                 "timing".into(),
                 serde_json::json!({"load_seconds": load_seconds, "score_seconds": score_seconds}),
             );
-            if matches!(scorer, Scorer::Local(_)) {
+            if let Some(dtype) = &dtype {
                 object.insert("device".into(), serde_json::json!(args.device.to_string()));
+                object.insert("dtype".into(), serde_json::json!(dtype));
             }
-            object.insert("dtype".into(), serde_json::json!(dtype));
         }
         crate::outln!("{json}");
     } else {
