@@ -79,6 +79,21 @@ pub(crate) fn save_files(
     record: ModuleRecord,
     extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
+    write_dir_atomically(dir, |tmp| {
+        let cfg = tmp.join(json_name);
+        std::fs::write(&cfg, json).map_err(io_err(&cfg))?;
+        let weights = tmp.join(WEIGHTS_FILE);
+        record.save(&weights).map_err(|e| PolicyError::Record {
+            path: weights.clone(),
+            reason: e.to_string(),
+        })?;
+        extra(tmp)
+    })
+}
+
+/// Build `dir` atomically: `fill` writes into a fresh sibling temporary folder, which then replaces
+/// `dir` (an existing `dir` is moved aside first and removed only after the rename succeeded).
+pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = dir
         .file_name()
         .ok_or_else(|| PolicyError::Invalid {
@@ -99,17 +114,10 @@ pub(crate) fn save_files(
     let tmp = parent.join(format!(".{name}.tmp-{}-{nonce}", std::process::id()));
     std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
     let result = (|| {
-        let cfg = tmp.join(json_name);
-        std::fs::write(&cfg, json).map_err(io_err(&cfg))?;
-        let weights = tmp.join(WEIGHTS_FILE);
-        record.save(&weights).map_err(|e| PolicyError::Record {
-            path: weights.clone(),
-            reason: e.to_string(),
-        })?;
-        extra(&tmp)?;
+        fill(&tmp)?;
         if dir.exists() {
-            // rename(2) cannot replace a non-empty directory: move the old one aside first.
             let old = parent.join(format!(".{name}.old-{}-{nonce}", std::process::id()));
+            // rename(2) cannot replace a non-empty directory: move the old one aside first.
             std::fs::rename(dir, &old).map_err(io_err(dir))?;
             std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
             std::fs::remove_dir_all(&old).map_err(io_err(&old))?;

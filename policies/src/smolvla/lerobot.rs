@@ -892,42 +892,5 @@ static FALLBACK_TOKENIZER: TokenizerStep = TokenizerStep {
     tokenizer_name: None,
 };
 
-/// Build `dir` atomically: `fill` writes into a fresh sibling temporary folder, which then replaces
-/// `dir` (an existing `dir` is moved aside first and removed only after the rename succeeded).
-pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = dir
-        .file_name()
-        .ok_or_else(|| PolicyError::Invalid {
-            field: "checkpoint dir",
-            reason: format!("{} has no name", dir.display()),
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let tmp = parent.join(format!(".{name}.tmp-{}-{nonce}", std::process::id()));
-    std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-    let result = (|| {
-        fill(&tmp)?;
-        if dir.exists() {
-            let old = parent.join(format!(".{name}.old-{}-{nonce}", std::process::id()));
-            std::fs::rename(dir, &old).map_err(io_err(dir))?;
-            std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
-            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-        } else {
-            std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
-}
+/// The atomic folder write every policy checkpoint uses, here for LeRobot folders too.
+pub use crate::checkpoint::write_dir_atomically;
