@@ -12,6 +12,10 @@ use image::RgbImage;
 use toprl_envs::dataset::{DatasetSpec, DatasetWriter, read_progress};
 use toprl_envs::episode::Episode;
 
+#[path = "episode_frames.rs"]
+mod episode_frames;
+use episode_frames::frames_dir;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -61,24 +65,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The episode's original frames (the fixture folder also holds the reference's resized frames).
-fn frames_dir(name: &str, dir: &Path) -> PathBuf {
-    let out = dir.join(name);
-    std::fs::create_dir_all(&out).expect("mkdir");
-    for e in std::fs::read_dir(root().join("rewards/fixtures/episodes").join(name)).expect("episode dir") {
-        let p = e.expect("entry").path();
-        let file = p
-            .file_name()
-            .and_then(|f| f.to_str())
-            .unwrap_or_default()
-            .to_string();
-        if file.starts_with("frame_") {
-            std::fs::copy(&p, out.join(file)).expect("copy frame");
-        }
-    }
-    out
 }
 
 fn json_of(out: &Output) -> serde_json::Value {

@@ -4,6 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "episode_frames.rs"]
+mod episode_frames;
+use episode_frames::frames_dir;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../rewards/fixtures")
 }
@@ -13,24 +17,6 @@ fn topreward(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run topreward")
-}
-
-/// The episode's original frames only (the fixture folder also holds the reference's resized frames).
-fn frames_dir(name: &str, dir: &Path) -> PathBuf {
-    let out = dir.join(name);
-    std::fs::create_dir_all(&out).expect("mkdir");
-    for e in std::fs::read_dir(fixtures().join("episodes").join(name)).expect("episode dir") {
-        let p = e.expect("entry").path();
-        let file = p
-            .file_name()
-            .and_then(|f| f.to_str())
-            .unwrap_or_default()
-            .to_string();
-        if file.starts_with("frame_") {
-            std::fs::copy(&p, out.join(file)).expect("copy frame");
-        }
-    }
-    out
 }
 
 fn reference() -> serde_json::Value {
