@@ -8,5 +8,7 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The reward crate without FFmpeg, as GPU scoring binaries are built (README, "TOPReward on GPUs").
+cargo clippy -p toprl-rewards --no-default-features --lib --examples --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked

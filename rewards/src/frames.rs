@@ -7,10 +7,14 @@
 //! therefore repeats frames; a faster one skips them.
 
 use std::path::{Path, PathBuf};
+#[cfg(feature = "video")]
 use std::sync::Once;
 
+#[cfg(feature = "video")]
 use ff::format::Pixel;
+#[cfg(feature = "video")]
 use ff::software::scaling::{context::Context as Scaler, flag::Flags};
+#[cfg(feature = "video")]
 use ffmpeg_next as ff;
 use image::RgbImage;
 
@@ -59,6 +63,11 @@ pub enum FramesError {
     },
     #[error("keep_last must be at least 1")]
     BadKeepLast,
+    #[error(
+        "cannot decode video {0}: toprl-rewards was built without its `video` feature (FFmpeg); rebuild with \
+         it, or pass a folder of frames"
+    )]
+    NoVideoSupport(PathBuf),
 }
 
 /// Bounds applied before and while frames are read, so a request can never make memory or time grow
@@ -159,6 +168,7 @@ pub struct SampledVideo {
     pub source_fps: Option<f64>,
 }
 
+#[cfg(feature = "video")]
 fn init_ffmpeg() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
@@ -183,6 +193,15 @@ pub fn load_video_limited(path: &Path, fps: f64, limits: FrameLimits) -> Result<
     if limits.keep_last == Some(0) {
         return Err(FramesError::BadKeepLast);
     }
+    #[cfg(feature = "video")]
+    return decode_video(path, fps, limits);
+    #[cfg(not(feature = "video"))]
+    Err(FramesError::NoVideoSupport(path.to_path_buf()))
+}
+
+/// The FFmpeg half of [`load_video_limited`], after its arguments are checked.
+#[cfg(feature = "video")]
+fn decode_video(path: &Path, fps: f64, limits: FrameLimits) -> Result<SampledVideo, FramesError> {
     init_ffmpeg();
     let not_video = |reason: String| FramesError::NotVideo {
         path: path.to_path_buf(),
@@ -260,6 +279,7 @@ pub fn load_video_limited(path: &Path, fps: f64, limits: FrameLimits) -> Result<
     Ok(sampler.out)
 }
 
+#[cfg(feature = "video")]
 /// Streaming nearest-frame sampler: frames arrive in presentation order; the previous frame is kept
 /// undecoded-to-RGB until the next one shows which of the two is nearer to each pending sample time.
 struct Sampler {
@@ -275,6 +295,7 @@ struct Sampler {
     scaler: Option<(Scaler, Pixel, u32, u32)>,
 }
 
+#[cfg(feature = "video")]
 impl Sampler {
     fn drain(
         &mut self,
@@ -412,6 +433,7 @@ mod tests {
             .join(name)
     }
 
+    #[cfg(feature = "video")]
     /// Source index of a frame of the grey-ramp fixture (level 10 + 12 i, lossless).
     fn grey_index(img: &RgbImage) -> usize {
         let p = img.get_pixel(img.width() / 2, img.height() / 2).0;
@@ -422,6 +444,7 @@ mod tests {
         ((p[0] - 10) / 12) as usize
     }
 
+    #[cfg(feature = "video")]
     #[test]
     fn video_sampled_at_2fps_takes_every_fifth_frame_of_a_10fps_source() {
         let v = load_video(&fixture("grey_ramp_10fps.mkv"), 2.0).unwrap();
@@ -432,6 +455,7 @@ mod tests {
         assert_eq!((v.frames[0].width(), v.frames[0].height()), (64, 48));
     }
 
+    #[cfg(feature = "video")]
     #[test]
     fn video_sampling_takes_the_nearest_frame_and_repeats_when_faster_than_the_source() {
         // targets k/3: 0, .333, .667, 1, 1.333, 1.667 -> nearest of frames at i/10
@@ -455,6 +479,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "video")]
     #[test]
     fn the_sample_count_is_refused_before_decoding_and_keep_last_bounds_memory() {
         let path = fixture("grey_ramp_10fps.mkv");
@@ -499,6 +524,7 @@ mod tests {
         ));
     }
 
+    #[cfg(feature = "video")]
     #[test]
     fn a_file_that_is_not_a_video_is_a_typed_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
