@@ -3,13 +3,18 @@
 
   make-model DIR [SIZE]  a random Qwen3-VL (real vocab, f32, seed 0) saved with save_pretrained: SIZE 117m
                       (default, 8+8 layers) or 2b (Qwen3-VL-2B's real shapes and depth)
-  make-frames DIR N   N frames (244x244 PNG, the paper's size) of a moving coloured square
-  score DIR FRAMES    TOPReward exact scoring with transformers on CPU, as LeRobot's port computes it
-                      (no chat template, explicit video metadata, do_sample_frames=False, odd prefixes
-                      padded by repeating the last frame); prints JSON like `topreward score --json`
+  make-frames DIR N [SIZE]
+                      N frames (SIZExSIZE PNG, default 244, the paper's size) of a moving coloured square
+  score DIR FRAMES FPS INSTRUCTION
+                      TOPReward exact scoring with transformers, as LeRobot's port computes it (no chat
+                      template, explicit video metadata, do_sample_frames=False, odd prefixes padded by
+                      repeating the last frame); prints one JSON line per repetition like `topreward score
+                      --json`
 
-Run with .venv-ref/bin/python (transformers 4.57.1, torch 2.9.1) or another torch + transformers env; scoring
-uses $BENCH_THREADS threads (default: all CPUs). Nothing it writes is committed.
+Run with .venv-ref/bin/python (transformers 4.57.1, torch 2.9.1) or another torch + transformers env (the GPU
+check runs it under transformers 5). Scoring uses $BENCH_THREADS threads (default: all CPUs), runs on
+$BENCH_DEVICE (default cpu; e.g. cuda) in $BENCH_DTYPE (float32 default, bfloat16, float16), $BENCH_REPS times
+(default 1) in one process. Nothing it writes is committed.
 """
 
 import json
@@ -91,6 +96,12 @@ def prefix_lengths(n: int) -> list[int]:
     return sorted(set(int(math.floor(v)) for v in np.linspace(1, n, min(15, n))))
 
 
+def doubled_markers(enc, processor) -> bool:
+    """True when the processor left the prompt's own vision markers around its per-frame ones."""
+    starts = int((enc["input_ids"][0] == processor.vision_start_token_id).sum())
+    return starts > int(enc["video_grid_thw"][0][0])
+
+
 def score(model_dir: Path, frames_dir: Path, fps: float, instruction: str) -> None:
     from transformers import (
         Qwen2TokenizerFast,
@@ -101,8 +112,12 @@ def score(model_dir: Path, frames_dir: Path, fps: float, instruction: str) -> No
     )
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
+    device = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
+    dtype_name = os.environ.get("BENCH_DTYPE", "float32")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
+    reps = int(os.environ.get("BENCH_REPS", "1"))
     t0 = time.perf_counter()
-    model = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     tok = Qwen2TokenizerFast(tokenizer_file=str(TOKENIZER_DIR / "tokenizer.json"), eos_token="<|im_end|>")
     processor = Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessorFast(), tokenizer=tok, video_processor=Qwen3VLVideoProcessor()
@@ -113,30 +128,47 @@ def score(model_dir: Path, frames_dir: Path, fps: float, instruction: str) -> No
         + PROMPT_PREFIX
         + SUFFIX.format(instruction=instruction)
     )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     t_load = time.perf_counter() - t0
-    lengths, log_probs, num_tokens = prefix_lengths(len(frames)), [], []
-    t1 = time.perf_counter()
-    for k in lengths:
-        idx = list(range(k)) + ([k - 1] if k % 2 else [])
-        video = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2).contiguous()
-        meta = {"total_num_frames": len(idx), "fps": fps, "frames_indices": idx}
-        enc = processor(text=[text], videos=[video], video_metadata=[meta], do_sample_frames=False,
-                        return_tensors="pt")
-        with torch.no_grad():
-            logits = model(**enc, logits_to_keep=2).logits
-        log_probs.append(torch.log_softmax(logits[0, -2].float(), -1)[TRUE_TOKEN].item())
-        num_tokens.append(enc["input_ids"].shape[1])
-    t_score = time.perf_counter() - t1
-    print(json.dumps({"prefix_lengths": lengths, "log_probs": log_probs, "num_tokens": num_tokens,
-                      "load_seconds": t_load, "score_seconds": t_score}))
-
+    lengths = prefix_lengths(len(frames))
+    for rep in range(reps):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        log_probs, num_tokens = [], []
+        t1 = time.perf_counter()
+        for k in lengths:
+            idx = list(range(k)) + ([k - 1] if k % 2 else [])
+            video = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2).contiguous()
+            meta = {"total_num_frames": len(idx), "fps": fps, "frames_indices": idx}
+            enc = processor(text=[text], videos=[video], video_metadata=[meta], do_sample_frames=False,
+                            return_tensors="pt")
+            if doubled_markers(enc, processor):
+                # transformers 5 no longer consumes the prompt's own <|vision_start|>..<|vision_end|> around
+                # <|video_pad|> (4.57 replaced all three); give it the bare pad so the model sees the same
+                # tokens as under 4.57 and in toprl.
+                text = text.replace("<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>")
+                enc = processor(text=[text], videos=[video], video_metadata=[meta], do_sample_frames=False,
+                                return_tensors="pt")
+            enc = enc.to(device)
+            with torch.no_grad():
+                logits = model(**enc, logits_to_keep=2).logits
+            # .item() waits for the device, so the clock below includes all of its work.
+            log_probs.append(torch.log_softmax(logits[0, -2].float(), -1)[TRUE_TOKEN].item())
+            num_tokens.append(enc["input_ids"].shape[1])
+        t_score = time.perf_counter() - t1
+        out = {"prefix_lengths": lengths, "log_probs": log_probs, "num_tokens": num_tokens, "load_seconds": t_load,
+               "score_seconds": t_score, "device": str(device), "dtype": dtype_name, "rep": rep}
+        if device.type == "cuda":
+            out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+        print(json.dumps(out), flush=True)
 
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "make-model":
         make_model(Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "117m")
     elif cmd == "make-frames":
-        make_frames(Path(sys.argv[2]), int(sys.argv[3]))
+        make_frames(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 244)
     elif cmd == "score":
         score(Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
     else:
