@@ -20,7 +20,8 @@ use toprl_rewards::topreward::{Mode, QwenPrefixEncoder, ScorerConfig, TopReward,
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: topreward_bench MODEL FRAMES_DIR FPS INSTRUCTION exact|incremental [DEVICE] [DTYPE] [REPS]";
+    let usage =
+        "usage: topreward_bench MODEL FRAMES_DIR FPS INSTRUCTION exact|incremental [DEVICE] [DTYPE] [REPS]";
     if !(5..=8).contains(&args.len()) {
         return Err(usage.into());
     }
