@@ -1,7 +1,8 @@
 //! SmolVLA in the trainer: `experiments/smolvla_smoke.toml` fine-tunes the tiny random SO-101 SmolVLA
 //! fixture (policies/fixtures/smolvla/so101_tiny, made by LeRobot 0.4.4) with every BC reward arm,
-//! evaluates it in MuJoCo and writes LeRobot checkpoints that `so101 sim` runs; a missing model or a
-//! checkpoint that does not fit the task is refused before any work.
+//! `experiments/smolvla_awr_smoke.toml` with online AWR (sparse and TOPReward rollouts scores); both
+//! evaluate it in MuJoCo and write LeRobot checkpoints that LeRobot and `so101 sim` run; a missing model
+//! or a checkpoint that does not fit the task is refused before any work.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -261,9 +262,18 @@ fn smolvla_configs_that_do_not_fit_are_refused_by_field_before_any_work() {
             "`observation.images.wrist` is fed by none",
         ),
         (
-            "awr",
-            text.replace("reward = \"oracle\"", "reward = \"oracle\"\nalgorithm = \"awr\""),
-            "arms.algorithm",
+            "schedule",
+            // SmolVLA's schedule is LeRobot's, configured under [policy].
+            text.replace("eval_every = 3", "eval_every = 3\ncosine = true"),
+            "policy.scheduler_warmup_steps",
+        ),
+        (
+            "decay_lr",
+            text.replace(
+                "train_expert_only = true",
+                "train_expert_only = true\nscheduler_decay_lr = 0.5",
+            ),
+            "policy.scheduler_decay_lr",
         ),
         (
             "pretrained",
@@ -362,4 +372,196 @@ fn camera_features_map_simulator_cameras_to_the_checkpoints_like_lerobots_rename
         "{}",
         stderr(&not_sim)
     );
+}
+
+/// The TensorBoard scalar tags written under `dir` (event files hold them as plain strings).
+fn tensorboard_has(dir: &Path, tag: &str) -> bool {
+    std::fs::read_dir(dir)
+        .expect("tensorboard folder")
+        .flatten()
+        .any(|f| {
+            let bytes = std::fs::read(f.path()).unwrap_or_default();
+            bytes.windows(tag.len()).any(|w| w == tag.as_bytes())
+        })
+}
+
+#[test]
+fn smolvla_awr_rolls_out_scores_and_fine_tunes_with_sparse_and_topreward_advantages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("awr");
+    let run = train(
+        Path::new("experiments/smolvla_awr_smoke.toml"),
+        &out,
+        &[],
+        dir.path(),
+    );
+    assert!(run.status.success(), "train failed:\n{}", stderr(&run));
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json"))
+            .expect("json");
+    let arms = json["arms"].as_array().expect("arms");
+    assert_eq!(arms.len(), 2);
+    let fixture =
+        std::fs::read(repo_root().join("policies/fixtures/smolvla/so101_tiny/model.safetensors")).unwrap();
+    let mut weights = Vec::new();
+    for arm in arms {
+        let name = arm["name"].as_str().unwrap();
+        // Evaluated after the 2 BC steps, then after each AWR iteration's 2 policy steps.
+        let steps: Vec<u64> = arm["per_seed"][0]["curve"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, [2, 4, 6], "{name}");
+        let ckpt = out.join(format!("runs/{name}/seed-0/checkpoint"));
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "policy_preprocessor.json",
+            "policy_postprocessor.json",
+            "progress.json",
+            "value/value.json",
+        ] {
+            assert!(ckpt.join(file).is_file(), "{name}: {file} missing");
+        }
+        let progress: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ckpt.join("progress.json")).unwrap()).unwrap();
+        assert_eq!(progress["awr_iterations"], 2, "{name}");
+        assert_eq!(progress["step"], 6, "{name}");
+        let tb = out.join(format!("tensorboard/{name}/seed-0"));
+        for tag in [
+            "awr/rollout_success",
+            "awr/value_loss",
+            "awr/weight_mean",
+            "train/lr",
+        ] {
+            assert!(tensorboard_has(&tb, tag), "{name}: no `{tag}` in TensorBoard");
+        }
+        let model = std::fs::read(ckpt.join("model.safetensors")).unwrap();
+        assert_ne!(model, fixture, "{name}: AWR changed no weight");
+        weights.push(model);
+    }
+    // Different advantages (success bit vs TOPReward log-probabilities) move the policy differently.
+    assert_ne!(
+        weights[0], weights[1],
+        "the sparse and topreward arms trained identically"
+    );
+
+    // LeRobot 0.4.4 loads the AWR-tuned folder (value baseline and progress inside) and predicts what
+    // toprl predicts from it.
+    let (toprl, lerobot) = predict_both(&out.join("runs/awr_topreward/seed-0/checkpoint"), dir.path());
+    let scale = lerobot.iter().flatten().fold(1.0f32, |m, v| m.max(v.abs()));
+    let err = toprl
+        .iter()
+        .zip(&lerobot)
+        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+        .fold(0.0f32, f32::max);
+    assert!(
+        err <= 1e-5 * scale + 1e-4,
+        "max |toprl - LeRobot| = {err}\ntoprl {toprl:?}\nlerobot {lerobot:?}"
+    );
+}
+
+#[test]
+fn an_interrupted_smolvla_awr_run_resumes_where_it_stopped() {
+    // A SmolVLA AWR run killed after its first checkpoint and continued with --resume must end where
+    // an uninterrupted run ends: same weights (so the same AdamW moments, noise stream and learning
+    // rate schedule), same value baseline and the same results.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(repo_root().join("experiments/smolvla_awr_smoke.toml")).unwrap();
+    let start = text.find("[[arms]]").expect("arms");
+    let config = dir.path().join("awr.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[[arms]]\nname = \"awr\"\nreward = \"sparse\"\nalgorithm = \"awr\"\n",
+            &text[..start]
+        ),
+    )
+    .unwrap();
+
+    let straight = dir.path().join("straight");
+    let out = train(&config, &straight, &[], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let interrupted = dir.path().join("interrupted");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
+        .current_dir(repo_root())
+        .arg(&config)
+        .arg("--out")
+        .arg(&interrupted)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("train starts");
+    let run = interrupted.join("runs/awr/seed-0");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while !run.join("checkpoint/progress.json").is_file() {
+        assert!(
+            child.try_wait().expect("train status").is_none(),
+            "train ended before its first checkpoint"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint after 10 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().expect("kill train");
+    let _ = child.wait();
+    assert!(
+        !run.join("result.json").exists(),
+        "the run finished before it could be interrupted"
+    );
+    let progress: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("checkpoint/progress.json")).unwrap()).unwrap();
+    eprintln!("interrupted at {progress}");
+    assert!(progress["step"].as_u64().unwrap() < 6, "{progress}");
+
+    let out = train(&config, &interrupted, &["--resume"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Continued from the checkpoint, not restarted from the pretrained weights (which, the run being
+    // deterministic, would end in the same place).
+    assert!(
+        stderr(&out).contains("resuming from checkpoint"),
+        "{}",
+        stderr(&out)
+    );
+    let ckpt = |root: &Path| root.join("runs/awr/seed-0/checkpoint");
+    let model = |root: &Path| std::fs::read(ckpt(root).join("model.safetensors")).unwrap();
+    assert!(
+        model(&straight) == model(&interrupted),
+        "the resumed SmolVLA differs from the uninterrupted one"
+    );
+    // Value baselines compared by prediction (burnpack files also hold per-process parameter ids).
+    let states: Vec<f32> = (0..4 * 6).map(|i| ((i * 37) % 23) as f32 * 3.0 - 30.0).collect();
+    let device = toprl_policies::cpu_device();
+    let value = |root: &Path| {
+        toprl_policies::ValueTrainer::from_checkpoint(
+            ckpt(root).join("value"),
+            toprl_policies::TrainConfig::default(),
+            &device,
+        )
+        .unwrap()
+        .predict(&states)
+        .unwrap()
+    };
+    assert_eq!(
+        value(&straight),
+        value(&interrupted),
+        "value function differs after resuming"
+    );
+    let results = |root: &Path| {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join("results.json")).unwrap()).unwrap();
+        for run in json["arms"][0]["per_seed"].as_array_mut().unwrap() {
+            run["wall_time_s"] = serde_json::Value::Null;
+        }
+        json
+    };
+    assert_eq!(results(&straight), results(&interrupted));
 }

@@ -93,3 +93,90 @@ fn cached_frozen_vlm_context_gives_the_same_steps_as_the_full_model() {
         assert_eq!(cache.len(), 2, "one context per frame");
     }
 }
+
+/// LeRobot 0.4.4's `CosineDecayWithWarmupSchedulerConfig.build(optimizer, run)` stepped as
+/// `lerobot-train` steps it (optimizer.step, then scheduler.step): the lr of each listed step.
+const LEROBOT_SCHEDULE: &str = r#"
+import json, sys, torch
+from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
+out = []
+for c in json.loads(sys.argv[1]):
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=c["peak"])
+    sched = CosineDecayWithWarmupSchedulerConfig(
+        num_warmup_steps=c["warmup"], num_decay_steps=c["decay"], peak_lr=c["peak"], decay_lr=c["decay_lr"]
+    ).build(opt, c["run"])
+    lrs = {}
+    for k in range(max(c["at"]) + 1):
+        lrs[k] = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+    out.append([lrs[k] for k in c["at"]])
+print(json.dumps(out))
+"#;
+
+#[test]
+fn learning_rate_schedule_is_lerobots_cosine_decay_with_warmup() {
+    use toprl_policies::smolvla::SmolVlaConfig;
+    use toprl_policies::smolvla::train::CosineDecayWithWarmup;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root");
+    let python = root.join(".venv-lerobot/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run `scripts/setup.sh` (it installs lerobot==0.4.4 into .venv-lerobot)",
+        python.display()
+    );
+    let cfg = SmolVlaConfig::from_file(root.join("policies/fixtures/smolvla/so101_tiny/config.json"))
+        .expect("fixture config");
+    // (warmup, decay, peak, decay_lr, run steps, steps to compare): SmolVLA's preset on runs far
+    // shorter than its 30000 decay steps (warmup scaled to 0 and to 33), one longer (no scaling, the
+    // lr stays at decay_lr past the decay), and a small schedule compared at every step.
+    let every: Vec<usize> = (0..=120).collect();
+    let preset = (
+        cfg.scheduler_warmup_steps,
+        cfg.scheduler_decay_steps,
+        cfg.optimizer_lr,
+        cfg.scheduler_decay_lr,
+    );
+    let cases = [
+        (preset, 3, vec![0, 1, 2, 3]),
+        (preset, 20, vec![0, 5, 19, 20, 25]),
+        (preset, 1000, vec![0, 1, 16, 32, 33, 34, 500, 999, 1000]),
+        (
+            preset,
+            40_000,
+            vec![0, 1, 500, 999, 1000, 1001, 15_000, 29_999, 30_000, 39_999],
+        ),
+        ((10, 100, 1e-3, 1e-5), 100, every.clone()),
+        ((7, 50, 3e-4, 0.0), 120, every),
+    ];
+    let json: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|((warmup, decay, peak, decay_lr), run, at)| {
+            serde_json::json!({"warmup": warmup, "decay": decay, "peak": peak, "decay_lr": decay_lr, "run": run, "at": at})
+        })
+        .collect();
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(LEROBOT_SCHEDULE)
+        .arg(serde_json::Value::Array(json).to_string())
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want: Vec<Vec<f64>> = serde_json::from_slice(&out.stdout).expect("json");
+    for (((warmup, decay, peak, decay_lr), run, at), want) in cases.iter().zip(&want) {
+        let schedule = CosineDecayWithWarmup::for_run(*peak, *decay_lr, *warmup, *decay, *run);
+        for (&step, &lr) in at.iter().zip(want) {
+            let got = schedule.lr(step);
+            assert!(
+                (got - lr).abs() <= 1e-15 * peak,
+                "warmup {warmup} decay {decay} run {run} step {step}: toprl {got}, LeRobot {lr}"
+            );
+        }
+    }
+    // SmolVLA's preset read from the checkpoint config is the same schedule.
+    assert_eq!(
+        CosineDecayWithWarmup::from_config(&cfg, None, 20),
+        CosineDecayWithWarmup::for_run(1e-4, 2.5e-6, 1000, 30_000, 20)
+    );
+}

@@ -14,29 +14,118 @@
 //!    sources), weights `min(exp(A / beta), max_weight)`;
 //! 5. `awr.policy_steps` weighted-BC steps on the buffer, then evaluation and a checkpoint.
 //!
+//! The algorithm is the same for every policy kind: it sees the arm through [`AwrLearner`], which the
+//! native policies' [`Run`] and SmolVLA's [`crate::smolvla_arm::SmolVlaRun`] implement.
+//!
 //! A resumed run restarts at the first unfinished iteration: the policy and value checkpoints are those
 //! of the last finished one, and the rollouts are regenerated from their seeds, so nothing but the
 //! checkpoints needs saving.
 
+use std::path::Path;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use toprl_envs::episode::Episode;
-use toprl_envs::sim::{RolloutOptions, So101Env};
+use toprl_envs::sim::{Rollout, RolloutOptions, SimConfig, So101Env};
 use toprl_policies::value::ValueConfig;
-use toprl_policies::{Normalizer, TrainConfig, ValueBatch, ValueTrainer, awr_weights};
+use toprl_policies::{Normalizer, PolicyError, TrainConfig, ValueBatch, ValueTrainer, awr_weights};
 use toprl_rewards::score::EpisodeScore;
 
 use crate::arm_weights::{LabelError, oracle_progress, prefix_values_per_frame, scores_for};
-use crate::config::RewardSource;
-use crate::driver::policy_rollout;
+use crate::config::{ExperimentConfig, RewardSource};
+use crate::driver::{DriveError, policy_rollout};
 use crate::experiment::{
-    AwrInputs, ExperimentError, Run, Samples, awr_seed, camera_keys, drive_err, policy_err, score_with,
+    AwrInputs, ExperimentError, Run, RunOptions, RunProgress, Samples, awr_seed, camera_keys, drive_err,
+    policy_err, score_with,
 };
+use crate::tensorboard::EventWriter;
 
 type Result<T> = std::result::Result<T, ExperimentError>;
 
 /// Directory of the value-function checkpoint inside the run's checkpoint directory.
 pub const VALUE_DIR: &str = "value";
+
+/// Files a learner adds to its checkpoint folder before it is renamed into place.
+pub(crate) type ExtraFiles<'a> = dyn Fn(&Path) -> std::result::Result<(), PolicyError> + 'a;
+
+/// One arm x seed in training, as AWR sees it whatever the policy: it can be rolled out, take a
+/// weighted step on a buffer of frames, and be evaluated and checkpointed with its progress.
+pub(crate) trait AwrLearner<'c> {
+    fn config(&self) -> &'c ExperimentConfig;
+    fn sim(&self) -> &'c SimConfig;
+    fn opts(&self) -> &'c RunOptions;
+    fn arm(&self) -> &str;
+    fn seed(&self) -> u64;
+    /// The run's folder (`runs/<arm>/seed-<s>`), holding `checkpoint/`.
+    fn dir(&self) -> &Path;
+    fn progress(&mut self) -> &mut RunProgress;
+    fn tb(&mut self) -> &mut EventWriter;
+    /// The state statistics the value baseline normalises with.
+    fn state_normalizer(&self) -> Result<Normalizer>;
+    /// One episode of the current policy from scene `seed`, each action chunk offset as
+    /// [`crate::driver::ChunkDriver::with_exploration`] does when `exploration` is given.
+    fn rollout(
+        &mut self,
+        env: &mut So101Env,
+        seed: u64,
+        opts: RolloutOptions,
+        exploration: Option<(f32, u64)>,
+    ) -> std::result::Result<Rollout, DriveError>;
+    /// A new buffer starts: its first `demos` episodes are the demonstrations, the rest new rollouts.
+    fn new_buffer(&mut self, _demos: usize) {}
+    /// One weighted-BC step on a mini-batch of `data` (per-frame `weights`); returns the loss.
+    fn train_step(&mut self, data: &Samples<'_>, weights: &[Vec<f32>]) -> Result<f32>;
+    /// Evaluate, log, and checkpoint with `extra` files inside; returns the evaluation success rate.
+    fn evaluate_and_save(&mut self, extra: &ExtraFiles<'_>) -> Result<f64>;
+}
+
+impl<'c> AwrLearner<'c> for Run<'c> {
+    fn config(&self) -> &'c ExperimentConfig {
+        self.config
+    }
+    fn sim(&self) -> &'c SimConfig {
+        self.sim
+    }
+    fn opts(&self) -> &'c RunOptions {
+        self.opts
+    }
+    fn arm(&self) -> &str {
+        &self.arm
+    }
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+    fn progress(&mut self) -> &mut RunProgress {
+        &mut self.progress
+    }
+    fn tb(&mut self) -> &mut EventWriter {
+        &mut self.tb
+    }
+    fn state_normalizer(&self) -> Result<Normalizer> {
+        Ok(self.trainer.normalizer().clone())
+    }
+    fn rollout(
+        &mut self,
+        env: &mut So101Env,
+        seed: u64,
+        opts: RolloutOptions,
+        exploration: Option<(f32, u64)>,
+    ) -> std::result::Result<Rollout, DriveError> {
+        let mut policy = self.trainer.policy();
+        policy.set_seed(seed);
+        let cameras = camera_keys(&self.config.task.cameras);
+        policy_rollout(env, &mut policy, &cameras, seed, opts, exploration)
+    }
+    fn train_step(&mut self, data: &Samples<'_>, weights: &[Vec<f32>]) -> Result<f32> {
+        Run::train_step(self, data, weights)
+    }
+    fn evaluate_and_save(&mut self, extra: &ExtraFiles<'_>) -> Result<f64> {
+        Ok(Run::evaluate_and_save(self, extra)?.success)
+    }
+}
 
 /// Per-frame reward signal of each episode under `source` (see the module docs); `scores` are the
 /// TOPReward scores with their sampling strides, one per episode, for `topreward`.
@@ -93,28 +182,30 @@ fn standardise(values: &[f64]) -> Vec<f32> {
 }
 
 /// The AWR iterations of one arm x seed, after its BC warm start.
-pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Result<()> {
+pub(crate) fn improve<'c>(run: &mut impl AwrLearner<'c>, inputs: AwrInputs<'_, '_, '_>) -> Result<()> {
     let AwrInputs {
         demos,
         demo_signal,
         reward,
         mut scorer,
     } = inputs;
-    let cfg = run.config.awr.clone();
+    let config = run.config();
+    let cfg = config.awr.clone();
     let mut value = value_trainer(run)?;
-    let mut env = So101Env::new(run.sim.clone()).map_err(|source| ExperimentError::Sim {
+    let mut env = So101Env::new(run.sim().clone()).map_err(|source| ExperimentError::Sim {
         what: "AWR rollout env".into(),
         source,
     })?;
-    let cameras = run.config.task.cameras.clone();
-    let features = crate::experiment::state_features(run.config);
-    let bar = crate::experiment::bar(run.opts, u64::from(cfg.iterations), "AWR iterations");
-    bar.set_message(format!("{} seed {} AWR", run.arm, run.seed));
-    bar.set_position(u64::from(run.progress.awr_iterations));
+    let cameras = config.task.cameras.clone();
+    let features = crate::experiment::state_features(config);
+    let bar = crate::experiment::bar(run.opts(), u64::from(cfg.iterations), "AWR iterations");
+    bar.set_message(format!("{} seed {} AWR", run.arm(), run.seed()));
+    bar.set_position(u64::from(run.progress().awr_iterations));
 
-    while run.progress.awr_iterations < cfg.iterations {
-        let iteration = run.progress.awr_iterations;
-        let _span = tracing::info_span!("awr", arm = run.arm, seed = run.seed, iteration).entered();
+    while run.progress().awr_iterations < cfg.iterations {
+        let iteration = run.progress().awr_iterations;
+        let seed = run.seed();
+        let _span = tracing::info_span!("awr", arm = run.arm(), seed, iteration).entered();
 
         // 1. Roll out the current policy.
         let rollouts = collect_rollouts(run, &mut env, iteration)?;
@@ -129,18 +220,19 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
         };
         let rollout_signal =
             reward_signal(reward, &rollouts, scores.as_deref()).map_err(|source| ExperimentError::Label {
-                arm: run.arm.clone(),
+                arm: run.arm().to_string(),
                 source,
             })?;
 
         // 3. The buffer (demonstrations + this iteration's rollouts) and its discounted returns.
         let buffer: Vec<Episode> = demos.iter().cloned().chain(rollouts).collect();
+        run.new_buffer(demos.len());
         let returns: Vec<Vec<f64>> = demo_signal
             .iter()
             .chain(&rollout_signal)
             .map(|s| discounted_returns(s, cfg.gamma))
             .collect();
-        let samples = Samples::new(&buffer, &cameras, &features, run.config.policy.chunk)?;
+        let samples = Samples::new(&buffer, &cameras, &features, config.policy.chunk)?;
         let states = samples.all_states()?;
         let index = samples.positions();
         let targets: Vec<f32> = index.iter().map(|&(e, t)| returns[e][t] as f32).collect();
@@ -155,8 +247,8 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
         };
         let mut value_loss = 0.0;
         for k in 0..value_steps {
-            let mut rng = ChaCha8Rng::seed_from_u64(awr_seed(run.seed, iteration, 0) ^ (u64::from(k) << 24));
-            let picks: Vec<usize> = (0..run.config.train.batch_size)
+            let mut rng = ChaCha8Rng::seed_from_u64(awr_seed(seed, iteration, 0) ^ (u64::from(k) << 24));
+            let picks: Vec<usize> = (0..config.train.batch_size)
                 .map(|_| rng.random_range(0..index.len()))
                 .collect();
             let batch_states: Vec<f32> = picks
@@ -194,16 +286,15 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
         for _ in 0..cfg.policy_steps {
             loss = run.train_step(&samples, &weights)?;
         }
-        let step = u64::from(run.progress.step);
+        let step = u64::from(run.progress().step);
         let mean_w = flat_weights.iter().sum::<f32>() / flat_weights.len().max(1) as f32;
-        run.tb
-            .scalar("awr/rollout_success", step, rollout_success as f32)?;
-        run.tb.scalar("awr/value_loss", step, value_loss)?;
-        run.tb.scalar("awr/policy_loss", step, loss)?;
-        run.tb.scalar("awr/weight_mean", step, mean_w)?;
-        run.progress.awr_iterations += 1;
-        let eval = run.evaluate_and_save(|checkpoint| value.save(checkpoint.join(VALUE_DIR)))?;
-        let eval_success = eval.success;
+        let tb = run.tb();
+        tb.scalar("awr/rollout_success", step, rollout_success as f32)?;
+        tb.scalar("awr/value_loss", step, value_loss)?;
+        tb.scalar("awr/policy_loss", step, loss)?;
+        tb.scalar("awr/weight_mean", step, mean_w)?;
+        run.progress().awr_iterations += 1;
+        let eval_success = run.evaluate_and_save(&|checkpoint| value.save(checkpoint.join(VALUE_DIR)))?;
         bar.suspend(|| tracing::info!(rollout_success, eval_success, value_loss, "AWR iteration done"));
         bar.inc(1);
     }
@@ -212,40 +303,42 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
 }
 
 /// The value baseline: continued from the run's value checkpoint when resuming an AWR run, else fresh,
-/// normalising states with the policy's statistics.
-fn value_trainer(run: &Run<'_>) -> Result<ValueTrainer> {
+/// normalising states with the learner's statistics.
+fn value_trainer<'c>(run: &mut impl AwrLearner<'c>) -> Result<ValueTrainer> {
     let train = TrainConfig {
-        lr: run.config.train.lr,
-        seed: run.seed.wrapping_add(0x7661_6c75),
+        lr: run.config().train.lr,
+        seed: run.seed().wrapping_add(0x7661_6c75),
         ..TrainConfig::default()
     };
     let device = toprl_policies::cpu_device();
-    let dir = run.dir.join("checkpoint").join(VALUE_DIR);
-    if run.progress.awr_iterations > 0 {
+    let dir = run.dir().join("checkpoint").join(VALUE_DIR);
+    if run.progress().awr_iterations > 0 {
         return ValueTrainer::from_checkpoint(&dir, train, &device)
             .map_err(policy_err(format!("resuming {}", dir.display())));
     }
-    let norm: &Normalizer = run.trainer.normalizer();
+    let norm = run.state_normalizer()?;
     let config = ValueConfig::new(norm.state_dim());
-    ValueTrainer::new(config, norm, train, &device).map_err(policy_err("building the value function"))
+    ValueTrainer::new(config, &norm, train, &device).map_err(policy_err("building the value function"))
 }
 
 /// `awr.rollouts` episodes of the current policy with exploration noise, seeded by (seed, iteration).
-fn collect_rollouts(run: &Run<'_>, env: &mut So101Env, iteration: u32) -> Result<Vec<Episode>> {
-    let cfg = &run.config.awr;
-    let camera_keys = camera_keys(&run.config.task.cameras);
-    let keep_frames = !run.sim.cameras.is_empty();
-    let mut policy = run.trainer.policy();
+fn collect_rollouts<'c>(
+    run: &mut impl AwrLearner<'c>,
+    env: &mut So101Env,
+    iteration: u32,
+) -> Result<Vec<Episode>> {
+    let cfg = &run.config().awr;
+    let keep_frames = !run.sim().cameras.is_empty();
     let mut episodes = Vec::with_capacity(cfg.rollouts as usize);
     for i in 0..cfg.rollouts as usize {
-        let scene = awr_seed(run.seed, iteration, i);
-        policy.set_seed(scene);
+        let scene = awr_seed(run.seed(), iteration, i);
         let opts = RolloutOptions {
             keep_frames,
             index: i,
         };
         let exploration = Some((cfg.action_noise as f32, scene ^ 0x6e6f_6973_6500));
-        let r = policy_rollout(env, &mut policy, &camera_keys, scene, opts, exploration)
+        let r = run
+            .rollout(env, scene, opts, exploration)
             .map_err(drive_err(format!("AWR iteration {iteration} rollout {i}")))?;
         episodes.push(r.episode);
     }

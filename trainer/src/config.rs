@@ -159,6 +159,16 @@ pub struct PolicyConfig {
     /// `observation.images.<camera>`.
     #[serde(default)]
     pub camera_features: Option<std::collections::BTreeMap<String, String>>,
+    /// `smolvla` only: LeRobot's learning-rate schedule (`CosineDecayWithWarmupSchedulerConfig`, peak
+    /// `train.lr`), scaled to the arm's steps when it is shorter than the decay as LeRobot does.
+    /// Default: the checkpoint's `scheduler_warmup_steps`, `scheduler_decay_steps`, `scheduler_decay_lr`
+    /// (SmolVLA's: 1000, 30000, 2.5e-6).
+    #[serde(default)]
+    pub scheduler_warmup_steps: Option<usize>,
+    #[serde(default)]
+    pub scheduler_decay_steps: Option<usize>,
+    #[serde(default)]
+    pub scheduler_decay_lr: Option<f64>,
 }
 
 fn default_chunk() -> usize {

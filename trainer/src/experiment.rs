@@ -268,7 +268,7 @@ pub fn run(
                 };
                 let mut result = match &smolvla {
                     Some(pretrained) => crate::smolvla_arm::train_one(
-                        config, &sim, &episodes, &weights, arm, seed, opts, pretrained,
+                        config, &sim, &data, &weights, arm, seed, opts, pretrained, awr_inputs,
                     )?,
                     None => train_one(config, &sim, &data, &weights, arm, seed, opts, awr_inputs)?,
                 };
@@ -428,7 +428,7 @@ pub(crate) fn total_policy_steps(config: &ExperimentConfig, arm: &ArmConfig) -> 
 }
 
 /// The run's progress, saved inside its checkpoint directory.
-const PROGRESS_FILE: &str = "progress.json";
+pub(crate) const PROGRESS_FILE: &str = "progress.json";
 
 pub(crate) fn run_dir(out: &Path, arm: &str, seed: u64) -> PathBuf {
     out.join("runs").join(arm).join(format!("seed-{seed}"))
@@ -640,7 +640,12 @@ impl<'a> Samples<'a> {
         &self.index
     }
 
-    fn normalizer(&self) -> Result<Normalizer> {
+    /// The episodes the samples are drawn from.
+    pub(crate) fn episodes(&self) -> &'a [Episode] {
+        self.episodes
+    }
+
+    pub(crate) fn normalizer(&self) -> Result<Normalizer> {
         let states = self.all_states()?;
         let dim = states.len() / self.index.len();
         let actions: Vec<f32> = self
@@ -1021,7 +1026,12 @@ impl<'c> Run<'c> {
 
 /// A saved progress must lie within what the config asks for: a step or AWR iteration past the end
 /// (a file from another run, or edited) would be reported as a finished run that never happened.
-fn check_progress(config: &ExperimentConfig, arm: &str, progress: &RunProgress, path: &Path) -> Result<()> {
+pub(crate) fn check_progress(
+    config: &ExperimentConfig,
+    arm: &str,
+    progress: &RunProgress,
+    path: &Path,
+) -> Result<()> {
     let awr = config
         .arms
         .iter()

@@ -1,9 +1,13 @@
 //! `[policy] kind = "smolvla"`: an arm fine-tunes LeRobot's SmolVLA (`pretrained`, a folder or a hub
-//! id) with reward-aligned BC. Each step is LeRobot's flow-matching training step with the arm's
-//! per-frame weights multiplying the per-sample loss ([`SmolVlaFinetuner`]); the normalisation
-//! statistics are replaced by the demonstrations' before the first step (as LeRobot does when
-//! fine-tuning on a new dataset); evaluation runs the policy in the simulator through the [`Policy`]
-//! wrapper; checkpoints are LeRobot folders (`runs/<arm>/seed-<s>/checkpoint/`) that LeRobot loads.
+//! id) with reward-aligned BC and, for `algorithm = "awr"`, online AWR ([`crate::awr`], through
+//! [`SmolVlaRun`]'s [`AwrLearner`]). Each step is LeRobot's flow-matching training step with the arm's
+//! per-frame weights multiplying the per-sample loss ([`SmolVlaFinetuner`]), at LeRobot's
+//! cosine-decay-with-warmup learning rate scaled to the arm's steps ([`CosineDecayWithWarmup`]); the
+//! normalisation statistics are replaced by the demonstrations' before the first step (as LeRobot does
+//! when fine-tuning on a new dataset); evaluation runs the policy in the simulator through the
+//! [`Policy`] wrapper; checkpoints are LeRobot folders (`runs/<arm>/seed-<s>/checkpoint/`) that LeRobot
+//! loads, with `progress.json`, `training_state/` (AdamW moments, noise stream) and for AWR `value/`
+//! inside, so `--resume` continues an arm where it stopped.
 //!
 //! Everything the model needs is located by [`prepare`] before any work: a missing folder, or a hub id
 //! that is neither cached nor downloadable (`HF_HUB_OFFLINE=1` never touches the network), is an error
@@ -19,15 +23,20 @@ use serde_json::Value;
 use toprl_envs::episode::Episode;
 use toprl_envs::sim::{ActionSource, Rollout, RolloutOptions, SimConfig, So101Env, rollout};
 use toprl_policies::smolvla::SmolVlaPolicy;
-use toprl_policies::smolvla::finetune::{SmolVlaFinetuner, TrainSample};
+use toprl_policies::smolvla::finetune::{SmolVlaFinetuner, TRAINING_STATE_DIR, TrainSample};
 use toprl_policies::smolvla::lerobot::Stats;
 use toprl_policies::smolvla::processor::{ChwImage, RawSample};
+use toprl_policies::smolvla::train::CosineDecayWithWarmup;
 use toprl_policies::smolvla::{ContextCache, SmolVlaConfig};
-use toprl_policies::{Observation, Policy, PolicyError};
+use toprl_policies::{Normalizer, Observation, Policy, PolicyError};
 
+use crate::awr::{AwrLearner, ExtraFiles};
 use crate::config::{Algorithm, ArmConfig, ExperimentConfig};
 use crate::driver::{ChunkDriver, DriveError, STATE_FEATURE, camera_key};
-use crate::experiment::{ExperimentError, bar, drive_err, eval_seed, policy_err, run_dir, sim_err};
+use crate::experiment::{
+    AwrInputs, ExperimentError, PROGRESS_FILE, RunOptions, RunProgress, Samples, TASK_FILE, bar,
+    check_progress, drive_err, eval_seed, policy_err, run_dir, sim_err,
+};
 use crate::results::SeedResult;
 use crate::tensorboard::EventWriter;
 
@@ -50,6 +59,12 @@ pub(crate) fn validate_fields(config: &ExperimentConfig) -> std::result::Result<
             ("policy.train_expert_only", p.train_expert_only.is_some()),
             ("policy.train_state_proj", p.train_state_proj.is_some()),
             ("policy.camera_features", p.camera_features.is_some()),
+            (
+                "policy.scheduler_warmup_steps",
+                p.scheduler_warmup_steps.is_some(),
+            ),
+            ("policy.scheduler_decay_steps", p.scheduler_decay_steps.is_some()),
+            ("policy.scheduler_decay_lr", p.scheduler_decay_lr.is_some()),
         ];
         if let Some((field, _)) = set.iter().find(|(_, s)| *s) {
             return Err((field, format!("only used with kind = \"{KIND}\"")));
@@ -91,13 +106,27 @@ pub(crate) fn validate_fields(config: &ExperimentConfig) -> std::result::Result<
     if let Some((field, _, why)) = refused.iter().find(|(_, set, _)| *set) {
         return Err((field, format!("not available with kind = \"{KIND}\": {why}")));
     }
-    if let Some(arm) = config.arms.iter().find(|a| a.algorithm == Algorithm::Awr) {
+    let t = &config.train;
+    let schedule = "SmolVLA trains with LeRobot's cosine-decay-with-warmup schedule; set \
+                    policy.scheduler_warmup_steps, scheduler_decay_steps or scheduler_decay_lr instead";
+    for (field, set) in [
+        ("train.warmup_steps", t.warmup_steps != 0),
+        ("train.cosine", t.cosine),
+        ("train.min_lr", t.min_lr != 0.0),
+    ] {
+        if set {
+            return Err((field, format!("not used with kind = \"{KIND}\": {schedule}")));
+        }
+    }
+    if p.scheduler_decay_steps == Some(0) {
+        return Err(("policy.scheduler_decay_steps", "expected at least 1".into()));
+    }
+    if let Some(lr) = p.scheduler_decay_lr
+        && !(lr.is_finite() && lr >= 0.0 && lr <= t.lr)
+    {
         return Err((
-            "arms.algorithm",
-            format!(
-                "arm `{}`: algorithm = \"awr\" is not implemented for kind = \"{KIND}\" yet; use \"bc\"",
-                arm.name
-            ),
+            "policy.scheduler_decay_lr",
+            format!("expected a number in [0, train.lr = {}], got {lr}", t.lr),
         ));
     }
     Ok(())
@@ -382,6 +411,19 @@ pub fn smolvla_rollout(
     seed: u64,
     opts: RolloutOptions,
 ) -> std::result::Result<Rollout, DriveError> {
+    smolvla_rollout_exploring(env, policy, cameras, seed, opts, None)
+}
+
+/// [`smolvla_rollout`] with each chunk offset by `exploration = Some((std, seed))` as
+/// [`ChunkDriver::with_exploration`] does (AWR's rollouts).
+pub fn smolvla_rollout_exploring(
+    env: &mut So101Env,
+    policy: &mut SmolVlaPolicy,
+    cameras: &CameraMap,
+    seed: u64,
+    opts: RolloutOptions,
+    exploration: Option<(f32, u64)>,
+) -> std::result::Result<Rollout, DriveError> {
     policy.set_seed(seed);
     let mut renamed = RenamedCameras { policy, cameras };
     let mut driver = ChunkDriver::new(
@@ -389,6 +431,9 @@ pub fn smolvla_rollout(
         cameras.keys().cloned().collect(),
         vec![STATE_FEATURE.to_string()],
     );
+    if let Some((std, noise_seed)) = exploration {
+        driver = driver.with_exploration(std, noise_seed);
+    }
     let mut act = |obs: &toprl_envs::sim::SimObservation, instruction: &str| driver.act(obs, instruction);
     let r = rollout(env, ActionSource::Policy(&mut act), seed, opts)?;
     match driver.error.take() {
@@ -421,128 +466,323 @@ fn evaluate(
     Ok((successes as f64 / n, total / n))
 }
 
-/// Fine-tune the checkpoint in `pretrained` for one arm and seed: `train.steps` weighted flow-matching
-/// steps on frames drawn uniformly (the batch of step k depends only on (seed, k)), evaluating and
-/// writing the LeRobot checkpoint every `eval_every` steps and at the end. An interrupted run restarts.
+/// One SmolVLA arm x seed in training: the fine-tuner, LeRobot's learning-rate schedule, the frozen-VLM
+/// context cache, and what the run has done (the same [`RunProgress`] the native arms keep).
+pub(crate) struct SmolVlaRun<'c> {
+    config: &'c ExperimentConfig,
+    sim: &'c SimConfig,
+    opts: &'c RunOptions,
+    arm: String,
+    seed: u64,
+    dir: PathBuf,
+    tuner: SmolVlaFinetuner,
+    schedule: CosineDecayWithWarmup,
+    cameras: CameraMap,
+    /// Encoded image + language context per frame key `(episode << 32) | frame` (frozen VLM only).
+    cache: Option<HashMap<u64, ContextCache>>,
+    /// State statistics of the demonstrations, for the AWR value baseline.
+    state_norm: Normalizer,
+    progress: RunProgress,
+    tb: EventWriter,
+    last_eval: Option<(f64, f64)>,
+    clock: Instant,
+}
+
+impl<'c> SmolVlaRun<'c> {
+    /// Load `pretrained` for `arm` (or, resuming, the arm's checkpoint), apply the experiment's freezing and schedule options (saved into
+    /// the checkpoint's config as LeRobot's CLI would) and replace the normalisation statistics with
+    /// the demonstrations'.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        config: &'c ExperimentConfig,
+        sim: &'c SimConfig,
+        data: &Samples<'_>,
+        arm: &ArmConfig,
+        seed: u64,
+        opts: &'c RunOptions,
+        pretrained: &Path,
+    ) -> Result<Self> {
+        let device = toprl_policies::cpu_device();
+        let dir = run_dir(&opts.out, &arm.name, seed);
+        let checkpoint = dir.join("checkpoint");
+        let progress_path = checkpoint.join(PROGRESS_FILE);
+        // `--resume` continues from the arm's last checkpoint (weights, AdamW moments, noise stream,
+        // progress); otherwise, or before its first checkpoint, it starts from `pretrained`.
+        let resuming = opts.resume && progress_path.is_file() && checkpoint.join(TRAINING_STATE_DIR).is_dir();
+        let (mut tuner, progress) = if resuming {
+            let bytes = std::fs::read(&progress_path).map_err(|source| ExperimentError::Io {
+                what: format!("reading {}", progress_path.display()),
+                source,
+            })?;
+            let progress: RunProgress = serde_json::from_slice(&bytes)
+                .map_err(|e| ExperimentError::Invalid(format!("{}: {e}", progress_path.display())))?;
+            check_progress(config, &arm.name, &progress, &progress_path)?;
+            tracing::info!(
+                arm = arm.name,
+                seed,
+                step = progress.step,
+                "resuming from checkpoint"
+            );
+            let tuner = SmolVlaFinetuner::resume(&checkpoint, config.train.lr, seed, &device)
+                .map_err(policy_err(format!("resuming {}", checkpoint.display())))?;
+            (tuner, progress)
+        } else {
+            let tuner = SmolVlaFinetuner::load(pretrained, config.train.lr, seed, &device).map_err(
+                policy_err(format!("loading policy.pretrained {}", pretrained.display())),
+            )?;
+            (tuner, RunProgress::default())
+        };
+        // LeRobot's freezing and schedule options: the config's where given, else the checkpoint's.
+        let p = &config.policy;
+        let cfg = &mut tuner.policy.model_config;
+        for (key, value, slot) in [
+            (
+                "freeze_vision_encoder",
+                p.freeze_vision_encoder,
+                &mut cfg.freeze_vision_encoder,
+            ),
+            (
+                "train_expert_only",
+                p.train_expert_only,
+                &mut cfg.train_expert_only,
+            ),
+            ("train_state_proj", p.train_state_proj, &mut cfg.train_state_proj),
+        ] {
+            if let Some(v) = value {
+                *slot = v;
+                tuner.policy.folder.config.set_raw(key, Value::Bool(v));
+            }
+        }
+        for (key, value, slot) in [
+            (
+                "scheduler_warmup_steps",
+                p.scheduler_warmup_steps,
+                &mut cfg.scheduler_warmup_steps,
+            ),
+            (
+                "scheduler_decay_steps",
+                p.scheduler_decay_steps,
+                &mut cfg.scheduler_decay_steps,
+            ),
+        ] {
+            if let Some(v) = value {
+                *slot = v;
+                tuner.policy.folder.config.set_raw(key, Value::from(v));
+            }
+        }
+        if let Some(v) = p.scheduler_decay_lr {
+            cfg.scheduler_decay_lr = v;
+            tuner
+                .policy
+                .folder
+                .config
+                .set_raw("scheduler_decay_lr", Value::from(v));
+        }
+        // The experiment's lr is the peak (LeRobot's optimizer_lr), recorded with the folder.
+        cfg.optimizer_lr = config.train.lr;
+        tuner
+            .policy
+            .folder
+            .config
+            .set_raw("optimizer_lr", Value::from(config.train.lr));
+        let cfg = tuner.policy.model_config.clone();
+        tuner.policy.model = tuner.policy.model.clone().with_lerobot_trainability(&cfg);
+        tuner.replace_stats(&data_stats(data.episodes()));
+        // LeRobot scales the schedule to the run's optimiser steps (BC plus AWR).
+        let total = crate::experiment::total_policy_steps(config, arm);
+        let schedule = CosineDecayWithWarmup::from_config(&cfg, None, total as usize);
+        let tb = EventWriter::create(
+            &opts
+                .out
+                .join("tensorboard")
+                .join(&arm.name)
+                .join(format!("seed-{seed}")),
+        )?;
+        Ok(Self {
+            config,
+            sim,
+            opts,
+            arm: arm.name.clone(),
+            seed,
+            dir,
+            tuner,
+            schedule,
+            cameras: camera_map(config),
+            // With the VLM frozen a frame's image + language context never changes: encode it once
+            // and train the state token and the expert only (`step_cached`).
+            cache: cfg.train_expert_only.then(HashMap::new),
+            state_norm: data.normalizer()?,
+            progress,
+            tb,
+            last_eval: None,
+            clock: Instant::now(),
+        })
+    }
+}
+
+impl<'c> AwrLearner<'c> for SmolVlaRun<'c> {
+    fn config(&self) -> &'c ExperimentConfig {
+        self.config
+    }
+    fn sim(&self) -> &'c SimConfig {
+        self.sim
+    }
+    fn opts(&self) -> &'c RunOptions {
+        self.opts
+    }
+    fn arm(&self) -> &str {
+        &self.arm
+    }
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+    fn progress(&mut self) -> &mut RunProgress {
+        &mut self.progress
+    }
+    fn tb(&mut self) -> &mut EventWriter {
+        &mut self.tb
+    }
+    fn state_normalizer(&self) -> Result<Normalizer> {
+        Ok(self.state_norm.clone())
+    }
+
+    fn rollout(
+        &mut self,
+        env: &mut So101Env,
+        seed: u64,
+        opts: RolloutOptions,
+        exploration: Option<(f32, u64)>,
+    ) -> std::result::Result<Rollout, DriveError> {
+        smolvla_rollout_exploring(
+            env,
+            &mut self.tuner.policy,
+            &self.cameras,
+            seed,
+            opts,
+            exploration,
+        )
+    }
+
+    /// Rollout frames are new: their cached contexts go (the demonstrations' stay, same keys).
+    fn new_buffer(&mut self, demos: usize) {
+        if let Some(cache) = &mut self.cache {
+            cache.retain(|key, _| (key >> 32) < demos as u64);
+        }
+    }
+
+    /// One weighted flow-matching step (`E[w * loss]`) on frames drawn uniformly from `data` (the batch
+    /// of step k depends only on (seed, k)) at LeRobot's scheduled learning rate.
+    fn train_step(&mut self, data: &Samples<'_>, weights: &[Vec<f32>]) -> Result<f32> {
+        let step = self.progress.step;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (u64::from(step) << 20) ^ 0x736d_6f6c_7600_0000);
+        let (positions, episodes) = (data.positions(), data.episodes());
+        let size = self.config.train.batch_size;
+        let chunk = self.tuner.policy.chunk_size();
+        let (mut samples, mut w, mut keys) = (
+            Vec::with_capacity(size),
+            Vec::with_capacity(size),
+            Vec::with_capacity(size),
+        );
+        for _ in 0..size {
+            let (e, t) = positions[rng.random_range(0..positions.len())];
+            samples.push(train_sample(&episodes[e], t, &self.cameras, chunk)?);
+            w.push(weights[e][t]);
+            keys.push(((e as u64) << 32) | t as u64);
+        }
+        let lr = self.schedule.lr(step as usize);
+        self.tuner.lr = lr;
+        let loss = match &mut self.cache {
+            Some(cache) => {
+                let loss = self.tuner.step_cached(&samples, &w, &keys, cache);
+                let held: usize = cache.values().map(ContextCache::bytes).sum();
+                if held > CONTEXT_CACHE_BYTES {
+                    cache.clear();
+                }
+                loss
+            }
+            None => self.tuner.step(&samples, &w),
+        }
+        .map_err(policy_err(format!("training step {step}")))?;
+        self.progress.step += 1;
+        if step.is_multiple_of(10) {
+            self.tb.scalar("train/loss", u64::from(step), loss)?;
+            let mean_w = w.iter().sum::<f32>() / w.len() as f32;
+            self.tb.scalar("train/weight_mean", u64::from(step), mean_w)?;
+            self.tb.scalar("train/lr", u64::from(step), lr as f32)?;
+        }
+        Ok(loss)
+    }
+
+    /// Evaluate in simulation and write the LeRobot checkpoint with `progress.json`, `task.json` and
+    /// `extra` inside, as one folder renamed into place.
+    fn evaluate_and_save(&mut self, extra: &ExtraFiles<'_>) -> Result<f64> {
+        let (success, mean_return) = evaluate(&mut self.tuner.policy, self.sim, self.config, self.seed)?;
+        let done = u64::from(self.progress.step);
+        self.tb.scalar("eval/success", done, success as f32)?;
+        self.tb.scalar("eval/return", done, mean_return as f32)?;
+        self.tb.flush()?;
+        self.progress.curve.push((self.progress.step, success));
+        self.progress.wall_time_s += self.clock.elapsed().as_secs_f64();
+        self.clock = Instant::now();
+        let progress =
+            serde_json::to_vec_pretty(&self.progress).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
+        let task = serde_json::json!({ "task": self.config.task.name }).to_string();
+        let checkpoint = self.dir.join("checkpoint");
+        self.tuner
+            .save_training(&checkpoint, |tmp| {
+                for (file, bytes) in [(PROGRESS_FILE, progress.as_slice()), (TASK_FILE, task.as_bytes())] {
+                    let path = tmp.join(file);
+                    std::fs::write(&path, bytes).map_err(|source| PolicyError::Io { path, source })?;
+                }
+                extra(tmp)
+            })
+            .map_err(policy_err(format!("saving {}", checkpoint.display())))?;
+        self.last_eval = Some((success, mean_return));
+        Ok(success)
+    }
+}
+
+/// Fine-tune the checkpoint in `pretrained` for one arm and seed: the arm's BC steps (weighted
+/// flow-matching, LeRobot's schedule), evaluating and writing the LeRobot checkpoint every `eval_every`
+/// steps and at the end, then for `algorithm = "awr"` the online AWR iterations ([`crate::awr`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn train_one(
     config: &ExperimentConfig,
     sim: &SimConfig,
-    episodes: &[Episode],
+    data: &Samples<'_>,
     weights: &[Vec<f32>],
     arm: &ArmConfig,
     seed: u64,
-    opts: &crate::experiment::RunOptions,
+    opts: &RunOptions,
     pretrained: &Path,
+    awr_inputs: Option<AwrInputs<'_, '_, '_>>,
 ) -> Result<SeedResult> {
-    let clock = Instant::now();
-    let device = toprl_policies::cpu_device();
-    let mut tuner = SmolVlaFinetuner::load(pretrained, config.train.lr, seed, &device).map_err(
-        policy_err(format!("loading policy.pretrained {}", pretrained.display())),
-    )?;
-    // LeRobot's freezing options: the config's where given, else the checkpoint's.
-    let p = &config.policy;
-    let cfg = &mut tuner.policy.model_config;
-    for (key, value, slot) in [
-        (
-            "freeze_vision_encoder",
-            p.freeze_vision_encoder,
-            &mut cfg.freeze_vision_encoder,
-        ),
-        (
-            "train_expert_only",
-            p.train_expert_only,
-            &mut cfg.train_expert_only,
-        ),
-        ("train_state_proj", p.train_state_proj, &mut cfg.train_state_proj),
-    ] {
-        if let Some(v) = value {
-            *slot = v;
-            tuner.policy.folder.config.set_raw(key, Value::Bool(v));
-        }
-    }
-    let cfg = tuner.policy.model_config.clone();
-    tuner.policy.model = tuner.policy.model.clone().with_lerobot_trainability(&cfg);
-    tuner.replace_stats(&data_stats(episodes));
-
-    let cameras = camera_map(config);
-    let chunk = tuner.policy.chunk_size();
-    let frames: Vec<(usize, usize)> = episodes
-        .iter()
-        .enumerate()
-        .flat_map(|(e, ep)| (0..ep.len()).map(move |t| (e, t)))
-        .collect();
-    if frames.is_empty() {
-        return Err(ExperimentError::Invalid(
-            "no demonstration frames to train on".into(),
-        ));
-    }
-    // With the VLM frozen a frame's image + language context never changes: encode it once and train
-    // the state token and the expert only (`step_cached`); the cache is emptied when it outgrows
-    // CONTEXT_CACHE_BYTES.
-    let use_cache = cfg.train_expert_only;
-    let mut cache = HashMap::new();
-    let dir = run_dir(&opts.out, &arm.name, seed);
-    let mut tb = EventWriter::create(
-        &opts
-            .out
-            .join("tensorboard")
-            .join(&arm.name)
-            .join(format!("seed-{seed}")),
-    )?;
-    let steps = config.train.steps;
+    let mut run = SmolVlaRun::start(config, sim, data, arm, seed, opts, pretrained)?;
+    let steps = arm.steps.unwrap_or(config.train.steps);
     let progress = bar(opts, u64::from(steps), "training");
     progress.set_message(format!("{} seed {seed}", arm.name));
-    let mut curve = Vec::new();
-    let mut last = None;
-    for step in 0..steps {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(step) << 20) ^ 0x736d_6f6c_7600_0000);
-        let mut samples = Vec::with_capacity(config.train.batch_size);
-        let mut w = Vec::with_capacity(config.train.batch_size);
-        let mut keys = Vec::with_capacity(config.train.batch_size);
-        for _ in 0..config.train.batch_size {
-            let (e, t) = frames[rng.random_range(0..frames.len())];
-            samples.push(train_sample(&episodes[e], t, &cameras, chunk)?);
-            w.push(weights[e][t]);
-            keys.push(((e as u64) << 32) | t as u64);
-        }
-        let loss = if use_cache {
-            tuner.step_cached(&samples, &w, &keys, &mut cache)
-        } else {
-            tuner.step(&samples, &w)
-        }
-        .map_err(policy_err(format!("training step {step}")))?;
-        let held: usize = cache.values().map(ContextCache::bytes).sum();
-        if held > CONTEXT_CACHE_BYTES {
-            cache.clear();
-        }
+    progress.set_position(u64::from(run.progress.step.min(steps)));
+    while run.progress.step < steps {
+        run.train_step(data, weights)?;
         progress.inc(1);
-        if step % 10 == 0 {
-            tb.scalar("train/loss", u64::from(step), loss)?;
-            tb.scalar(
-                "train/weight_mean",
-                u64::from(step),
-                w.iter().sum::<f32>() / w.len() as f32,
-            )?;
-        }
-        let done = step + 1;
+        let done = run.progress.step;
         if done % config.train.eval_every == 0 || done == steps {
-            let (success, mean_return) = evaluate(&mut tuner.policy, sim, config, seed)?;
-            tb.scalar("eval/success", u64::from(done), success as f32)?;
-            tb.scalar("eval/return", u64::from(done), mean_return as f32)?;
-            tb.flush()?;
-            curve.push((done, success));
-            let checkpoint = dir.join("checkpoint");
-            tuner
-                .save(&checkpoint)
-                .map_err(policy_err(format!("saving {}", checkpoint.display())))?;
-            last = Some((success, mean_return));
+            run.evaluate_and_save(&|_| Ok(()))?;
         }
     }
     progress.finish_and_clear();
-    let (success, mean_return) = match last {
+    if arm.algorithm == Algorithm::Awr {
+        let inputs = awr_inputs.ok_or_else(|| {
+            ExperimentError::Invalid(format!("arm `{}`: AWR inputs were not prepared", arm.name))
+        })?;
+        crate::awr::improve(&mut run, inputs)?;
+    }
+    let (success, mean_return) = match run.last_eval {
         Some(r) => r,
-        None => evaluate(&mut tuner.policy, sim, config, seed)?,
+        None => evaluate(&mut run.tuner.policy, sim, config, seed)?,
     };
     tracing::info!(arm = arm.name, seed, success, "run finished");
     Ok(SeedResult {
@@ -550,9 +790,9 @@ pub(crate) fn train_one(
         success,
         episodes: config.eval.episodes,
         mean_return,
-        wall_time_s: clock.elapsed().as_secs_f64(),
-        last_k_mean: crate::stats::last_k_mean(&curve, config.train.last_k as usize),
-        curve,
+        wall_time_s: run.progress.wall_time_s + run.clock.elapsed().as_secs_f64(),
+        last_k_mean: crate::stats::last_k_mean(&run.progress.curve, config.train.last_k as usize),
+        curve: run.progress.curve,
         weights: None,
         reward_voc: None,
         noise_sigma: None,

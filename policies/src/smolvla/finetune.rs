@@ -4,21 +4,23 @@
 //! then LeRobot's optimiser (global-norm clip, AdamW). Normalisation statistics can be replaced by the
 //! training data's, as LeRobot does when fine-tuning on a new dataset; saving writes LeRobot's layout.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use burn::module::Module;
+use burn::module::{Module, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use super::lerobot::Stats;
-use super::model::ContextCache;
+use super::model::{ContextCache, SmolVla};
 use super::policy::{SmolVlaPolicy, standard_normal};
 use super::processor::RawSample;
 use super::train::{LossPadding, SmolVlaOptimizer, per_sample_flow_loss, weighted_flow_loss};
+use super::weights::{Layout, ParamVisitor};
 use crate::error::{PolicyError, Result};
 
 /// One training sample: the observation and the action chunk that followed it (dataset units).
@@ -40,6 +42,65 @@ pub struct SmolVlaFinetuner {
     rng: ChaCha8Rng,
     pub lr: f64,
     pub steps: u64,
+}
+
+/// Folder of a checkpoint with what resuming needs beyond the LeRobot files ([`SmolVlaFinetuner::save_training`]).
+pub const TRAINING_STATE_DIR: &str = "training_state";
+const MOMENTS_FILE: &str = "optimizer.bpk";
+const STATE_FILE: &str = "trainer_state.json";
+
+/// `training_state/trainer_state.json`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainingState {
+    steps: u64,
+    /// ChaCha8 word position of the noise and time stream (a u128, as a decimal string).
+    noise_word_pos: String,
+    /// LeRobot weight name -> Burn parameter id the saved moments are keyed by.
+    param_ids: BTreeMap<String, u64>,
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| PolicyError::Config {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(path, json).map_err(|source| PolicyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// `model` with each parameter's id set to `ids[name]` (values and trainability kept); every parameter
+/// must be named in `ids` (read from `file`).
+fn with_param_ids(model: SmolVla, ids: &BTreeMap<String, u64>, file: &Path) -> Result<SmolVla> {
+    struct Renumber<'a> {
+        ids: &'a BTreeMap<String, u64>,
+        missing: Option<String>,
+    }
+    impl ParamVisitor for Renumber<'_> {
+        fn visit<const D: usize>(&mut self, name: &str, p: Param<Tensor<D>>, _: Layout) -> Param<Tensor<D>> {
+            match self.ids.get(name) {
+                Some(&id) => {
+                    let (_, value, mapper) = p.consume();
+                    Param::from_mapped_value(ParamId::from(id), value, mapper)
+                }
+                None => {
+                    self.missing.get_or_insert_with(|| name.to_string());
+                    p
+                }
+            }
+        }
+    }
+    let mut renumber = Renumber { ids, missing: None };
+    let model = model.map_named(&mut renumber);
+    match renumber.missing {
+        Some(name) => Err(PolicyError::Config {
+            path: file.to_path_buf(),
+            reason: format!("param_ids has no entry for the weight `{name}`"),
+        }),
+        None => Ok(model),
+    }
 }
 
 /// `sample_beta(1.5, 1.0) * 0.999 + 0.001` (`VLAFlowMatching.sample_time`); Beta(a, 1) is `U^(1/a)`.
@@ -181,9 +242,69 @@ impl SmolVlaFinetuner {
         Ok(value)
     }
 
+    /// [`Self::save_with`] plus what resuming needs, in `dir/training_state/` (LeRobot's checkpoints
+    /// keep theirs in a folder of that name; LeRobot's loaders ignore it): AdamW's moments, the
+    /// parameter id of every weight name (the moments are keyed by id, and a reloaded model gets new
+    /// ids), the step count and the position of the noise stream.
+    pub fn save_training(&self, dir: &Path, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        self.policy.save_with(dir, |tmp| {
+            let state = tmp.join(TRAINING_STATE_DIR);
+            std::fs::create_dir_all(&state).map_err(|source| PolicyError::Io {
+                path: state.clone(),
+                source,
+            })?;
+            self.optim.save_moments(&state.join(MOMENTS_FILE))?;
+            let record = TrainingState {
+                steps: self.steps,
+                noise_word_pos: self.rng.get_word_pos().to_string(),
+                param_ids: self
+                    .policy
+                    .model
+                    .param_ids()
+                    .into_iter()
+                    .map(|(name, id)| (name, id.val()))
+                    .collect(),
+            };
+            write_json(&state.join(STATE_FILE), &record)?;
+            extra(tmp)
+        })
+    }
+
+    /// Continue a run from a folder [`Self::save_training`] wrote: its weights and statistics, AdamW's
+    /// moments, the step count and the noise stream, so the next step is the one an uninterrupted
+    /// run would take.
+    pub fn resume(dir: &Path, lr: f64, seed: u64, device: &Device) -> Result<Self> {
+        let mut me = Self::load(dir, lr, seed, device)?;
+        let state_dir = dir.join(TRAINING_STATE_DIR);
+        let path = state_dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let record: TrainingState = serde_json::from_str(&text).map_err(|e| PolicyError::Config {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let word_pos: u128 = record.noise_word_pos.parse().map_err(|e| PolicyError::Config {
+            path: path.clone(),
+            reason: format!("noise_word_pos: {e}"),
+        })?;
+        me.policy.model = with_param_ids(me.policy.model.clone(), &record.param_ids, &path)?;
+        me.optim =
+            SmolVlaOptimizer::with_saved_moments(&me.policy.model_config, &state_dir.join(MOMENTS_FILE))?;
+        me.rng.set_word_pos(word_pos);
+        me.steps = record.steps;
+        Ok(me)
+    }
+
     /// Save the current weights, config and processors (with their statistics) in LeRobot's layout.
     pub fn save(&self, dir: &Path) -> Result<()> {
         self.policy.save(dir)
+    }
+
+    /// [`Self::save`] with more files written into the folder by `extra` before it is renamed into place.
+    pub fn save_with(&self, dir: &Path, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        self.policy.save_with(dir, extra)
     }
 
     /// The model without autodiff, for evaluation.

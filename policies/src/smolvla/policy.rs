@@ -178,6 +178,12 @@ impl SmolVlaPolicy {
     /// Write this policy as a LeRobot folder at `dir`, atomically. A VLM given as a local folder is
     /// recorded by its absolute path so the new folder loads from anywhere (hub ids are kept).
     pub fn save(&self, dir: &Path) -> Result<()> {
+        self.save_with(dir, |_| Ok(()))
+    }
+
+    /// [`Self::save`] with `extra` writing more files into the folder before it is renamed into place
+    /// (a trainer's progress, a value baseline); LeRobot ignores files it does not know.
+    pub fn save_with(&self, dir: &Path, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let mut folder = self.folder.clone();
         let is_local = self.vlm_dir.is_dir()
             && !self
@@ -194,7 +200,8 @@ impl SmolVlaPolicy {
         }
         lerobot::write_dir_atomically(dir, |tmp| {
             self.model.save_safetensors(tmp.join(lerobot::WEIGHTS_FILE))?;
-            folder.write_into(tmp)
+            folder.write_into(tmp)?;
+            extra(tmp)
         })
     }
 }

@@ -3,6 +3,8 @@
 //! and LeRobot's optimiser step: global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`)
 //! followed by `torch.optim.AdamW`.
 
+use std::path::Path;
+
 use burn::module::Param;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
@@ -103,6 +105,33 @@ impl SmolVlaOptimizer {
         &mut self.adamw
     }
 
+    /// Write AdamW's moments to `path` (a Burn record keyed by parameter id).
+    pub fn save_moments(&self, path: &Path) -> Result<()> {
+        self.adamw.save(path).map_err(|e| PolicyError::Record {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The optimiser of `cfg` ([`Self::new`]) with the moments [`Self::save_moments`] wrote (for a model
+    /// whose parameter ids are the saved model's). A damaged record is an error naming the file (Burn
+    /// 0.22 panics on some).
+    pub fn with_saved_moments(cfg: &SmolVlaConfig, path: &Path) -> Result<Self> {
+        let Self { adamw, max_grad_norm } = Self::new(cfg);
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            adamw.load(path).map_err(|e| e.to_string())
+        }));
+        let reason = match loaded {
+            Ok(Ok(adamw)) => return Ok(Self { adamw, max_grad_norm }),
+            Ok(Err(reason)) => reason,
+            Err(_) => "damaged optimiser record".to_string(),
+        };
+        Err(PolicyError::Record {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
     /// Clip then step; returns the updated model and the gradient norm before clipping.
     pub fn step(&mut self, lr: f64, model: SmolVla, mut grads: GradientsParams) -> Result<(SmolVla, f64)> {
         let norm = clip_grad_norm(&model, &mut grads, self.max_grad_norm);
@@ -155,4 +184,78 @@ pub fn clip_grad_norm(model: &SmolVla, grads: &mut GradientsParams, max_norm: Op
         }
     }
     norm
+}
+
+/// LeRobot's `CosineDecayWithWarmupSchedulerConfig` (lerobot/optim/schedulers.py, SmolVLA's
+/// `get_scheduler_preset`): a linear warmup from `peak_lr / (warmup + 1)` to `peak_lr`, then a cosine
+/// from `peak_lr` at step 0 to `decay_lr` at `decay_steps`, constant after. The multiplier of step k is
+/// the one `LambdaLR` applies to the k-th optimiser step (LeRobot steps the scheduler after it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CosineDecayWithWarmup {
+    pub peak_lr: f64,
+    pub decay_lr: f64,
+    pub warmup_steps: usize,
+    pub decay_steps: usize,
+}
+
+impl CosineDecayWithWarmup {
+    /// The schedule `build(optimizer, num_training_steps)` makes: when the run is shorter than
+    /// `decay_steps`, warmup is scaled by `run_steps / decay_steps` (truncated, Python's `int`) and the
+    /// decay ends with the run.
+    pub fn for_run(
+        peak_lr: f64,
+        decay_lr: f64,
+        warmup_steps: usize,
+        decay_steps: usize,
+        run_steps: usize,
+    ) -> Self {
+        let (mut warmup, mut decay) = (warmup_steps, decay_steps);
+        if run_steps < decay_steps {
+            let scale = run_steps as f64 / decay_steps as f64;
+            warmup = (warmup_steps as f64 * scale) as usize;
+            decay = run_steps;
+        }
+        Self {
+            peak_lr,
+            decay_lr,
+            warmup_steps: warmup,
+            decay_steps: decay,
+        }
+    }
+
+    /// SmolVLA's preset from its config (`optimizer_lr` unless `peak_lr` is given) for a run of
+    /// `run_steps` optimiser steps.
+    pub fn from_config(cfg: &SmolVlaConfig, peak_lr: Option<f64>, run_steps: usize) -> Self {
+        Self::for_run(
+            peak_lr.unwrap_or(cfg.optimizer_lr),
+            cfg.scheduler_decay_lr,
+            cfg.scheduler_warmup_steps,
+            cfg.scheduler_decay_steps,
+            run_steps,
+        )
+    }
+
+    /// Learning rate of optimiser step `step` (0-based): `peak_lr * lr_lambda(step)`.
+    pub fn lr(&self, step: usize) -> f64 {
+        self.peak_lr * self.multiplier(step)
+    }
+
+    fn multiplier(&self, step: usize) -> f64 {
+        let warmup = self.warmup_steps as f64;
+        if step < self.warmup_steps {
+            if step == 0 {
+                return 1.0 / (warmup + 1.0);
+            }
+            let frac = 1.0 - step as f64 / warmup;
+            return (1.0 / (warmup + 1.0) - 1.0) * frac + 1.0;
+        }
+        // A zero-length decay (a run of zero steps) would divide by zero in LeRobot; stay at the peak.
+        if self.decay_steps == 0 {
+            return 1.0;
+        }
+        let at = step.min(self.decay_steps) as f64;
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * at / self.decay_steps as f64).cos());
+        let alpha = self.decay_lr / self.peak_lr;
+        (1.0 - alpha) * cosine + alpha
+    }
 }
