@@ -5,8 +5,8 @@ Qwen3-VL processor run on that text with the request's video (frames from the `d
 URL, timing from `media_io_kwargs.video`). The processor is the fixture's (rewards/fixtures), whose video
 processor has Qwen3-VL's class defaults, as toprl's prompt check assumes by default.
 
-Usage: python scripts/openai_prompt_ids.py < request.json  ->  {"transformers", "rendered", "input_ids",
-"vision_starts", "video_groups"} on stdout. Needs transformers (4.57 in .venv-lerobot; 5.x in a vLLM venv).
+Usage: python scripts/openai_prompt_ids.py < requests.jsonl  ->  per request (one JSON object a line) one line
+{"transformers", "rendered", "input_ids", "vision_starts", "video_groups"} on stdout. Needs transformers (4.57 in .venv-lerobot; 5.x in a vLLM venv).
 """
 
 import base64
@@ -24,9 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "rewards" / "fix
 from make_qwen3vl_fixtures import make_processor  # noqa: E402
 
 
-def main() -> None:
-    body = json.load(sys.stdin)
-    processor = make_processor()
+def prompt_ids(processor, body: dict) -> dict:
     messages = body["messages"]
     video = None
     for message in messages:
@@ -47,13 +45,20 @@ def main() -> None:
     meta = {"total_num_frames": int(video.shape[0]), "fps": kwargs["fps"], "frames_indices": kwargs["frames_indices"]}
     enc = processor(text=[rendered], videos=[video], video_metadata=[meta], do_sample_frames=False, return_tensors="pt")
     ids = enc["input_ids"][0].tolist()
-    print(json.dumps({
+    return {
         "transformers": transformers.__version__,
         "rendered": rendered,
         "input_ids": ids,
         "vision_starts": ids.count(processor.vision_start_token_id),
         "video_groups": int(enc["video_grid_thw"][0][0]),
-    }))
+    }
+
+
+def main() -> None:
+    processor = make_processor()
+    for line in sys.stdin:
+        if line.strip():
+            print(json.dumps(prompt_ids(processor, json.loads(line))), flush=True)
 
 
 if __name__ == "__main__":
