@@ -211,7 +211,7 @@ pub struct RemoteScorer {
     /// Round-robin cursor over endpoints.
     next: usize,
     /// toprl's own tokenizer and processors, for the prompt check (OpenAI, unless the check is off).
-    counter: Option<MultimodalEncoder>,
+    counter: Option<Box<MultimodalEncoder>>,
     /// Per endpoint: it refused the request's chat template (vLLM without `--trust-request-chat-template`).
     template_refused: Vec<AtomicBool>,
 }
@@ -238,7 +238,7 @@ impl RemoteScorer {
             ));
         }
         let counter = if config.api == Api::OpenAi && config.token_check != TokenCheck::Off {
-            Some(prompt_counter(config.processor.as_deref())?)
+            Some(Box::new(prompt_counter(config.processor.as_deref())?))
         } else {
             None
         };
@@ -815,7 +815,6 @@ impl ProgressModel for RemoteScorer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read as _;
     use std::sync::{Arc, Mutex};
 
     #[test]
