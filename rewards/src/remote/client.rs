@@ -17,8 +17,9 @@
 //!   (`<t seconds><|vision_start|>pads<|vision_end|>` per frame pair), transformers >= 5 (and vLLM on it)
 //!   replaces only the pad, so the prompt's own markers stay around the expansion: 2 more tokens and
 //!   log-probs off by up to 1.1 nats on the tiny fixture. Both read the bare pad as 4.57 read the triple.
-//!   vLLM refuses a request's template unless started with `--trust-request-chat-template`; then toprl
-//!   resends without it and relies on the server's template (`--chat-template` with this file works too).
+//!   vLLM refuses a request's template unless started with `--trust-request-chat-template`; when an
+//!   endpoint refuses it, toprl sends that endpoint's requests without it and the server's own template
+//!   renders the video (right when vLLM was started with `--chat-template` set to this file).
 //! - The prompt check ([`TokenCheck`]): toprl counts the prompt tokens itself (its tokenizer and video
 //!   processor, as exact local scoring) and compares them with the server's `usage.prompt_tokens`, and the
 //!   token ids with `prompt_token_ids` when the server returns them (`return_token_ids: true`). A difference
@@ -90,7 +91,7 @@ pub enum TokenCheck {
     /// Fail the episode with an error saying what differs (default).
     #[default]
     Error,
-    /// Log a warning per episode and keep the server's scores.
+    /// Log a warning per differing prefix and keep the server's scores.
     Warn,
     /// Do not compare (no tokenizer needed).
     Off,
