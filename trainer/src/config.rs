@@ -222,6 +222,14 @@ pub struct RewardModelConfig {
     /// What `endpoints` speak: "toprl" or "openai". Default: "toprl".
     #[serde(default = "default_api")]
     pub api: String,
+    /// With `api = "openai"`: what a prompt that differs from toprl's own (e.g. a vLLM that keeps the
+    /// chat template's vision markers around the video) does: "error", "warn" or "off". Default: "error".
+    #[serde(default = "default_token_check")]
+    pub token_check: String,
+    /// With `api = "openai"`: a folder with the served checkpoint's processor files and tokenizer.json, for
+    /// toprl's own prompt count. Default: Qwen3-VL's class defaults and the Qwen3 tokenizer.
+    #[serde(default)]
+    pub processor: Option<PathBuf>,
 }
 
 impl RewardModelConfig {
@@ -243,6 +251,9 @@ fn default_kind() -> String {
 }
 fn default_api() -> String {
     "toprl".to_string()
+}
+fn default_token_check() -> String {
+    "error".to_string()
 }
 fn default_fps() -> f64 {
     2.0

@@ -10,7 +10,9 @@
 //!   indices 0..n), `max_tokens` (greedy decoding; `temperature` and other sampling fields are ignored),
 //!   `logprobs`, `top_logprobs` (at most 20), `allowed_token_ids` (restricts the choice; log-probs stay the
 //!   full-vocabulary log-softmax, as vLLM), `add_generation_prompt` (default true), `continue_final_message`
-//!   (default false). `stream` and `n > 1` are refused.
+//!   (default false), `return_token_ids` (adds `prompt_token_ids`, as vLLM). `stream` and `n > 1` are
+//!   refused; a request's `chat_template` is ignored: the server renders the Qwen3-VL template itself, with
+//!   each video expanded as transformers 4.57 expands it (see [`crate::multimodal`]).
 //!
 //! Handler threads parse and validate requests (bodies over `max_body_bytes` get 413) and hand them to a
 //! bounded queue (full: 503, the client retries); one worker runs the model, one request at a time, in
@@ -99,6 +101,8 @@ pub struct ChatJob {
     pub logprobs: bool,
     pub top_logprobs: usize,
     pub allowed_token_ids: Option<Vec<u32>>,
+    /// Answer the prompt's token ids too (`prompt_token_ids`).
+    pub return_token_ids: bool,
 }
 
 enum Work {
@@ -513,6 +517,7 @@ pub fn parse_chat(body: &[u8], config: &ServerConfig) -> Result<ChatJob, HttpErr
         logprobs: flag("logprobs", false),
         top_logprobs,
         allowed_token_ids,
+        return_token_ids: flag("return_token_ids", false),
     })
 }
 
@@ -569,7 +574,7 @@ pub fn run_chat(engine: &Engine, job: &ChatJob) -> Result<Value, HttpError> {
     }
     let text = engine.chat.decode(&tokens).map_err(err)?;
     let prompt_tokens = input.input_ids.len();
-    Ok(json!({
+    let mut answer = json!({
         "id": format!("chatcmpl-toprl-{prompt_tokens}-{}", tokens.len()),
         "object": "chat.completion",
         "created": std::time::SystemTime::now()
@@ -587,7 +592,11 @@ pub fn run_chat(engine: &Engine, job: &ChatJob) -> Result<Value, HttpError> {
             "completion_tokens": tokens.len(),
             "total_tokens": prompt_tokens + tokens.len(),
         },
-    }))
+    });
+    if job.return_token_ids {
+        answer["prompt_token_ids"] = json!(input.input_ids);
+    }
+    Ok(answer)
 }
 
 #[cfg(test)]
@@ -660,6 +669,7 @@ mod tests {
         let job = parse_chat(body.to_string().as_bytes(), &config()).unwrap();
         assert_eq!(job.allowed_token_ids, Some(vec![3007]));
         assert!(job.options.continue_final_message && !job.options.add_generation_prompt);
+        assert!(!job.return_token_ids);
         match &job.messages[0].content[0] {
             Part::Video { frames, metadata } => {
                 assert_eq!(frames.len(), 3);

@@ -1,10 +1,11 @@
 //! Flags shared by the commands that can score on remote servers (`--endpoint`, repeatable).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use toprl_rewards::remote::client::{Api, RemoteConfig, RemoteScorer};
+use toprl_rewards::remote::client::{Api, RemoteConfig, RemoteScorer, TokenCheck};
 use toprl_rewards::score::{EpisodeScore, ProgressModel};
 use toprl_rewards::topreward::Mode;
 use toprl_rewards::topreward::prompt::PromptConfig;
@@ -33,6 +34,17 @@ pub struct RemoteArgs {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+    /// openai: compare each prompt the server reports (`usage.prompt_tokens`, and `prompt_token_ids` where
+    /// returned) with toprl's own: error (default), warn, or off. A vLLM on transformers >= 5 that does not
+    /// use toprl's chat template keeps the template's vision markers around the video: 2 more tokens and
+    /// other scores.
+    #[arg(long, default_value_t = TokenCheck::Error)]
+    pub token_check: TokenCheck,
+    /// openai: a folder with the served checkpoint's processor files (video_preprocessor_config.json or
+    /// preprocessor_config.json) and tokenizer.json, for toprl's own prompt count (default: the Qwen3-VL
+    /// video processor's class defaults and the Qwen3 tokenizer of scripts/setup.sh).
+    #[arg(long)]
+    pub processor: Option<PathBuf>,
 }
 
 impl RemoteArgs {
@@ -55,6 +67,8 @@ impl RemoteArgs {
             retries: self.retries,
             timeout: Duration::from_secs(self.timeout_secs),
             prompt,
+            token_check: self.token_check,
+            processor: self.processor.clone(),
             ..Default::default()
         };
         Ok(Some(RemoteScorer::new(config)?))
@@ -76,6 +90,8 @@ pub fn reward_model_scorer(rm: &RewardModelConfig, cache_dir: Option<std::path::
             concurrency: 4,
             retries: 4,
             timeout_secs: 600,
+            token_check: rm.token_check.parse().map_err(anyhow::Error::msg)?,
+            processor: rm.processor.clone(),
         };
         let model = (api == Api::OpenAi).then_some(rm.model.as_str());
         let mut scorer = remote

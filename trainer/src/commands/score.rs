@@ -222,7 +222,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         .remote
         .scorer(args.model.as_deref(), Some(args.mode), args.prompt())?;
     let mut scorer = match remote {
-        Some(r) => Scorer::Remote(r),
+        Some(r) => Scorer::Remote(Box::new(r)),
         None => {
             let model = args
                 .model
@@ -344,7 +344,7 @@ fn fmt_voc(v: Option<f64>) -> String {
 /// The model that scores: loaded here, or remote servers.
 enum Scorer {
     Local(Box<TopReward<QwenPrefixEncoder>>),
-    Remote(toprl_rewards::remote::client::RemoteScorer),
+    Remote(Box<toprl_rewards::remote::client::RemoteScorer>),
 }
 
 impl Scorer {
