@@ -20,8 +20,9 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use toprl_envs::environment::Environment;
 use toprl_envs::episode::Episode;
-use toprl_envs::sim::{RolloutOptions, So101Env};
+use toprl_envs::sim::RolloutOptions;
 use toprl_policies::value::ValueConfig;
 use toprl_policies::{Normalizer, TrainConfig, ValueBatch, ValueTrainer, awr_weights};
 use toprl_rewards::score::EpisodeScore;
@@ -102,10 +103,8 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
     } = inputs;
     let cfg = run.config.awr.clone();
     let mut value = value_trainer(run)?;
-    let mut env = So101Env::new(run.sim.clone()).map_err(|source| ExperimentError::Sim {
-        what: "AWR rollout env".into(),
-        source,
-    })?;
+    // The simulator, or the `[robot]` arm.
+    let mut env = crate::experiment::open_env(run.config, run.sim, !run.sim.cameras.is_empty())?;
     let cameras = run.config.task.cameras.clone();
     let features = crate::experiment::state_features(run.config);
     let bar = crate::experiment::bar(run.opts, u64::from(cfg.iterations), "AWR iterations");
@@ -117,7 +116,7 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
         let _span = tracing::info_span!("awr", arm = run.arm, seed = run.seed, iteration).entered();
 
         // 1. Roll out the current policy.
-        let rollouts = collect_rollouts(run, &mut env, iteration)?;
+        let rollouts = collect_rollouts(run, env.as_mut(), iteration)?;
         let rollout_success =
             rollouts.iter().filter(|e| e.success == Some(true)).count() as f64 / rollouts.len() as f64;
 
@@ -203,7 +202,7 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
         run.tb.scalar("awr/weight_mean", step, mean_w)?;
         run.progress.awr_iterations += 1;
         let eval = run.evaluate_and_save(|checkpoint| value.save(checkpoint.join(VALUE_DIR)))?;
-        let eval_success = eval.success;
+        let eval_success = eval.success.unwrap_or(f64::NAN);
         bar.suspend(|| tracing::info!(rollout_success, eval_success, value_loss, "AWR iteration done"));
         bar.inc(1);
     }
@@ -231,7 +230,7 @@ fn value_trainer(run: &Run<'_>) -> Result<ValueTrainer> {
 }
 
 /// `awr.rollouts` episodes of the current policy with exploration noise, seeded by (seed, iteration).
-fn collect_rollouts(run: &Run<'_>, env: &mut So101Env, iteration: u32) -> Result<Vec<Episode>> {
+fn collect_rollouts(run: &Run<'_>, env: &mut dyn Environment, iteration: u32) -> Result<Vec<Episode>> {
     let cfg = &run.config.awr;
     let camera_keys = camera_keys(&run.config.task.cameras);
     let keep_frames = !run.sim.cameras.is_empty();
