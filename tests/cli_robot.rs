@@ -455,6 +455,7 @@ fn an_experiment_evaluates_on_the_robot_table_arm() {
     let tmp = tempfile::tempdir().unwrap();
     let fdir = tmp.path().join("f");
     calibration_file(&fdir, "follower");
+    std::fs::write(fdir.join("broken.json"), "{\"shoulder_pan\": {\"id\": 1}}").unwrap();
     let follower = SimBus::start(&["--calibration", fdir.join("follower.json").to_str().unwrap()]);
     let base = "[task]\nname = \"reach\"\nmax_steps = 20\ncameras = [\"front\"]\nimage_size = 32\n\
                 [data]\nsource = \"sim\"\nepisodes = 2\nnoise_levels = [0.0]\n\
@@ -484,6 +485,7 @@ fn an_experiment_evaluates_on_the_robot_table_arm() {
     for (name, config, field) in [
         ("noport", robot("/dev/no-such-arm", "follower"), "robot.port"),
         ("noid", robot(&follower.port, "stranger"), "robot.calibration_dir"),
+        ("badcal", robot(&follower.port, "broken"), "broken.json"),
         (
             "badmax",
             robot(&follower.port, "follower")
