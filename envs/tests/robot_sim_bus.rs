@@ -363,8 +363,8 @@ fn robot_env_resets_to_its_start_pose_and_steps_at_the_control_rate() {
     let (obs, task) = env.reset(0).unwrap();
     let reset_time = t0.elapsed().as_secs_f64();
     assert!(task.is_none() && obs.environment_state.is_none() && obs.images.is_empty());
-    for i in 0..6 {
-        let d = (f64::from(obs.state[i]) - start_pose[i]).abs();
+    for (i, target) in start_pose.iter().enumerate() {
+        let d = (f64::from(obs.state[i]) - target).abs();
         assert!(
             d <= 4.0,
             "joint {i} at {} not at the start pose {}",
@@ -401,7 +401,7 @@ fn robot_env_resets_to_its_start_pose_and_steps_at_the_control_rate() {
         (0.4..2.0).contains(&elapsed),
         "15 steps at 30 Hz took {elapsed} s"
     );
-    let moved = f64::from(env.arm().read_positions().unwrap()[0]) - f64::from(obs.state[0]);
+    let moved = env.arm().read_positions().unwrap()[0] - f64::from(obs.state[0]);
     assert!(moved > 15.0, "shoulder_pan moved {moved}");
     assert!(
         matches!(env.step(&goal), Err(EnvError::NotReset)),
