@@ -92,6 +92,8 @@ pub enum EnvError {
     NotReset,
     #[error("reset: {0}")]
     Reset(String),
+    #[error("stopped by the operator")]
+    Stopped,
 }
 
 /// A position-controlled SO-101 environment, simulated or real.

@@ -424,10 +424,16 @@ fn robot_env_resets_to_its_start_pose_and_steps_at_the_control_rate() {
     let mut slow = env_cfg;
     slow.start_pose[0] = start_pose[0] + 40.0;
     slow.reset_timeout = Duration::from_millis(300);
-    let mut env = RobotEnv::new(arm, vec![], slow).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut env = RobotEnv::new(arm, vec![], slow)
+        .unwrap()
+        .with_stop_flag(stop.clone());
     let err = env.reset(0).unwrap_err().to_string();
     assert!(
         err.contains("start pose") && err.contains("shoulder_pan"),
         "{err}"
     );
+    // The stop key interrupts the move.
+    stop.store(true, Ordering::SeqCst);
+    assert!(matches!(env.reset(0), Err(EnvError::Stopped)));
 }

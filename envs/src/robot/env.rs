@@ -6,6 +6,8 @@
 //! [`Transition::reward`], [`Transition::task`] and [`Observation::environment_state`] are `None`.
 //! Episodes end on time (`max_steps`); the operator resets the scene between episodes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::arm::So101Arm;
@@ -48,6 +50,7 @@ pub struct RobotEnv {
     steps: usize,
     reset_done: bool,
     next_tick: Instant,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for RobotEnv {
@@ -89,7 +92,15 @@ impl RobotEnv {
             steps: 0,
             reset_done: false,
             next_tick: Instant::now(),
+            stop: None,
         })
+    }
+
+    /// A flag (the stop key, Ctrl-C) that interrupts the move to the start pose with
+    /// [`EnvError::Stopped`]; the arm then holds where it is until the caller disconnects.
+    pub fn with_stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
     }
 
     pub fn arm(&self) -> &So101Arm {
@@ -147,6 +158,9 @@ impl RobotEnv {
         let deadline = Instant::now() + self.cfg.reset_timeout;
         self.next_tick = Instant::now();
         loop {
+            if self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                return Err(EnvError::Stopped);
+            }
             for i in 0..NUM_JOINTS {
                 commanded[i] += (target[i] - commanded[i]).clamp(-max_step, max_step);
             }

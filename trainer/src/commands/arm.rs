@@ -774,7 +774,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         reset_tolerance: 5.0,
         reset_timeout: Duration::from_secs(20),
     };
-    let mut env = RobotEnv::new(follower, vec![], env_cfg)?;
+    let mut env = RobotEnv::new(follower, vec![], env_cfg)?.with_stop_flag(interrupted().clone());
     eprintln!(
         "running {} at {} Hz: `s` ENTER or Ctrl-C stops (torque off)",
         args.policy.display(),
@@ -801,7 +801,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
         // The arm moves to its start pose at --reset-speed, then the policy drives it until time is up.
-        let (mut obs, _) = env.reset(args.seed)?;
+        let mut obs = match env.reset(args.seed) {
+            Ok((obs, _)) => obs,
+            Err(toprl_envs::environment::EnvError::Stopped) => {
+                stopped = true;
+                break 'episodes;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut driver = ChunkDriver::new(&mut policy, vec![], features.clone());
         loop {
             match key(&mut keys) {
