@@ -310,6 +310,23 @@ pub enum ResultsError {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_unmeasured_success_round_trips_as_null_and_nan() {
+        // Evaluation on the real arm: no success, no return, no curve.
+        let mut r = seed(3, f64::NAN);
+        r.mean_return = f64::NAN;
+        r.last_k_mean = f64::NAN;
+        r.curve.clear();
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(
+            json["success"].is_null() && json["mean_return"].is_null(),
+            "{json}"
+        );
+        let back: SeedResult = serde_json::from_value(json).unwrap();
+        assert!(back.success.is_nan() && back.mean_return.is_nan() && back.last_k_mean.is_nan());
+        assert_eq!(back.seed, 3);
+    }
+
     fn seed(seed: u64, success: f64) -> SeedResult {
         SeedResult {
             seed,
