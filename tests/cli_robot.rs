@@ -461,7 +461,9 @@ fn an_experiment_evaluates_on_the_robot_table_arm() {
                 [data]\nsource = \"sim\"\nepisodes = 2\nnoise_levels = [0.0]\n\
                 [policy]\nkind = \"gaussian\"\nchunk = 2\n[policy.network]\nhidden = [8]\n\
                 [train]\nsteps = 4\nbatch_size = 4\neval_every = 2\n[eval]\nepisodes = 2\n\
-                [[arms]]\nname = \"bc\"\nreward = \"none\"\n";
+                [awr]\niterations = 1\nrollouts = 1\npolicy_steps = 2\nvalue_steps = 2\n\
+                [[arms]]\nname = \"bc\"\nreward = \"none\"\n\
+                [[arms]]\nname = \"awr\"\nreward = \"none\"\nalgorithm = \"awr\"\n";
     let robot = |port: &str, id: &str| {
         format!(
             "{base}[robot]\nport = {port:?}\nid = {id:?}\ncalibration_dir = {:?}\nepisode_seconds = 0.5\n\
@@ -494,9 +496,8 @@ fn an_experiment_evaluates_on_the_robot_table_arm() {
         ),
         (
             "awrsparse",
-            robot(&follower.port, "follower")
-                .replace("reward = \"none\"", "reward = \"sparse\"\nalgorithm = \"awr\""),
-            "arms.bc.reward",
+            robot(&follower.port, "follower").replacen("reward = \"none\"", "reward = \"sparse\"", 2),
+            "arms.awr.reward",
         ),
     ] {
         let out = train(&config, name, &["--check"]);
@@ -521,6 +522,11 @@ fn an_experiment_evaluates_on_the_robot_table_arm() {
     assert!(result["mean_return"].is_null(), "{result}");
     assert!(result["curve"].as_array().unwrap().is_empty(), "{result}");
     assert!(run.join("runs/bc/seed-0/checkpoint/policy.json").exists());
+    // The AWR arm rolled out on the arm too (one iteration) and evaluated there.
+    let awr: Value =
+        serde_json::from_slice(&std::fs::read(run.join("runs/awr/seed-0/result.json")).unwrap()).unwrap();
+    assert!(awr["success"].is_null(), "{awr}");
+    assert!(run.join("runs/awr/seed-0/checkpoint/value").exists());
     assert!(run.join("results.md").exists() && run.join("results.json").exists());
     // The arm went to the start pose (the simulator's, in LeRobot units) and the policy moved it; torque
     // is off once the run ended.

@@ -103,8 +103,6 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
     } = inputs;
     let cfg = run.config.awr.clone();
     let mut value = value_trainer(run)?;
-    // The simulator, or the `[robot]` arm.
-    let mut env = crate::experiment::open_env(run.config, run.sim, !run.sim.cameras.is_empty())?;
     let cameras = run.config.task.cameras.clone();
     let features = crate::experiment::state_features(run.config);
     let bar = crate::experiment::bar(run.opts, u64::from(cfg.iterations), "AWR iterations");
@@ -116,7 +114,12 @@ pub(crate) fn improve(run: &mut Run<'_>, inputs: AwrInputs<'_, '_, '_>) -> Resul
         let _span = tracing::info_span!("awr", arm = run.arm, seed = run.seed, iteration).entered();
 
         // 1. Roll out the current policy.
-        let rollouts = collect_rollouts(run, env.as_mut(), iteration)?;
+        //    In the simulator or on the `[robot]` arm, connected only while rolling out (its watchdog
+        //    would stop it during the training steps, and evaluation connects on its own).
+        let rollouts = {
+            let mut env = crate::experiment::open_env(run.config, run.sim, !run.sim.cameras.is_empty())?;
+            collect_rollouts(run, env.as_mut(), iteration)?
+        };
         let rollout_success =
             rollouts.iter().filter(|e| e.success == Some(true)).count() as f64 / rollouts.len() as f64;
 
