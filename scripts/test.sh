@@ -10,5 +10,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The reward crate without FFmpeg, as GPU scoring binaries are built (README, "TOPReward on GPUs").
 cargo clippy -p toprl-rewards --no-default-features --lib --examples --locked -- -D warnings
+# The V4L2 camera backend is off by default; lint it so it keeps compiling (bindgen needs libclang).
+cargo clippy -p toprl-envs --features v4l --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked

@@ -445,3 +445,97 @@ fn lerobots_follower_driver_moves_the_simulated_arm() {
     // LeRobot's disconnect turned torque off.
     assert_eq!(sim.torque(), vec![false; 6]);
 }
+
+/// An experiment with a `[robot]` table: `train --check` validates the port and the calibration by field,
+/// and the run evaluates its policy on the simulated arm (real protocol on a pseudo-terminal) instead of
+/// MuJoCo, writing its usual outputs with success reported as not measured.
+#[test]
+fn an_experiment_evaluates_on_the_robot_table_arm() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let fdir = tmp.path().join("f");
+    calibration_file(&fdir, "follower");
+    std::fs::write(fdir.join("broken.json"), "{\"shoulder_pan\": {\"id\": 1}}").unwrap();
+    let follower = SimBus::start(&["--calibration", fdir.join("follower.json").to_str().unwrap()]);
+    let base = "[task]\nname = \"reach\"\nmax_steps = 20\ncameras = [\"front\"]\nimage_size = 32\n\
+                [data]\nsource = \"sim\"\nepisodes = 2\nnoise_levels = [0.0]\n\
+                [policy]\nkind = \"gaussian\"\nchunk = 2\n[policy.network]\nhidden = [8]\n\
+                [train]\nsteps = 4\nbatch_size = 4\neval_every = 2\n[eval]\nepisodes = 2\n\
+                [awr]\niterations = 1\nrollouts = 1\npolicy_steps = 2\nvalue_steps = 2\n\
+                [[arms]]\nname = \"bc\"\nreward = \"none\"\n\
+                [[arms]]\nname = \"awr\"\nreward = \"none\"\nalgorithm = \"awr\"\n";
+    let robot = |port: &str, id: &str| {
+        format!(
+            "{base}[robot]\nport = {port:?}\nid = {id:?}\ncalibration_dir = {:?}\nepisode_seconds = 0.5\n\
+             max_relative_target = 5.0\nreset_speed = 90.0\n",
+            fdir.to_str().unwrap()
+        )
+    };
+    let train = |config: &str, name: &str, extra: &[&str]| {
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_train"))
+            .arg(&path)
+            .arg("--out")
+            .arg(tmp.path().join(format!("run-{name}")))
+            .args(["--threads", "1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // --check names the field: a port that does not exist, an id without a calibration file, a value.
+    for (name, config, field) in [
+        ("noport", robot("/dev/no-such-arm", "follower"), "robot.port"),
+        ("noid", robot(&follower.port, "stranger"), "robot.calibration_dir"),
+        ("badcal", robot(&follower.port, "broken"), "broken.json"),
+        (
+            "badmax",
+            robot(&follower.port, "follower")
+                .replace("max_relative_target = 5.0", "max_relative_target = [1.0, 2.0]"),
+            "robot.max_relative_target",
+        ),
+        (
+            "awrsparse",
+            robot(&follower.port, "follower").replacen("reward = \"none\"", "reward = \"sparse\"", 2),
+            "arms.awr.reward",
+        ),
+    ] {
+        let out = train(&config, name, &["--check"]);
+        let err = stderr(&out);
+        assert!(!out.status.success() && err.contains(field), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let config = robot(&follower.port, "follower");
+    let check = train(&config, "ok", &["--check"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+
+    let start = follower.joints();
+    let out = train(&config, "ok", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = tmp.path().join("run-ok");
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(run.join("runs/bc/seed-0/result.json")).unwrap()).unwrap();
+    assert!(
+        result["success"].is_null(),
+        "success is not measured on the arm: {result}"
+    );
+    assert!(result["mean_return"].is_null(), "{result}");
+    assert!(result["curve"].as_array().unwrap().is_empty(), "{result}");
+    assert!(run.join("runs/bc/seed-0/checkpoint/policy.json").exists());
+    // The AWR arm rolled out on the arm too (one iteration) and evaluated there.
+    let awr: Value =
+        serde_json::from_slice(&std::fs::read(run.join("runs/awr/seed-0/result.json")).unwrap()).unwrap();
+    assert!(awr["success"].is_null(), "{awr}");
+    assert!(run.join("runs/awr/seed-0/checkpoint/value").exists());
+    assert!(run.join("results.md").exists() && run.join("results.json").exists());
+    // The arm went to the start pose (the simulator's, in LeRobot units) and the policy moved it; torque
+    // is off once the run ended.
+    let end = follower.joints();
+    let moved = start
+        .iter()
+        .zip(&end)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(moved > 5.0, "the arm moved {moved}: {start:?} -> {end:?}");
+    assert_eq!(follower.torque(), vec![false; 6]);
+}

@@ -3,10 +3,13 @@
 //! joint names, ranges and units both share), and LeRobotDataset
 //! folders (v2.1 and v3.0 read, v3.0 written) so users' recorded data works as is.
 //!
+//! `environment` is the one API both the simulator and the real arm implement (Gymnasium semantics).
+//!
 //! Episodes are plain data (frames, states, actions, instruction). This crate depends on no other toprl crate.
 
 pub mod assets;
 pub mod dataset;
+pub mod environment;
 pub mod episode;
 pub mod robot;
 pub mod safe_path;

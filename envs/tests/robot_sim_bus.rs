@@ -326,3 +326,114 @@ fn leader_reads_and_never_moves() {
     );
     assert!(matches!(arm.send_action(&a), Err(ArmError::LeaderCannotMove(_))));
 }
+
+/// The real-arm environment over the simulated bus: reset moves to the start pose at a limited speed,
+/// steps are clamped and paced at the control rate, the observation is the calibrated state, and nothing
+/// only a simulator knows (reward, success, progress, scene vector) is reported.
+#[test]
+fn robot_env_resets_to_its_start_pose_and_steps_at_the_control_rate() {
+    use toprl_envs::environment::{EnvError, Environment};
+    use toprl_envs::robot::{RobotEnv, RobotEnvConfig};
+    let dir = tempfile::tempdir().unwrap();
+    calibrated(dir.path(), "f");
+    let sim = Served::start(SimBusConfig::default());
+    let mut cfg = arm_config(&sim.port, dir.path(), "f", ArmRole::Follower);
+    cfg.max_relative_target = Some([4.0; 6]);
+    let arm = So101Arm::connect(cfg).unwrap();
+    // The simulated arm rests at the simulator's home pose; start somewhere else.
+    let home = RobotEnvConfig::sim_home_pose();
+    let offset = [30.0, 0.0, -20.0, 0.0, 20.0, 10.0];
+    let start_pose: [f64; 6] = std::array::from_fn(|i| home[i] + offset[i]);
+    let env_cfg = RobotEnvConfig {
+        instruction: "reach".into(),
+        fps: 30.0,
+        max_steps: 15,
+        start_pose,
+        reset_speed: 60.0,
+        reset_tolerance: 4.0,
+        reset_timeout: Duration::from_secs(20),
+    };
+    let mut env = RobotEnv::new(arm, vec![], env_cfg.clone()).unwrap();
+    assert!(matches!(env.step(&[0.0; 6]), Err(EnvError::NotReset)));
+    let before = env.arm().read_positions().unwrap();
+    let far = (0..6)
+        .map(|i| (before[i] - start_pose[i]).abs())
+        .fold(0.0, f64::max);
+    let t0 = Instant::now();
+    let (obs, task) = env.reset(0).unwrap();
+    let reset_time = t0.elapsed().as_secs_f64();
+    assert!(task.is_none() && obs.environment_state.is_none() && obs.images.is_empty());
+    for (i, target) in start_pose.iter().enumerate() {
+        let d = (f64::from(obs.state[i]) - target).abs();
+        assert!(
+            d <= 4.0,
+            "joint {i} at {} not at the start pose {}",
+            obs.state[i],
+            start_pose[i]
+        );
+    }
+    // At most 60 units per second: a move of `far` takes at least far / 60 s.
+    assert!(
+        far > 10.0,
+        "the arm started {far} from the start pose; the test needs a real move"
+    );
+    assert!(reset_time >= far / 60.0 * 0.9, "moved {far} in {reset_time} s");
+
+    // A goal 30 degrees away is clamped to 4 per step; 15 steps at 30 Hz take ~0.5 s, then truncate.
+    let mut goal: Vec<f32> = obs.state.to_vec();
+    goal[0] += 30.0;
+    let t0 = Instant::now();
+    let mut steps = 0;
+    loop {
+        let t = env.step(&goal).unwrap();
+        steps += 1;
+        assert!(t.reward.is_none() && t.task.is_none() && !t.terminated);
+        if steps == 1 {
+            assert!(t.clipped, "max_relative_target clamps the first step");
+        }
+        if t.truncated {
+            break;
+        }
+    }
+    assert_eq!(steps, 15);
+    let elapsed = t0.elapsed().as_secs_f64();
+    assert!(
+        (0.4..2.0).contains(&elapsed),
+        "15 steps at 30 Hz took {elapsed} s"
+    );
+    let moved = env.arm().read_positions().unwrap()[0] - f64::from(obs.state[0]);
+    assert!(moved > 15.0, "shoulder_pan moved {moved}");
+    assert!(
+        matches!(env.step(&goal), Err(EnvError::NotReset)),
+        "a truncated episode needs a reset"
+    );
+    assert!(matches!(
+        env.reset(1).and_then(|_| env.step(&[0.0; 5])),
+        Err(EnvError::ActionLength { expected: 6, got: 5 })
+    ));
+    assert!(matches!(
+        env.step(&[0.0, f32::NAN, 0.0, 0.0, 0.0, 0.0]),
+        Err(EnvError::NonFiniteAction { joint: 1, .. })
+    ));
+    env.disconnect().unwrap();
+
+    // A start pose the arm cannot reach in time is an error naming the joints, not a silent start.
+    let mut cfg = arm_config(&sim.port, dir.path(), "f", ArmRole::Follower);
+    cfg.max_relative_target = Some([0.01; 6]);
+    let arm = So101Arm::connect(cfg).unwrap();
+    let mut slow = env_cfg;
+    slow.start_pose[0] = start_pose[0] + 40.0;
+    slow.reset_timeout = Duration::from_millis(300);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut env = RobotEnv::new(arm, vec![], slow)
+        .unwrap()
+        .with_stop_flag(stop.clone());
+    let err = env.reset(0).unwrap_err().to_string();
+    assert!(
+        err.contains("start pose") && err.contains("shoulder_pan"),
+        "{err}"
+    );
+    // The stop key interrupts the move.
+    stop.store(true, Ordering::SeqCst);
+    assert!(matches!(env.reset(0), Err(EnvError::Stopped)));
+}

@@ -25,8 +25,10 @@ use std::path::Path;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use toprl_envs::environment::Environment;
+use toprl_envs::environment::EpisodeRollout;
 use toprl_envs::episode::Episode;
-use toprl_envs::sim::{Rollout, RolloutOptions, SimConfig, So101Env};
+use toprl_envs::sim::{RolloutOptions, SimConfig};
 use toprl_policies::value::ValueConfig;
 use toprl_policies::{Normalizer, PolicyError, TrainConfig, ValueBatch, ValueTrainer, awr_weights};
 use toprl_rewards::score::EpisodeScore;
@@ -66,16 +68,17 @@ pub(crate) trait AwrLearner<'c> {
     /// [`crate::driver::ChunkDriver::with_exploration`] does when `exploration` is given.
     fn rollout(
         &mut self,
-        env: &mut So101Env,
+        env: &mut dyn Environment,
         seed: u64,
         opts: RolloutOptions,
         exploration: Option<(f32, u64)>,
-    ) -> std::result::Result<Rollout, DriveError>;
+    ) -> std::result::Result<EpisodeRollout, DriveError>;
     /// A new buffer starts: its first `demos` episodes are the demonstrations, the rest new rollouts.
     fn new_buffer(&mut self, _demos: usize) {}
     /// One weighted-BC step on a mini-batch of `data` (per-frame `weights`); returns the loss.
     fn train_step(&mut self, data: &Samples<'_>, weights: &[Vec<f32>]) -> Result<f32>;
-    /// Evaluate, log, and checkpoint with `extra` files inside; returns the evaluation success rate.
+    /// Evaluate, log, and checkpoint with `extra` files inside; returns the evaluation success rate (NaN
+    /// where success is not measured: the real arm).
     fn evaluate_and_save(&mut self, extra: &ExtraFiles<'_>) -> Result<f64>;
 }
 
@@ -109,11 +112,11 @@ impl<'c> AwrLearner<'c> for Run<'c> {
     }
     fn rollout(
         &mut self,
-        env: &mut So101Env,
+        env: &mut dyn Environment,
         seed: u64,
         opts: RolloutOptions,
         exploration: Option<(f32, u64)>,
-    ) -> std::result::Result<Rollout, DriveError> {
+    ) -> std::result::Result<EpisodeRollout, DriveError> {
         let mut policy = self.trainer.policy();
         policy.set_seed(seed);
         let cameras = camera_keys(&self.config.task.cameras);
@@ -123,7 +126,7 @@ impl<'c> AwrLearner<'c> for Run<'c> {
         Run::train_step(self, data, weights)
     }
     fn evaluate_and_save(&mut self, extra: &ExtraFiles<'_>) -> Result<f64> {
-        Ok(Run::evaluate_and_save(self, extra)?.success)
+        Ok(Run::evaluate_and_save(self, extra)?.success.unwrap_or(f64::NAN))
     }
 }
 
@@ -192,10 +195,6 @@ pub(crate) fn improve<'c>(run: &mut impl AwrLearner<'c>, inputs: AwrInputs<'_, '
     let config = run.config();
     let cfg = config.awr.clone();
     let mut value = value_trainer(run)?;
-    let mut env = So101Env::new(run.sim().clone()).map_err(|source| ExperimentError::Sim {
-        what: "AWR rollout env".into(),
-        source,
-    })?;
     let cameras = config.task.cameras.clone();
     let features = crate::experiment::state_features(config);
     let bar = crate::experiment::bar(run.opts(), u64::from(cfg.iterations), "AWR iterations");
@@ -208,7 +207,12 @@ pub(crate) fn improve<'c>(run: &mut impl AwrLearner<'c>, inputs: AwrInputs<'_, '
         let _span = tracing::info_span!("awr", arm = run.arm(), seed, iteration).entered();
 
         // 1. Roll out the current policy.
-        let rollouts = collect_rollouts(run, &mut env, iteration)?;
+        //    In the simulator or on the `[robot]` arm, connected only while rolling out (its watchdog
+        //    would stop it during the training steps, and evaluation connects on its own).
+        let rollouts = {
+            let mut env = crate::experiment::open_env(config, run.sim(), !run.sim().cameras.is_empty())?;
+            collect_rollouts(run, env.as_mut(), iteration)?
+        };
         let rollout_success =
             rollouts.iter().filter(|e| e.success == Some(true)).count() as f64 / rollouts.len() as f64;
 
@@ -294,6 +298,7 @@ pub(crate) fn improve<'c>(run: &mut impl AwrLearner<'c>, inputs: AwrInputs<'_, '
         tb.scalar("awr/policy_loss", step, loss)?;
         tb.scalar("awr/weight_mean", step, mean_w)?;
         run.progress().awr_iterations += 1;
+        // NaN on the real arm, where success is not measured.
         let eval_success = run.evaluate_and_save(&|checkpoint| value.save(checkpoint.join(VALUE_DIR)))?;
         bar.suspend(|| tracing::info!(rollout_success, eval_success, value_loss, "AWR iteration done"));
         bar.inc(1);
@@ -324,7 +329,7 @@ fn value_trainer<'c>(run: &mut impl AwrLearner<'c>) -> Result<ValueTrainer> {
 /// `awr.rollouts` episodes of the current policy with exploration noise, seeded by (seed, iteration).
 fn collect_rollouts<'c>(
     run: &mut impl AwrLearner<'c>,
-    env: &mut So101Env,
+    env: &mut dyn Environment,
     iteration: u32,
 ) -> Result<Vec<Episode>> {
     let cfg = &run.config().awr;

@@ -58,6 +58,227 @@ pub struct ExperimentConfig {
     pub awr: AwrConfig,
     /// The arms to compare (at least one).
     pub arms: Vec<ArmConfig>,
+    /// A real SO-101 follower: when present, evaluation and AWR rollouts run on this arm instead of in
+    /// MuJoCo (demonstrations still come from `data`).
+    #[serde(default)]
+    pub robot: Option<RobotConfig>,
+}
+
+/// The real arm an experiment evaluates on (`[robot]`). Success, progress and the simulator's reward do
+/// not exist on hardware: evaluation on the arm reports them as not measured (NaN) and records what the
+/// policy did; AWR arms need a reward that does not come from the simulator (`topreward` or `none`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RobotConfig {
+    /// Serial port of the follower (e.g. `/dev/ttyACM0`, or the `port:` line of `so101 sim-bus`).
+    pub port: String,
+    /// The follower's id: its LeRobot calibration file is `<id>.json`.
+    pub id: String,
+    /// Folder holding `<id>.json`. Default: LeRobot's calibration folder
+    /// (`$HF_LEROBOT_CALIBRATION/robots/so_follower`, then the older `so101_follower`).
+    #[serde(default)]
+    pub calibration_dir: Option<PathBuf>,
+    /// Cameras (`[[robot.cameras]]` with `name`, `path`, `width`, `height`); image policies need one per
+    /// `task.cameras` entry. Default: none.
+    #[serde(default)]
+    pub cameras: Vec<toprl_envs::robot::CameraConfig>,
+    /// Control rate in Hz. Default: 30 (LeRobot's).
+    #[serde(default = "default_robot_fps")]
+    pub fps: u32,
+    /// Largest change per step from the present position, in action units (degrees; gripper 0-100):
+    /// one number for every motor or a list of six. Default: none (only the calibrated range clamps).
+    #[serde(default)]
+    pub max_relative_target: Option<MaxRelativeTarget>,
+    /// Length of one evaluation episode on the arm, in seconds. Default: 20.
+    #[serde(default = "default_episode_seconds")]
+    pub episode_seconds: f64,
+    /// Joint positions the arm moves to before each episode (LeRobot units, motor order). Default: the
+    /// simulator's start pose, the one the policy was trained from.
+    #[serde(default)]
+    pub start_pose: Option<[f64; 6]>,
+    /// Speed of the move to the start pose, degrees (gripper %) per second. Default: 30.
+    #[serde(default = "default_reset_speed")]
+    pub reset_speed: f64,
+    /// How close (LeRobot units) every joint must come to the start pose. Default: 5.
+    #[serde(default = "default_reset_tolerance")]
+    pub reset_tolerance: f64,
+    /// Seconds allowed for the move to the start pose. Default: 20.
+    #[serde(default = "default_reset_timeout")]
+    pub reset_timeout_seconds: f64,
+    /// Torque goes off when no command reached the arm for this many milliseconds. Default: 500.
+    #[serde(default = "default_watchdog_ms")]
+    pub watchdog_ms: u64,
+    /// The instruction given to the policy. Default: the simulated task's, for a red cube.
+    #[serde(default)]
+    pub instruction: Option<String>,
+}
+
+/// `max_relative_target`: one limit for every motor, or one per motor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MaxRelativeTarget {
+    All(f64),
+    PerMotor(Vec<f64>),
+}
+
+fn default_robot_fps() -> u32 {
+    30
+}
+fn default_episode_seconds() -> f64 {
+    20.0
+}
+fn default_reset_speed() -> f64 {
+    30.0
+}
+fn default_reset_tolerance() -> f64 {
+    5.0
+}
+fn default_reset_timeout() -> f64 {
+    20.0
+}
+fn default_watchdog_ms() -> u64 {
+    500
+}
+
+impl RobotConfig {
+    /// Per-motor `max_relative_target`, checked: positive finite numbers, one or six of them.
+    pub fn max_relative(&self) -> Result<Option<[f64; 6]>, String> {
+        let values: [f64; 6] = match &self.max_relative_target {
+            None => return Ok(None),
+            Some(MaxRelativeTarget::All(v)) => [*v; 6],
+            Some(MaxRelativeTarget::PerMotor(v)) => match <[f64; 6]>::try_from(v.as_slice()) {
+                Ok(a) => a,
+                Err(_) => {
+                    return Err(format!(
+                        "expected one number or a list of 6 ({}), got {} values",
+                        toprl_envs::so101::MOTOR_NAMES.join(", "),
+                        v.len()
+                    ));
+                }
+            },
+        };
+        match values.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            Some(v) => Err(format!("{v} is not a positive number")),
+            None => Ok(Some(values)),
+        }
+    }
+
+    /// Control steps of one episode.
+    pub fn episode_steps(&self) -> usize {
+        (self.episode_seconds * f64::from(self.fps)).round().max(1.0) as usize
+    }
+
+    /// Everything about the config alone that connecting would refuse, as (field, message).
+    fn validate(
+        &self,
+        policy: &PolicyConfig,
+        task: &TaskConfig,
+        arms: &[ArmConfig],
+    ) -> Result<(), (String, String)> {
+        let bad = |field: &str, message: String| Err((format!("robot.{field}"), message));
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if self.port.trim().is_empty() {
+            return bad(
+                "port",
+                "is empty; give the follower's serial port, e.g. /dev/ttyACM0".into(),
+            );
+        }
+        if self.id.trim().is_empty() || self.id.contains(['/', '\\']) {
+            return bad("id", format!("`{}` is not a calibration file name", self.id));
+        }
+        if !(1..=200).contains(&self.fps) {
+            return bad("fps", format!("{} is outside 1..=200", self.fps));
+        }
+        if let Err(message) = self.max_relative() {
+            return bad("max_relative_target", message);
+        }
+        for (field, v) in [
+            ("episode_seconds", self.episode_seconds),
+            ("reset_speed", self.reset_speed),
+            ("reset_tolerance", self.reset_tolerance),
+            ("reset_timeout_seconds", self.reset_timeout_seconds),
+        ] {
+            if !positive(v) {
+                return bad(field, format!("{v} must be a positive number"));
+            }
+        }
+        if let Some(pose) = &self.start_pose
+            && let Some(v) = pose.iter().find(|v| !v.is_finite())
+        {
+            return bad("start_pose", format!("{v} is not a finite number"));
+        }
+        for (i, c) in self.cameras.iter().enumerate() {
+            if self.cameras[..i].iter().any(|o| o.name == c.name) {
+                return bad("cameras", format!("camera `{}` is listed twice", c.name));
+            }
+        }
+        if policy.kind == "smolvla" {
+            return bad(
+                "port",
+                "SmolVLA arms evaluate in simulation only in this version; remove [robot]".into(),
+            );
+        }
+        if policy.environment_state {
+            return Err((
+                "policy.environment_state".into(),
+                "the policy would read the simulator's cube pose, which a real arm does not have; set it to false to evaluate on [robot]".into(),
+            ));
+        }
+        if policy.kind != "gaussian" {
+            for cam in &task.cameras {
+                if !self.cameras.iter().any(|c| &c.name == cam) {
+                    return bad(
+                        "cameras",
+                        format!("the image policy sees task camera `{cam}`, which [robot] does not list"),
+                    );
+                }
+            }
+        }
+        for arm in arms {
+            if arm.algorithm == Algorithm::Awr
+                && !matches!(arm.reward, RewardSource::Topreward | RewardSource::None)
+            {
+                return Err((
+                    format!("arms.{}.reward", arm.name),
+                    format!(
+                        "AWR on the real arm needs a reward that does not come from the simulator: `topreward` or `none`, not `{}`",
+                        serde_json::to_value(arm.reward)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks that look at the machine: the port exists and the calibration file is found and valid.
+    fn check_resources(&self) -> Result<(), (String, String)> {
+        if !Path::new(&self.port).exists() {
+            return Err((
+                "robot.port".into(),
+                format!(
+                    "{} does not exist; is the arm plugged in (or `so101 sim-bus` running)?",
+                    self.port
+                ),
+            ));
+        }
+        toprl_envs::robot::calibration::find_calibration(
+            toprl_envs::robot::ArmRole::Follower,
+            &self.id,
+            self.calibration_dir.as_deref(),
+        )
+        .map_err(|e| {
+            let field = if self.calibration_dir.is_some() {
+                "robot.calibration_dir"
+            } else {
+                "robot.id"
+            };
+            (field.to_string(), e.to_string())
+        })?;
+        Ok(())
+    }
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -680,7 +901,13 @@ impl ExperimentConfig {
             ));
         }
         self.validate_values()
-            .map_err(|(field, message)| invalid(&field, message))
+            .map_err(|(field, message)| invalid(&field, message))?;
+        if let Some(robot) = &self.robot {
+            robot
+                .validate(&self.policy, &self.task, &self.arms)
+                .map_err(|(field, message)| invalid(&field, message))?;
+        }
+        Ok(())
     }
 
     /// Every value the run would refuse or misuse, refused here so `train --check` and the run agree:
@@ -888,6 +1115,11 @@ impl ExperimentConfig {
             field: field.to_string(),
             message,
         };
+        if let Some(robot) = &self.robot {
+            robot
+                .check_resources()
+                .map_err(|(field, message)| invalid(&field, message))?;
+        }
         let topreward = self.arms.iter().any(|a| a.reward == RewardSource::Topreward);
         if let Some(rm) = self.reward_model.as_ref().filter(|_| topreward) {
             toprl_rewards::qwen3_vl::CheckpointFiles::check(&rm.model)
@@ -974,6 +1206,44 @@ mod tests {
         assert_eq!(c.seeds, vec![0]);
         assert_eq!(c.train.steps, 2000);
         assert_eq!(c.arms[0].algorithm, Algorithm::RewardAlignedBc);
+    }
+
+    #[test]
+    fn robot_table_takes_defaults_and_refuses_bad_values_by_field() {
+        let robot = format!("{MINIMAL}\n[robot]\nport = \"/dev/ttyACM0\"\nid = \"arm\"\n");
+        let c = ExperimentConfig::parse(&robot, Path::new("r.toml")).unwrap();
+        let r = c.robot.as_ref().unwrap();
+        assert_eq!((r.fps, r.episode_steps(), r.watchdog_ms), (30, 600, 500));
+        assert_eq!(r.max_relative().unwrap(), None);
+        let with = |extra: &str| ExperimentConfig::parse(&format!("{robot}{extra}\n"), Path::new("r.toml"));
+        let six = with("max_relative_target = [1, 2, 3, 4, 5, 6]").unwrap();
+        let six = six.robot.unwrap().max_relative().unwrap().unwrap();
+        assert_eq!(six, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        for (extra, field) in [
+            ("max_relative_target = [1.0, 2.0]", "robot.max_relative_target"),
+            ("max_relative_target = -1.0", "robot.max_relative_target"),
+            ("fps = 0", "robot.fps"),
+            ("episode_seconds = 0.0", "robot.episode_seconds"),
+            ("reset_speed = nan", "robot.reset_speed"),
+            ("portt = \"x\"", "portt"),
+        ] {
+            let err = with(extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
+        // What the arm cannot provide is refused before any training.
+        let env_state = robot.replace(
+            "kind = \"gaussian\"",
+            "kind = \"gaussian\"\nenvironment_state = true",
+        );
+        let err = ExperimentConfig::parse(&env_state, Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("policy.environment_state"), "{err}");
+        let image = robot.replace("kind = \"gaussian\"", "kind = \"act\"");
+        let err = ExperimentConfig::parse(&image, Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("robot.cameras"), "{err}");
     }
 
     #[test]

@@ -1,12 +1,17 @@
-//! Driving a chunking [`Policy`] in the simulator: the simulator asks for one action per control step,
-//! a policy answers with a chunk of actions; the chunk is executed in full before the policy is asked again.
+//! Driving a chunking [`Policy`] in any [`Environment`] (the simulator or the real arm): the environment
+//! asks for one action per control step, a policy answers with a chunk of actions; the chunk is executed
+//! in full before the policy is asked again.
 
 use std::collections::VecDeque;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use toprl_envs::sim::{ActionSource, Rollout, RolloutOptions, SimError, SimObservation, So101Env, rollout};
+use image::RgbImage;
+use toprl_envs::environment::{
+    EnvError, Environment, EpisodeRollout, Observation as EnvObservation, rollout,
+};
+use toprl_envs::sim::{RolloutOptions, SimError, SimObservation};
 use toprl_policies::{CameraImage, LoadedPolicy, Observation, Policy, PolicyError};
 
 /// LeRobot's feature names of the joint state and of the simulator's privileged scene vector, as the
@@ -25,28 +30,31 @@ pub fn camera_key(name: &str) -> String {
 pub enum DriveError {
     #[error(transparent)]
     Sim(#[from] SimError),
+    #[error(transparent)]
+    Env(#[from] EnvError),
     #[error("the policy failed: {0}")]
     Policy(#[from] PolicyError),
 }
 
-/// One episode of `policy` in `env` from scene `seed`, its action chunks executed in full (see
-/// [`ChunkDriver`]); the policy's state input is rebuilt from its checkpoint's state features. With
-/// `exploration = Some((std, seed))` each chunk is offset as [`ChunkDriver::with_exploration`] does.
+/// One episode of `policy` in `env` (simulated scene `seed`, or the real arm), its action chunks executed
+/// in full (see [`ChunkDriver`]); the policy's state input is rebuilt from its checkpoint's state
+/// features. With `exploration = Some((std, seed))` each chunk is offset as
+/// [`ChunkDriver::with_exploration`] does.
 pub fn policy_rollout(
-    env: &mut So101Env,
+    env: &mut dyn Environment,
     policy: &mut LoadedPolicy,
     camera_keys: &[String],
     seed: u64,
     opts: RolloutOptions,
     exploration: Option<(f32, u64)>,
-) -> Result<Rollout, DriveError> {
+) -> Result<EpisodeRollout, DriveError> {
     let features = policy.state_features().to_vec();
     let mut driver = ChunkDriver::new(policy, camera_keys.to_vec(), features);
     if let Some((std, noise_seed)) = exploration {
         driver = driver.with_exploration(std, noise_seed);
     }
-    let mut act = |obs: &SimObservation, instruction: &str| driver.act(obs, instruction);
-    let r = rollout(env, ActionSource::Policy(&mut act), seed, opts)?;
+    let mut act = |obs: &EnvObservation, instruction: &str| driver.act(obs, instruction);
+    let r = rollout(env, &mut act, seed, opts)?;
     match driver.error.take() {
         Some(e) => Err(e.into()),
         None => Ok(r),
@@ -83,21 +91,56 @@ pub fn policy_state(
     Ok(out)
 }
 
-/// The policies crate's view of a simulator observation. `camera_keys` (e.g. `observation.images.front`)
-/// fixes which cameras the policy sees and in which order, the order it was trained with;
-/// `state_features` which vectors make up its state input.
+/// What a policy reads from an environment's observation, for the simulator's own observation type and
+/// the [`Environment`] one (which has no scene vector on the real arm).
+pub trait ObservationView {
+    /// Joint state in LeRobot units.
+    fn joint_state(&self) -> &[f32];
+    /// The simulator's privileged scene vector, when the source has one.
+    fn scene_state(&self) -> Option<&[f32]>;
+    /// The image of camera feature `key`.
+    fn image(&self, key: &str) -> Option<&RgbImage>;
+}
+
+impl ObservationView for SimObservation {
+    fn joint_state(&self) -> &[f32] {
+        &self.state
+    }
+    fn scene_state(&self) -> Option<&[f32]> {
+        Some(&self.environment_state)
+    }
+    fn image(&self, key: &str) -> Option<&RgbImage> {
+        self.images.get(key)
+    }
+}
+
+impl ObservationView for EnvObservation {
+    fn joint_state(&self) -> &[f32] {
+        &self.state
+    }
+    fn scene_state(&self) -> Option<&[f32]> {
+        self.environment_state.as_ref().map(|s| s.as_slice())
+    }
+    fn image(&self, key: &str) -> Option<&RgbImage> {
+        self.images.get(key)
+    }
+}
+
+/// The policies crate's view of an observation. `camera_keys` (e.g. `observation.images.front`) fixes
+/// which cameras the policy sees and in which order, the order it was trained with; `state_features`
+/// which vectors make up its state input.
 pub fn policy_observation(
-    obs: &SimObservation,
+    obs: &impl ObservationView,
     instruction: &str,
     camera_keys: &[String],
     state_features: &[String],
 ) -> Result<Observation, PolicyError> {
     Ok(Observation {
-        state: policy_state(&obs.state, Some(&obs.environment_state), state_features)?,
+        state: policy_state(obs.joint_state(), obs.scene_state(), state_features)?,
         images: camera_keys
             .iter()
             .filter_map(|key| {
-                obs.images.get(key).map(|img| CameraImage {
+                obs.image(key).map(|img| CameraImage {
                     key: key.clone(),
                     height: img.height() as usize,
                     width: img.width() as usize,
@@ -145,7 +188,7 @@ impl<'a> ChunkDriver<'a> {
     }
 
     /// The action for this control step.
-    pub fn act(&mut self, obs: &SimObservation, instruction: &str) -> Vec<f32> {
+    pub fn act(&mut self, obs: &impl ObservationView, instruction: &str) -> Vec<f32> {
         if self.queue.is_empty() && self.error.is_none() {
             match policy_observation(obs, instruction, &self.camera_keys, &self.state_features)
                 .and_then(|o| self.policy.act(&o))
@@ -166,7 +209,9 @@ impl<'a> ChunkDriver<'a> {
                 Err(e) => self.error = Some(e),
             }
         }
-        self.queue.pop_front().unwrap_or_else(|| obs.state.to_vec())
+        self.queue
+            .pop_front()
+            .unwrap_or_else(|| obs.joint_state().to_vec())
     }
 }
 

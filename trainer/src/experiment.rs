@@ -51,6 +51,11 @@ pub enum ExperimentError {
         what: String,
         source: toprl_envs::sim::SimError,
     },
+    #[error("environment ({what}): {source}")]
+    Env {
+        what: String,
+        source: toprl_envs::environment::EnvError,
+    },
     #[error("dataset {path}: {source}")]
     Dataset {
         path: String,
@@ -91,6 +96,7 @@ pub(crate) fn drive_err(what: impl Into<String>) -> impl FnOnce(DriveError) -> E
     let what = what.into();
     move |e| match e {
         DriveError::Sim(source) => ExperimentError::Sim { what, source },
+        DriveError::Env(source) => ExperimentError::Env { what, source },
         DriveError::Policy(source) => ExperimentError::Policy { what, source },
     }
 }
@@ -816,12 +822,13 @@ fn train_one(
         Some(eval) => eval,
         None => evaluate(&mut run.trainer.policy().with_seed(seed), sim, config, seed)?,
     };
-    tracing::info!(arm = arm.name, seed, success = eval.success, "run finished");
+    tracing::info!(arm = arm.name, seed, success = ?eval.success, "run finished");
     Ok(SeedResult {
         seed,
-        success: eval.success,
+        // Not measured on the real arm: NaN, written as `null`.
+        success: eval.success.unwrap_or(f64::NAN),
         episodes: config.eval.episodes,
-        mean_return: eval.mean_return,
+        mean_return: eval.mean_return.unwrap_or(f64::NAN),
         wall_time_s: run.progress.wall_time_s,
         last_k_mean: crate::stats::last_k_mean(&run.progress.curve, config.train.last_k as usize),
         curve: run.progress.curve,
@@ -992,8 +999,13 @@ impl<'c> Run<'c> {
         let step = u64::from(self.progress.step);
         let mut policy = self.trainer.policy().with_seed(self.seed);
         let eval = evaluate(&mut policy, self.sim, self.config, self.seed)?;
-        self.tb.scalar("eval/success", step, eval.success as f32)?;
-        self.tb.scalar("eval/return", step, eval.mean_return as f32)?;
+        if let Some(success) = eval.success {
+            self.tb.scalar("eval/success", step, success as f32)?;
+        }
+        if let Some(mean_return) = eval.mean_return {
+            self.tb.scalar("eval/return", step, mean_return as f32)?;
+        }
+        self.tb.scalar("eval/steps", step, eval.mean_steps as f32)?;
         if let Some(episode) = &eval.example {
             self.tb.image(
                 "eval/rollout",
@@ -1002,7 +1014,9 @@ impl<'c> Run<'c> {
             )?;
         }
         self.tb.flush()?;
-        self.progress.curve.push((self.progress.step, eval.success));
+        if let Some(success) = eval.success {
+            self.progress.curve.push((self.progress.step, success));
+        }
         self.progress.wall_time_s += self.clock.elapsed().as_secs_f64();
         self.clock = Instant::now();
         let checkpoint = self.dir.join("checkpoint");
@@ -1074,13 +1088,86 @@ pub fn checkpoint_task(dir: &Path) -> Result<Option<String>> {
 }
 
 pub(crate) struct Evaluation {
-    pub success: f64,
-    pub mean_return: f64,
+    /// Success rate; `None` where success is not known (the real arm).
+    pub success: Option<f64>,
+    /// Mean return; `None` where the environment has no reward (the real arm).
+    pub mean_return: Option<f64>,
+    /// Mean control steps per episode.
+    pub mean_steps: f64,
     /// The first evaluation episode with its frames, for TensorBoard.
     example: Option<Episode>,
 }
 
-/// Success rate and mean return of `policy` over the evaluation scenes of `seed`. Each predicted chunk is
+/// The environment policies are rolled out in: the real arm of `[robot]` when the config has one, else
+/// the simulator with `sim` (cameras rendered only when `images`).
+pub(crate) fn open_env(
+    config: &ExperimentConfig,
+    sim: &SimConfig,
+    images: bool,
+) -> Result<Box<dyn toprl_envs::environment::Environment>> {
+    let Some(robot) = &config.robot else {
+        let mut sim = sim.clone();
+        if !images {
+            sim.cameras.clear();
+        }
+        return Ok(Box::new(So101Env::new(sim).map_err(sim_err("evaluation env"))?));
+    };
+    Ok(Box::new(robot_env(config, robot, images)?))
+}
+
+/// Connects the `[robot]` follower (torque on) and opens its cameras when the policy sees images.
+fn robot_env(
+    config: &ExperimentConfig,
+    robot: &crate::config::RobotConfig,
+    images: bool,
+) -> Result<toprl_envs::robot::RobotEnv> {
+    use toprl_envs::robot::{ArmConfig as FollowerConfig, ArmRole, RobotEnv, RobotEnvConfig, So101Arm};
+    let mut arm_cfg = FollowerConfig::new(&robot.port, &robot.id, ArmRole::Follower);
+    arm_cfg.calibration_dir = robot.calibration_dir.clone();
+    arm_cfg.max_relative_target = robot
+        .max_relative()
+        .map_err(|e| ExperimentError::Invalid(format!("robot.max_relative_target: {e}")))?;
+    arm_cfg.watchdog = (robot.watchdog_ms > 0).then(|| std::time::Duration::from_millis(robot.watchdog_ms));
+    let arm = So101Arm::connect(arm_cfg).map_err(|e| ExperimentError::Env {
+        what: format!("connecting the follower on {} (robot.port)", robot.port),
+        source: e.into(),
+    })?;
+    let mut cameras = Vec::new();
+    if images {
+        for cam in robot
+            .cameras
+            .iter()
+            .filter(|c| config.task.cameras.contains(&c.name))
+        {
+            cameras.push(
+                toprl_envs::robot::open_camera(cam).map_err(|e| ExperimentError::Env {
+                    what: "robot.cameras".into(),
+                    source: e.into(),
+                })?,
+            );
+        }
+    }
+    let task = parse_task(&config.task.name)?;
+    let env_cfg = RobotEnvConfig {
+        instruction: robot
+            .instruction
+            .clone()
+            .unwrap_or_else(|| task.instruction("red")),
+        fps: f64::from(robot.fps),
+        max_steps: robot.episode_steps(),
+        start_pose: robot.start_pose.unwrap_or_else(RobotEnvConfig::sim_home_pose),
+        reset_speed: robot.reset_speed,
+        reset_tolerance: robot.reset_tolerance,
+        reset_timeout: std::time::Duration::from_secs_f64(robot.reset_timeout_seconds),
+    };
+    RobotEnv::new(arm, cameras, env_cfg).map_err(|source| ExperimentError::Env {
+        what: "[robot]".into(),
+        source,
+    })
+}
+
+/// Success rate and mean return of `policy` over the evaluation scenes of `seed` (in simulation), or
+/// over `eval.episodes` episodes on the `[robot]` arm, where neither is known. Each predicted chunk is
 /// executed in full before the policy is queried again.
 fn evaluate(
     policy: &mut LoadedPolicy,
@@ -1089,30 +1176,28 @@ fn evaluate(
     seed: u64,
 ) -> Result<Evaluation> {
     let images = policy.config().cameras() > 0;
-    let mut sim = sim.clone();
-    if !images {
-        sim.cameras.clear();
-    }
     let camera_keys = camera_keys(&config.task.cameras);
-    let mut env = So101Env::new(sim).map_err(sim_err("evaluation env"))?;
-    let (mut successes, mut total_return, mut example) = (0usize, 0.0, None);
+    let mut env = open_env(config, sim, images)?;
+    let (mut successes, mut returns, mut steps, mut example) = (Some(0usize), Some(0.0), 0usize, None);
     for i in 0..config.eval.episodes as usize {
         let opts = RolloutOptions {
             keep_frames: i == 0 && images,
             index: i,
         };
-        let r = policy_rollout(&mut env, policy, &camera_keys, eval_seed(seed, i), opts, None)
+        let r = policy_rollout(env.as_mut(), policy, &camera_keys, eval_seed(seed, i), opts, None)
             .map_err(drive_err(format!("evaluation episode {i}")))?;
-        successes += usize::from(r.success);
-        total_return += r.total_reward;
+        successes = successes.zip(r.success).map(|(n, s)| n + usize::from(s));
+        returns = returns.zip(r.total_reward).map(|(sum, r)| sum + r);
+        steps += r.steps;
         if i == 0 {
             example = Some(r.episode);
         }
     }
     let n = config.eval.episodes.max(1) as f64;
     Ok(Evaluation {
-        success: successes as f64 / n,
-        mean_return: total_return / n,
+        success: successes.map(|s| s as f64 / n),
+        mean_return: returns.map(|r| r / n),
+        mean_steps: steps as f64 / n,
         example,
     })
 }

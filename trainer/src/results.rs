@@ -21,18 +21,21 @@ pub const BOOTSTRAP_SEED: u64 = 0x0b00_7575;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeedResult {
     pub seed: u64,
-    /// Final success rate over the evaluation episodes.
+    /// Final success rate over the evaluation episodes; NaN (`null` in JSON) when it was not measured
+    /// (evaluation on the real arm, where no simulator knows success).
+    #[serde(deserialize_with = "nan_if_null")]
     pub success: f64,
     /// Evaluation episodes behind `success`.
     pub episodes: u32,
-    /// Mean evaluation return (sum of the task's shaped reward).
+    /// Mean evaluation return (sum of the task's shaped reward); NaN when not measured (real arm).
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean_return: f64,
     /// Training wall time in seconds.
     pub wall_time_s: f64,
     /// (training step, success rate) at each evaluation, the last one being the final evaluation.
     pub curve: Vec<(u32, f64)>,
-    /// Mean success of the last `train.last_k` evaluations.
-    #[serde(default)]
+    /// Mean success of the last `train.last_k` evaluations (NaN without measured evaluations).
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub last_k_mean: f64,
     /// Spread of the arm's per-frame demonstration weights (of the BC phase for AWR arms).
     #[serde(default)]
@@ -43,6 +46,11 @@ pub struct SeedResult {
     /// Noise standard deviation of an `oracle_noisy` arm.
     #[serde(default)]
     pub noise_sigma: Option<f64>,
+}
+
+/// serde_json writes a non-finite number as `null`; read it back as NaN ("not measured").
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// One arm aggregated over its seeds.
@@ -301,6 +309,23 @@ pub enum ResultsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unmeasured_success_round_trips_as_null_and_nan() {
+        // Evaluation on the real arm: no success, no return, no curve.
+        let mut r = seed(3, f64::NAN);
+        r.mean_return = f64::NAN;
+        r.last_k_mean = f64::NAN;
+        r.curve.clear();
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(
+            json["success"].is_null() && json["mean_return"].is_null(),
+            "{json}"
+        );
+        let back: SeedResult = serde_json::from_value(json).unwrap();
+        assert!(back.success.is_nan() && back.mean_return.is_nan() && back.last_k_mean.is_nan());
+        assert_eq!(back.seed, 3);
+    }
 
     fn seed(seed: u64, success: f64) -> SeedResult {
         SeedResult {

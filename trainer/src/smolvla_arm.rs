@@ -20,6 +20,9 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
+use toprl_envs::environment::{
+    Environment, EpisodeRollout, Observation as EnvObservation, rollout as env_rollout,
+};
 use toprl_envs::episode::Episode;
 use toprl_envs::sim::{ActionSource, Rollout, RolloutOptions, SimConfig, So101Env, rollout};
 use toprl_policies::smolvla::SmolVlaPolicy;
@@ -402,7 +405,7 @@ impl Policy for RenamedCameras<'_> {
     }
 }
 
-/// One episode of a SmolVLA policy in `env` from scene `seed` (its chunks executed in full), the
+/// One episode of a SmolVLA policy in the simulator from scene `seed` (its chunks executed in full), the
 /// simulator cameras (the keys of `cameras`) feeding the checkpoint features they map to.
 pub fn smolvla_rollout(
     env: &mut So101Env,
@@ -411,19 +414,37 @@ pub fn smolvla_rollout(
     seed: u64,
     opts: RolloutOptions,
 ) -> std::result::Result<Rollout, DriveError> {
-    smolvla_rollout_exploring(env, policy, cameras, seed, opts, None)
+    drive_smolvla(policy, cameras, seed, None, |driver| {
+        let mut act = |obs: &toprl_envs::sim::SimObservation, instruction: &str| driver.act(obs, instruction);
+        rollout(env, ActionSource::Policy(&mut act), seed, opts)
+    })
 }
 
-/// [`smolvla_rollout`] with each chunk offset by `exploration = Some((std, seed))` as
-/// [`ChunkDriver::with_exploration`] does (AWR's rollouts).
+/// One episode of a SmolVLA policy in any [`Environment`], each chunk offset by `exploration = Some((std,
+/// seed))` as [`ChunkDriver::with_exploration`] does (AWR's rollouts).
 pub fn smolvla_rollout_exploring(
-    env: &mut So101Env,
+    env: &mut dyn Environment,
     policy: &mut SmolVlaPolicy,
     cameras: &CameraMap,
     seed: u64,
     opts: RolloutOptions,
     exploration: Option<(f32, u64)>,
-) -> std::result::Result<Rollout, DriveError> {
+) -> std::result::Result<EpisodeRollout, DriveError> {
+    drive_smolvla(policy, cameras, seed, exploration, |driver| {
+        let mut act = |obs: &EnvObservation, instruction: &str| driver.act(obs, instruction);
+        env_rollout(env, &mut act, seed, opts)
+    })
+}
+
+/// Runs `episode` with a [`ChunkDriver`] over the SmolVLA policy (seeded by `seed`, cameras renamed to
+/// the checkpoint's features); a policy failure inside the episode is returned as the error.
+fn drive_smolvla<R, E: Into<DriveError>>(
+    policy: &mut SmolVlaPolicy,
+    cameras: &CameraMap,
+    seed: u64,
+    exploration: Option<(f32, u64)>,
+    episode: impl FnOnce(&mut ChunkDriver<'_>) -> std::result::Result<R, E>,
+) -> std::result::Result<R, DriveError> {
     policy.set_seed(seed);
     let mut renamed = RenamedCameras { policy, cameras };
     let mut driver = ChunkDriver::new(
@@ -434,8 +455,7 @@ pub fn smolvla_rollout_exploring(
     if let Some((std, noise_seed)) = exploration {
         driver = driver.with_exploration(std, noise_seed);
     }
-    let mut act = |obs: &toprl_envs::sim::SimObservation, instruction: &str| driver.act(obs, instruction);
-    let r = rollout(env, ActionSource::Policy(&mut act), seed, opts)?;
+    let r = episode(&mut driver).map_err(Into::into)?;
     match driver.error.take() {
         Some(e) => Err(e.into()),
         None => Ok(r),
@@ -651,11 +671,11 @@ impl<'c> AwrLearner<'c> for SmolVlaRun<'c> {
 
     fn rollout(
         &mut self,
-        env: &mut So101Env,
+        env: &mut dyn Environment,
         seed: u64,
         opts: RolloutOptions,
         exploration: Option<(f32, u64)>,
-    ) -> std::result::Result<Rollout, DriveError> {
+    ) -> std::result::Result<EpisodeRollout, DriveError> {
         smolvla_rollout_exploring(
             env,
             &mut self.tuner.policy,

@@ -8,10 +8,14 @@ pub mod arm;
 pub mod bus;
 pub mod calibrate;
 pub mod calibration;
+pub mod camera;
+pub mod env;
 pub mod protocol;
 pub mod sim_bus;
 
 pub use arm::{ArmConfig, ArmError, So101Arm};
 pub use bus::{BusError, BusOptions, FeetechBus};
 pub use calibration::{ArmRole, Calibration, CalibrationError, MotorCalibration, NormMode};
+pub use camera::{Camera, CameraConfig, CameraError, open_camera};
+pub use env::{RobotEnv, RobotEnvConfig};
 pub use sim_bus::{Faults, Operator, SimBus, SimBusConfig};

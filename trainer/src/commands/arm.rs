@@ -685,7 +685,8 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------------
 // run
 
-/// A toprl policy drives the follower at a fixed rate (state-only policies in this build: no cameras).
+/// A toprl policy drives the follower at a fixed rate (state-only policies in this build: no cameras):
+/// each episode moves the arm to the start pose at a limited speed, then runs for --episode-time.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -707,6 +708,10 @@ pub struct RunArgs {
     /// Seed of the policy's sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Speed of the move to the start pose (the simulator's) before each episode, degrees (gripper %)
+    /// per second.
+    #[arg(long, default_value_t = 30.0)]
+    pub reset_speed: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -721,12 +726,19 @@ struct RunSummary {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     use crate::driver::{ChunkDriver, ENVIRONMENT_STATE_FEATURE};
-    use toprl_envs::sim::SimObservation;
+    use toprl_envs::environment::Environment;
+    use toprl_envs::robot::{RobotEnv, RobotEnvConfig};
 
     let period = check_fps(args.fps)?;
     let episode_time = check_seconds("--episode-time", args.episode_time)?;
     if args.episodes == 0 {
         bail!("--episodes must be at least 1");
+    }
+    if !(args.reset_speed.is_finite() && args.reset_speed > 0.0) {
+        bail!(
+            "--reset-speed must be a positive number, got {}",
+            args.reset_speed
+        );
     }
     if !args.policy.exists() {
         bail!("--policy {}: no such checkpoint folder", args.policy.display());
@@ -751,13 +763,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     install_ctrl_c()?;
     let mut keys = Keys::spawn();
     let follower = args.follower.connect()?;
+    let env_cfg = RobotEnvConfig {
+        instruction: args.task.clone(),
+        fps: f64::from(args.fps),
+        max_steps: (episode_time.as_secs_f64() * f64::from(args.fps))
+            .round()
+            .max(1.0) as usize,
+        start_pose: RobotEnvConfig::sim_home_pose(),
+        reset_speed: args.reset_speed,
+        reset_tolerance: 5.0,
+        reset_timeout: Duration::from_secs(20),
+    };
+    let mut env = RobotEnv::new(follower, vec![], env_cfg)?.with_stop_flag(interrupted().clone());
     eprintln!(
         "running {} at {} Hz: `s` ENTER or Ctrl-C stops (torque off)",
         args.policy.display(),
         args.fps
     );
     let (mut steps, mut clamped, mut stopped) = (0usize, 0usize, false);
-    let mut last = follower.read_positions()?;
+    let mut last = env.arm().read_positions()?;
     let mut done = 0;
     'episodes: for episode in 0..args.episodes {
         if episode > 0 {
@@ -772,14 +796,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     Some(_) => break,
                     None => {}
                 }
-                follower.send_action(&last)?;
+                env.arm().send_action(&last)?;
                 pace(&mut next, period);
             }
         }
+        // The arm moves to its start pose at --reset-speed, then the policy drives it until time is up.
+        let mut obs = match env.reset(args.seed) {
+            Ok((obs, _)) => obs,
+            Err(toprl_envs::environment::EnvError::Stopped) => {
+                stopped = true;
+                break 'episodes;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut driver = ChunkDriver::new(&mut policy, vec![], features.clone());
-        let start = Instant::now();
-        let mut next = Instant::now();
-        while start.elapsed() < episode_time {
+        loop {
             match key(&mut keys) {
                 Some(Key::Stop) => {
                     stopped = true;
@@ -788,30 +819,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 Some(_) => break,
                 None => {}
             }
-            let present = follower.read_positions()?;
-            let obs = SimObservation {
-                state: present.map(|v| v as f32),
-                ..SimObservation::default()
-            };
             let action = driver.act(&obs, &args.task);
             if let Some(e) = driver.error.take() {
                 return Err(anyhow::Error::new(e).context("the policy failed; torque turned off"));
             }
-            let goal: Vec<f64> = action.iter().map(|v| f64::from(*v)).collect();
-            let sent = follower.send_action(&goal)?;
-            if sent.iter().zip(&goal).any(|(s, a)| (s - a).abs() > 1e-4) {
-                clamped += 1;
-            }
-            last = sent;
+            let t = env.step(&action)?;
+            clamped += usize::from(t.clipped);
             steps += 1;
-            pace(&mut next, period);
+            obs = t.observation;
+            last = obs.state.map(f64::from);
+            if t.truncated {
+                break;
+            }
         }
         done += 1;
     }
-    let final_state = follower.read_positions()?;
-    follower
-        .disconnect()
-        .context("turning the follower's torque off")?;
+    let final_state = env.arm().read_positions()?;
+    env.disconnect().context("turning the follower's torque off")?;
     println!(
         "{}",
         serde_json::to_string(&RunSummary {

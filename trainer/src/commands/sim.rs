@@ -239,8 +239,15 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                 keep_frames,
                 index: i,
             };
-            let mut r = policy_rollout(&mut env, loaded, &camera_keys, seed, opts, None)
+            let r = policy_rollout(&mut env, loaded, &camera_keys, seed, opts, None)
                 .with_context(|| format!("episode {i} (seed {seed})"))?;
+            // The simulator always reports its reward and success.
+            let mut r = Rollout {
+                total_reward: r.total_reward.unwrap_or_default(),
+                success: r.success.unwrap_or(false),
+                steps: r.steps,
+                episode: r.episode,
+            };
             record(&mut r)?;
             bar.inc(1);
             rollouts.push(r);
