@@ -17,7 +17,7 @@ use toprl_rewards::metrics::WeightParams;
 use toprl_trainer::arm_weights::{LabelSettings, frame_weights};
 use toprl_trainer::config::RewardSource;
 use toprl_trainer::weighting::{
-    DeltaKind, ProgressScale, Weighting, WeightingParams, deltas, self_normalise,
+    DeltaKind, ProgressScale, Weighting, WeightingParams, deltas, self_normalise, weights_from_deltas,
 };
 
 /// Deltas and per-frame weights: LeRobot rounds deltas to f32, toprl keeps f64 deltas and f32 weights.
@@ -30,8 +30,23 @@ struct Case {
     chunk: usize,
     kappa: f64,
     progress: Vec<Vec<f32>>,
+    /// Progress given to both sides as these f64 values (a TOPReward-like f64 source, through
+    /// `weights_from_deltas`) instead of the f32 simulator progress of `frame_weights`.
+    f64_progress: Option<Vec<Vec<f64>>>,
     batch_size: usize,
     num_batches: usize,
+}
+
+impl Case {
+    /// The progress both sides read, as f64.
+    fn progress64(&self) -> Vec<Vec<f64>> {
+        self.f64_progress.clone().unwrap_or_else(|| {
+            self.progress
+                .iter()
+                .map(|p| p.iter().map(|&x| f64::from(x)).collect())
+                .collect()
+        })
+    }
 }
 
 /// A small deterministic generator (the test's inputs need no statistics, only variety).
@@ -77,8 +92,22 @@ fn cases() -> Vec<Case> {
                 at_kappa,
                 slow,
             ],
+            f64_progress: None,
             batch_size: 16,
             num_batches: 6,
+        },
+        Case {
+            // f64 progress whose chunk deltas are kappa in decimal but above it in f64 (0.31 - 0.3).
+            name: "f64_deltas_at_kappa",
+            chunk: 4,
+            kappa: 0.01,
+            progress: Vec::new(),
+            f64_progress: Some(vec![
+                (0..12).map(|t| if t < 4 { 0.3 } else { 0.31 }).collect(),
+                (0..20).map(|t| 0.05 * f64::from(t)).collect(),
+            ]),
+            batch_size: 8,
+            num_batches: 3,
         },
         Case {
             // Mostly regress: the mean delta is negative and LeRobot floors it at 0.
@@ -90,6 +119,7 @@ fn cases() -> Vec<Case> {
                 failing.iter().map(|p| p * 0.5).collect(),
                 wiggly.iter().take(10).copied().collect(),
             ],
+            f64_progress: None,
             batch_size: 8,
             num_batches: 4,
         },
@@ -103,6 +133,7 @@ fn cases() -> Vec<Case> {
                 wiggly,
                 failing,
             ],
+            f64_progress: None,
             batch_size: 32,
             num_batches: 3,
         },
@@ -169,7 +200,7 @@ fn rabc_weights_and_weighted_loss_match_lerobot() {
     let mut batches: Vec<Vec<Vec<usize>>> = Vec::new();
     let mut losses: Vec<Vec<Vec<f32>>> = Vec::new();
     for case in &cases {
-        let frames: usize = case.progress.iter().map(Vec::len).sum();
+        let frames: usize = case.progress64().iter().map(Vec::len).sum();
         let mut b: Vec<Vec<usize>> = (0..case.num_batches)
             .map(|_| (0..case.batch_size).map(|_| rng.below(frames)).collect())
             .collect();
@@ -192,7 +223,7 @@ fn rabc_weights_and_weighted_loss_match_lerobot() {
                 "name": c.name,
                 "chunk": c.chunk,
                 "kappa": c.kappa,
-                "progress": c.progress.iter().map(|p| p.iter().map(|&x| f64::from(x)).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                "progress": c.progress64(),
                 "batches": batches[i],
                 "losses": losses[i],
             })
@@ -220,17 +251,24 @@ fn rabc_weights_and_weighted_loss_match_lerobot() {
     let (mut soft, mut zero, mut full) = (0, 0, 0);
     for (i, case) in cases.iter().enumerate() {
         let theirs = &lerobot[i];
-        let eps = episodes(case);
-        let ours = frame_weights(RewardSource::Oracle, &eps, None, &settings(case)).unwrap();
-        let our_deltas: Vec<f64> = case
-            .progress
+        let progress = case.progress64();
+        let our_deltas: Vec<Vec<f64>> = progress
             .iter()
-            .flat_map(|p| {
-                let p: Vec<f64> = p.iter().map(|&x| f64::from(x)).collect();
-                deltas(&p, DeltaKind::Chunk, case.chunk, &[])
-            })
+            .map(|p| deltas(p, DeltaKind::Chunk, case.chunk, &[]))
             .collect();
-        let our_weights: Vec<f32> = ours.weights.iter().flatten().copied().collect();
+        let our_weights: Vec<f32> = if case.f64_progress.is_some() {
+            weights_from_deltas(&our_deltas, &settings(case).weighting)
+                .into_iter()
+                .flatten()
+                .map(|w| w as f32)
+                .collect()
+        } else {
+            // The path of an experiment arm with simulator progress.
+            let eps = episodes(case);
+            let ours = frame_weights(RewardSource::Oracle, &eps, None, &settings(case)).unwrap();
+            ours.weights.into_iter().flatten().collect()
+        };
+        let our_deltas: Vec<f64> = our_deltas.into_iter().flatten().collect();
         let (their_deltas, their_weights) = (floats(&theirs["deltas"]), floats(&theirs["weights"]));
         assert_eq!(
             our_weights.len(),
