@@ -327,7 +327,9 @@ mod tests {
         let w = weights_from_deltas(&d, &RABC);
         assert_eq!(w[0][0], 1.0, "above kappa");
         assert_eq!(w[0][1], 0.0, "backwards");
-        let soft = ((0.005 - (m - 2.0 * sd)) / (4.0 * sd + RABC_EPSILON)).clamp(0.0, 1.0);
+        // The delta as LeRobot reads it: rounded to f32.
+        let d32 = f64::from(0.005f32);
+        let soft = ((d32 - (m - 2.0 * sd)) / (4.0 * sd + RABC_EPSILON)).clamp(0.0, 1.0);
         assert!((w[1][0] - soft).abs() < 1e-12);
         assert_eq!(w[1][1], 1.0);
         // A negative mean is floored at 0 before the lower bound.
