@@ -14,7 +14,8 @@
 //!    - `rabc`: LeRobot's RA-BC (from SARM, `RABCWeights._compute_weights`): with `mu = max(mean delta, 0)`
 //!      and `sigma = max(std delta, eps)` over the dataset, `w = 1` when `delta > kappa`,
 //!      `clip((delta - (mu - 2 sigma)) / (4 sigma + eps), 0, 1)` when `0 <= delta <= kappa`, and 0 when
-//!      progress goes backwards.
+//!      progress goes backwards. Deltas and kappa are rounded to f32 first, as LeRobot does; checked
+//!      against LeRobot 0.4.4's own code by `tests/rabc_lerobot_parity.rs`.
 //!
 //! The loss is self-normalised per batch (`sum w l / sum w`, as LeRobot's training loop), so only the
 //! weights' ratios matter, and [`WeightStats`] reports how far they are from uniform (`ess`: Kish's
