@@ -14,7 +14,8 @@
 //!    - `rabc`: LeRobot's RA-BC (from SARM, `RABCWeights._compute_weights`): with `mu = max(mean delta, 0)`
 //!      and `sigma = max(std delta, eps)` over the dataset, `w = 1` when `delta > kappa`,
 //!      `clip((delta - (mu - 2 sigma)) / (4 sigma + eps), 0, 1)` when `0 <= delta <= kappa`, and 0 when
-//!      progress goes backwards.
+//!      progress goes backwards. Deltas and kappa are rounded to f32 first, as LeRobot does; checked
+//!      against LeRobot 0.4.4's own code by `tests/rabc_lerobot_parity.rs`.
 //!
 //! The loss is self-normalised per batch (`sum w l / sum w`, as LeRobot's training loop), so only the
 //! weights' ratios matter, and [`WeightStats`] reports how far they are from uniform (`ess`: Kish's
@@ -149,12 +150,17 @@ pub fn weights_from_deltas(deltas: &[Vec<f64>], params: &WeightingParams) -> Vec
             let mu = mean.max(0.0);
             let sigma = std.max(RABC_EPSILON);
             let lower = mu - 2.0 * sigma;
+            // LeRobot rounds each delta to f32 (`np.array(deltas, dtype=np.float32)` in
+            // `compute_batch_weights`) and compares it with kappa in f32; done here too, so a delta
+            // within f32 rounding of kappa (e.g. 0.31 - 0.3 with kappa 0.01) gets LeRobot's weight.
+            let kappa = f64::from(params.kappa as f32);
             deltas
                 .iter()
                 .map(|d| {
                     d.iter()
                         .map(|&x| {
-                            if x > params.kappa {
+                            let x = f64::from(x as f32);
+                            if x > kappa {
                                 1.0
                             } else if x >= 0.0 {
                                 ((x - lower) / (4.0 * sigma + RABC_EPSILON)).clamp(0.0, 1.0)
@@ -322,10 +328,15 @@ mod tests {
         let w = weights_from_deltas(&d, &RABC);
         assert_eq!(w[0][0], 1.0, "above kappa");
         assert_eq!(w[0][1], 0.0, "backwards");
-        let soft = ((0.005 - (m - 2.0 * sd)) / (4.0 * sd + RABC_EPSILON)).clamp(0.0, 1.0);
+        // The delta as LeRobot reads it: rounded to f32.
+        let d32 = f64::from(0.005f32);
+        let soft = ((d32 - (m - 2.0 * sd)) / (4.0 * sd + RABC_EPSILON)).clamp(0.0, 1.0);
         assert!((w[1][0] - soft).abs() < 1e-12);
         assert_eq!(w[1][1], 1.0);
         // A negative mean is floored at 0 before the lower bound.
+        // A delta of kappa in decimal is kappa after LeRobot's f32 rounding: soft, not 1.
+        let at_kappa = weights_from_deltas(&[vec![0.31 - 0.3, 0.5]], &RABC);
+        assert!(0.31 - 0.3 > RABC.kappa && at_kappa[0][0] < 1.0, "{at_kappa:?}");
         let neg = weights_from_deltas(&[vec![-0.5, 0.0]], &RABC);
         let sd = 0.25;
         assert!((neg[0][1] - (2.0 * sd / (4.0 * sd + RABC_EPSILON))).abs() < 1e-9);
