@@ -128,6 +128,14 @@ def score(model_dir: Path, frames_dir: Path, fps: float, instruction: str) -> No
         + PROMPT_PREFIX
         + SUFFIX.format(instruction=instruction)
     )
+    # transformers 5 no longer consumes the prompt's own <|vision_start|>..<|vision_end|> around <|video_pad|>
+    # (4.57 replaced all three): then give it the bare pad, so the model sees the same tokens as under 4.57 and
+    # in toprl. Decided once, on a one-frame probe, outside the timed scoring.
+    probe = torch.from_numpy(np.stack([frames[0], frames[0]])).permute(0, 3, 1, 2).contiguous()
+    probe_meta = {"total_num_frames": 2, "fps": fps, "frames_indices": [0, 0]}
+    if doubled_markers(processor(text=[text], videos=[probe], video_metadata=[probe_meta], do_sample_frames=False,
+                                 return_tensors="pt"), processor):
+        text = text.replace("<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>")
     if device.type == "cuda":
         torch.cuda.synchronize()
     t_load = time.perf_counter() - t0
@@ -142,15 +150,7 @@ def score(model_dir: Path, frames_dir: Path, fps: float, instruction: str) -> No
             video = torch.from_numpy(np.stack([frames[i] for i in idx])).permute(0, 3, 1, 2).contiguous()
             meta = {"total_num_frames": len(idx), "fps": fps, "frames_indices": idx}
             enc = processor(text=[text], videos=[video], video_metadata=[meta], do_sample_frames=False,
-                            return_tensors="pt")
-            if doubled_markers(enc, processor):
-                # transformers 5 no longer consumes the prompt's own <|vision_start|>..<|vision_end|> around
-                # <|video_pad|> (4.57 replaced all three); give it the bare pad so the model sees the same
-                # tokens as under 4.57 and in toprl.
-                text = text.replace("<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>")
-                enc = processor(text=[text], videos=[video], video_metadata=[meta], do_sample_frames=False,
-                                return_tensors="pt")
-            enc = enc.to(device)
+                            return_tensors="pt").to(device)
             with torch.no_grad():
                 logits = model(**enc, logits_to_keep=2).logits
             # .item() waits for the device, so the clock below includes all of its work.
