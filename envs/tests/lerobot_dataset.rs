@@ -199,6 +199,35 @@ fn random_access_matches_the_episode_decode() {
     ));
 }
 
+#[test]
+fn mapped_decoding_equals_decoding_then_mapping_for_the_named_cameras_only() {
+    let ds = LeRobotDataset::open(fixtures().join("so101_v30")).unwrap();
+    let full = ds.episode(1).unwrap();
+    let camera = ds.camera_keys()[0].clone();
+    let shrink = |img: &RgbImage| image::imageops::resize(img, 8, 6, image::imageops::FilterType::Triangle);
+    let mut seen = Vec::new();
+    let mapped = ds
+        .episode_with_cameras_mapped(1, std::slice::from_ref(&camera), |key, frame| {
+            seen.push(key.to_string());
+            shrink(&frame)
+        })
+        .unwrap();
+    assert_eq!(
+        mapped.cameras.keys().collect::<Vec<_>>(),
+        [&camera],
+        "only the named camera"
+    );
+    assert_eq!(seen.len(), full.len(), "map sees each frame once");
+    assert_eq!(mapped.states, full.states);
+    for (f, (small, native)) in mapped.cameras[&camera]
+        .iter()
+        .zip(&full.cameras[&camera])
+        .enumerate()
+    {
+        assert_eq!(small, &shrink(native), "frame {f}");
+    }
+}
+
 // ----------------------------------------------------------------------------------------------------
 // Bad input
 // ----------------------------------------------------------------------------------------------------

@@ -402,6 +402,18 @@ impl LeRobotDataset {
 
     /// Like [`Self::episode`] with only the named cameras decoded (decoding is the slow part).
     pub fn episode_with_cameras(&self, episode: usize, cameras: &[String]) -> Result<Episode> {
+        self.episode_with_cameras_mapped(episode, cameras, |_, frame| frame)
+    }
+
+    /// Like [`Self::episode_with_cameras`], with `map(camera, frame)` applied to each frame as it is
+    /// decoded (see [`video::decode_frames_with`]): a trainer resizing to its policy's input never holds
+    /// an episode's frames at the camera's native size.
+    pub fn episode_with_cameras_mapped(
+        &self,
+        episode: usize,
+        cameras: &[String],
+        mut map: impl FnMut(&str, RgbImage) -> RgbImage,
+    ) -> Result<Episode> {
         let rows = self.episode_rows(episode)?;
         let meta = self.episode_meta(episode)?;
         let instruction = match rows.task_index.first() {
@@ -411,10 +423,9 @@ impl LeRobotDataset {
         let mut frames = BTreeMap::new();
         for camera in cameras {
             let (path, times) = self.video_path_and_times(episode, camera, &rows.timestamp)?;
-            frames.insert(
-                camera.clone(),
-                video::decode_frames(&path, &times, self.tolerance_s())?,
-            );
+            let decoded =
+                video::decode_frames_with(&path, &times, self.tolerance_s(), |frame| map(camera, frame))?;
+            frames.insert(camera.clone(), decoded);
         }
         Ok(Episode {
             index: episode,

@@ -104,6 +104,19 @@ pub fn key_frame_count(path: &Path) -> Result<(usize, usize)> {
 /// nearest decoded frame, which must lie within `tolerance_s` (LeRobot: `tolerance_s`, default 1e-4 s;
 /// callers pass a fraction of a frame period).
 pub fn decode_frames(path: &Path, timestamps: &[f64], tolerance_s: f64) -> Result<Vec<RgbImage>> {
+    decode_frames_with(path, timestamps, tolerance_s, |frame| frame)
+}
+
+/// [`decode_frames`] with `map` applied to each kept frame as soon as it is decoded (e.g. a resize to
+/// the policy's input), so no more than one native-size frame per requested time is ever held: a long
+/// episode of a large camera streams through at the size the caller keeps. Only frames that are the
+/// nearest to a requested time are converted to RGB at all.
+pub fn decode_frames_with(
+    path: &Path,
+    timestamps: &[f64],
+    tolerance_s: f64,
+    mut map: impl FnMut(RgbImage) -> RgbImage,
+) -> Result<Vec<RgbImage>> {
     init();
     if timestamps.is_empty() {
         return Ok(Vec::new());
@@ -137,11 +150,16 @@ pub fn decode_frames(path: &Path, timestamps: &[f64], tolerance_s: f64) -> Resul
     let mut decoder = ctx.decoder().video().map_err(fferr(path, "video decoder"))?;
     let tb = f64::from(time_base);
 
-    // Decoded frames in the window [first - tol, last + tol], with their times.
-    let mut got: Vec<(f64, RgbImage)> = Vec::new();
+    // Per requested time: the nearest decoded frame so far (distance, mapped image). Times of every
+    // decoded frame in the window are kept (cheap) to name the nearest one when a frame is missing.
+    let mut best: Vec<Option<(f64, RgbImage)>> = vec![None; timestamps.len()];
+    let mut decoded_times: Vec<f64> = Vec::new();
     let mut scaler: Option<(Scaler, Pixel, u32, u32)> = None;
     let mut done = false;
-    let mut receive = |decoder: &mut ff::decoder::Video, got: &mut Vec<(f64, RgbImage)>| -> Result<bool> {
+    let mut receive = |decoder: &mut ff::decoder::Video,
+                       best: &mut Vec<Option<(f64, RgbImage)>>,
+                       decoded_times: &mut Vec<f64>|
+     -> Result<bool> {
         let mut frame = ff::frame::Video::empty();
         while decoder.receive_frame(&mut frame).is_ok() {
             let Some(pts) = frame.timestamp().or(frame.pts()) else {
@@ -154,7 +172,24 @@ pub fn decode_frames(path: &Path, timestamps: &[f64], tolerance_s: f64) -> Resul
             if t > last + tolerance_s {
                 return Ok(true);
             }
-            got.push((t, to_rgb(path, &frame, &mut scaler)?));
+            decoded_times.push(t);
+            // The requested times this frame is within tolerance of, where it beats the frame kept so far.
+            let lo = timestamps.partition_point(|&r| r < t - tolerance_s);
+            let hi = timestamps.partition_point(|&r| r <= t + tolerance_s);
+            let wins: Vec<usize> = (lo..hi)
+                .filter(|&i| {
+                    best[i]
+                        .as_ref()
+                        .is_none_or(|(d, _)| (timestamps[i] - t).abs() < *d)
+                })
+                .collect();
+            if let Some((&last_win, rest)) = wins.split_last() {
+                let image = map(to_rgb(path, &frame, &mut scaler)?);
+                for &i in rest {
+                    best[i] = Some(((timestamps[i] - t).abs(), image.clone()));
+                }
+                best[last_win] = Some(((timestamps[last_win] - t).abs(), image));
+            }
         }
         Ok(false)
     };
@@ -163,29 +198,28 @@ pub fn decode_frames(path: &Path, timestamps: &[f64], tolerance_s: f64) -> Resul
             continue;
         }
         decoder.send_packet(&packet).map_err(fferr(path, "decode"))?;
-        if receive(&mut decoder, &mut got)? {
+        if receive(&mut decoder, &mut best, &mut decoded_times)? {
             done = true;
             break;
         }
     }
     if !done {
         decoder.send_eof().map_err(fferr(path, "decode"))?;
-        receive(&mut decoder, &mut got)?;
+        receive(&mut decoder, &mut best, &mut decoded_times)?;
     }
-    got.sort_by(|a, b| a.0.total_cmp(&b.0));
 
     let mut out = Vec::with_capacity(timestamps.len());
-    for &t in timestamps {
-        let nearest = got
-            .iter()
-            .min_by(|a, b| (a.0 - t).abs().total_cmp(&(b.0 - t).abs()));
-        match nearest {
-            Some((ft, img)) if (ft - t).abs() <= tolerance_s => out.push(img.clone()),
-            other => {
+    for (slot, &t) in best.into_iter().zip(timestamps) {
+        match slot {
+            Some((_, image)) => out.push(image),
+            None => {
+                let nearest = decoded_times
+                    .iter()
+                    .min_by(|a, b| (*a - t).abs().total_cmp(&(*b - t).abs()));
                 return Err(DatasetError::MissingVideoFrame {
                     path: path.to_path_buf(),
                     timestamp: t,
-                    nearest: other.map_or_else(|| "none".to_string(), |(ft, _)| format!("at {ft:.4} s")),
+                    nearest: nearest.map_or_else(|| "none".to_string(), |ft| format!("at {ft:.4} s")),
                 });
             }
         }
