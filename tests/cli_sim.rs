@@ -162,4 +162,42 @@ fn record_writes_a_lerobot_dataset_that_reads_back() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("observation.environment_state"), "{err}");
     assert!(!dir.path().join("from_robot/results.json").exists());
+
+    // An image policy at half the recording's resolution, with a TOPReward arm scoring the other camera:
+    // the dataset's 64 px front frames are resized to the policy's 32 px while decoding, the wrist camera
+    // is decoded only for the reward model, and the checkpoint records the size it was trained at.
+    let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rewards/fixtures/qwen3vl-tiny");
+    let image_policy = format!(
+        "[task]\nname = \"reach\"\nmax_steps = 10\nimage_size = 32\ncameras = [\"front\"]\n\
+         [data]\nsource = \"lerobot\"\npath = {:?}\n\
+         [policy]\nkind = \"act\"\nchunk = 5\n[policy.network]\nd_model = 16\nn_heads = 2\nd_ff = 32\n\
+         [train]\nsteps = 2\nbatch_size = 2\neval_every = 2\n[eval]\nepisodes = 1\n\
+         [reward_model]\nmodel = {:?}\ncamera = \"observation.images.wrist\"\nfps = 5.0\n\
+         [[arms]]\nname = \"topreward\"\nreward = \"topreward\"\n",
+        path.display().to_string(),
+        tiny.display().to_string()
+    );
+    let ok = train(&image_policy, "image_policy");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            dir.path()
+                .join("image_policy/runs/topreward/seed-0/checkpoint/policy.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["image_size"], serde_json::json!([32, 32]), "{meta}");
+    // The trained policy acts on the recording's 64 px frames through `so101 sim`, resized to 32 px.
+    let rollout = so101()
+        .args(["sim", "--task", "reach", "--episodes", "1", "--image-size", "64"])
+        .arg("--policy")
+        .arg(dir.path().join("image_policy/runs/topreward/seed-0/checkpoint"))
+        .output()
+        .unwrap();
+    assert!(
+        rollout.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rollout.stderr)
+    );
 }

@@ -39,6 +39,11 @@ pub struct CheckpointMeta {
     /// [`Observation::state`] accordingly. Default: `["observation.state"]`.
     #[serde(default = "default_state_features")]
     pub state_features: Vec<String>,
+    /// `[height, width]` of the camera images the policy was trained on. Images of another size are
+    /// resized to it before acting ([`crate::image_input`]). Absent in older checkpoints and for
+    /// state-only policies: images are used as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<[usize; 2]>,
 }
 
 /// The LeRobot feature holding the robot's joint state.
@@ -317,7 +322,18 @@ impl Policy for LoadedPolicy {
                 observation.state.len(),
             ));
         }
-        let obs = ObsBatch::from_observations(std::slice::from_ref(observation))?;
+        let obs = match self.meta.image_size {
+            Some(size) => {
+                let mut resized = observation.clone();
+                resized.images = observation
+                    .images
+                    .iter()
+                    .map(|image| crate::image_input::resize_camera_image(image, size))
+                    .collect::<Result<_>>()?;
+                ObsBatch::from_observations(std::slice::from_ref(&resized))?
+            }
+            None => ObsBatch::from_observations(std::slice::from_ref(observation))?,
+        };
         let flat = self.act_batch(&obs)?;
         Ok(flat.chunks(self.action_dim()).map(<[f32]>::to_vec).collect())
     }

@@ -18,6 +18,7 @@ pub mod data;
 pub mod error;
 pub mod flow;
 pub mod gaussian;
+pub mod image_input;
 pub mod model;
 pub mod nets;
 pub mod smolvla;
@@ -29,6 +30,7 @@ pub use burn::tensor::Device;
 pub use checkpoint::{LoadedPolicy, load_policy};
 pub use data::{Batch, ImageBatch, Normalizer, ObsBatch, ValueBatch};
 pub use error::PolicyError;
+pub use image_input::resize_frame;
 pub use model::{PolicyConfig, PolicyKind, PolicyNet};
 pub use trainer::{TrainConfig, Trainer, ValueTrainer, awr_weights};
 

@@ -114,6 +114,7 @@ pub struct Trainer {
     device: Device,
     steps: u64,
     state_features: Vec<String>,
+    image_size: Option<[usize; 2]>,
 }
 
 /// `trainer_state.json`: what a resumed run needs beside the weights and the optimiser moments.
@@ -168,6 +169,7 @@ impl Trainer {
             meta.train_steps,
         )?;
         me.state_features = meta.state_features;
+        me.image_size = meta.image_size;
         Ok(me)
     }
 
@@ -210,6 +212,13 @@ impl Trainer {
         self
     }
 
+    /// Record the `[height, width]` of the training images in the checkpoint, so that acting resizes
+    /// camera frames of any size to it (see [`crate::image_input`]).
+    pub fn with_image_size(mut self, size: Option<[usize; 2]>) -> Self {
+        self.image_size = size;
+        self
+    }
+
     fn assemble(
         net: PolicyNet,
         config: PolicyConfig,
@@ -232,6 +241,7 @@ impl Trainer {
             device,
             steps,
             state_features: default_state_features(),
+            image_size: None,
         })
     }
 
@@ -322,6 +332,7 @@ impl Trainer {
             normalizer: self.normalizer.clone(),
             train_steps: self.steps,
             state_features: self.state_features.clone(),
+            image_size: self.image_size,
         }
     }
 

@@ -1157,6 +1157,26 @@ impl ExperimentConfig {
                     ));
                 }
             }
+            // act/flow keep every frame of their cameras at task.image_size (resized while decoding).
+            if matches!(self.policy.kind.as_str(), "act" | "flow") {
+                let pixels = u64::from(self.task.image_size).pow(2) * 3;
+                let bytes = ds.num_frames() as u64 * self.task.cameras.len() as u64 * pixels;
+                let available = memory_bytes();
+                if bytes > available {
+                    return Err(invalid(
+                        "task.image_size",
+                        format!(
+                            "dataset {dataset} has {} frames; {} camera(s) at {}px need about {:.1} GiB, \
+                             this machine has {:.1} GiB: lower task.image_size or use fewer cameras",
+                            ds.num_frames(),
+                            self.task.cameras.len(),
+                            self.task.image_size,
+                            bytes as f64 / GIB,
+                            available as f64 / GIB
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -123,6 +123,9 @@ pub(crate) fn policy_err(
 pub type EpisodeScorer<'a> =
     dyn FnMut(&[Episode]) -> std::result::Result<Vec<(EpisodeScore, f64)>, String> + 'a;
 
+/// Each episode's TOPReward score and the frame stride it was sampled at.
+pub(crate) type EpisodeScores = Vec<(EpisodeScore, f64)>;
+
 /// TOPReward scores of `episodes` from the loaded reward model.
 pub(crate) fn score_with(
     scorer: Option<&mut EpisodeScorer<'_>>,
@@ -223,15 +226,9 @@ pub fn run(
             }
             continue;
         }
-        let episodes = demonstrations(config, &sim, seed, opts)?;
+        let (episodes, scores) = demonstrations(config, &sim, seed, opts, scorer.as_deref_mut())?;
         let successes = episodes.iter().filter(|e| e.success == Some(true)).count();
         tracing::info!(seed, episodes = episodes.len(), successes, "demonstrations ready");
-
-        let scores = if config.arms.iter().any(|a| a.reward == RewardSource::Topreward) {
-            Some(score_with(scorer.as_deref_mut(), &episodes)?)
-        } else {
-            None
-        };
         if example_progress.is_empty() {
             example_progress = progress_charts(&episodes, scores.as_deref());
         }
@@ -466,18 +463,29 @@ fn sim_config(config: &ExperimentConfig, task: Task) -> SimConfig {
     }
 }
 
+/// `[height, width]` of a toprl image policy's camera input (`act`, `flow`): the task's square image
+/// size. `None` for state-only policies and for SmolVLA, which resizes (with padding, to 512x512)
+/// itself and so is given frames at their native size.
+pub(crate) fn policy_image_size(config: &ExperimentConfig) -> Option<[usize; 2]> {
+    let size = config.task.image_size as usize;
+    matches!(config.policy.kind.as_str(), "act" | "flow").then_some([size, size])
+}
+
 /// Whether camera frames must be kept in the demonstrations (image policies, the reward model).
 fn needs_frames(config: &ExperimentConfig) -> bool {
     config.policy.kind != "gaussian" || config.arms.iter().any(|a| a.reward == RewardSource::Topreward)
 }
 
-/// Demonstrations for one seed: scripted experts at mixed noise in simulation, or a LeRobotDataset.
+/// Demonstrations for one seed, and their TOPReward scores when an arm uses them: scripted experts at
+/// mixed noise in simulation, or a LeRobotDataset.
 fn demonstrations(
     config: &ExperimentConfig,
     sim: &SimConfig,
     seed: u64,
     opts: &RunOptions,
-) -> Result<Vec<Episode>> {
+    scorer: Option<&mut EpisodeScorer<'_>>,
+) -> Result<(Vec<Episode>, Option<EpisodeScores>)> {
+    let topreward = config.arms.iter().any(|a| a.reward == RewardSource::Topreward);
     match &config.data {
         DataConfig::Sim {
             episodes,
@@ -515,7 +523,13 @@ fn demonstrations(
                 }
             }
             bar.finish_and_clear();
-            Ok(all.into_iter().flatten().collect())
+            let episodes: Vec<Episode> = all.into_iter().flatten().collect();
+            let scores = if topreward {
+                Some(score_with(scorer, &episodes)?)
+            } else {
+                None
+            };
+            Ok((episodes, scores))
         }
         DataConfig::Lerobot { path, .. } => {
             let dataset = toprl_envs::dataset::LeRobotDataset::open(path).map_err(|source| {
@@ -524,13 +538,55 @@ fn demonstrations(
                     source,
                 }
             })?;
+            // Only the cameras something reads are decoded: the policy's, resized to its input while
+            // decoding, and the reward model's at native size, scored episode by episode and then
+            // dropped (or resized, when the policy sees the same camera). Memory thus grows with the
+            // policy's resolution, not the cameras'.
+            let resize_to = policy_image_size(config);
+            let policy_keys = if config.policy.kind == "gaussian" {
+                Vec::new()
+            } else {
+                camera_keys(&config.task.cameras)
+            };
+            let resize = |frame: &image::RgbImage| match resize_to {
+                Some([h, w]) => toprl_policies::resize_frame(frame, w as u32, h as u32),
+                None => frame.clone(),
+            };
+            let reward_key = match (&config.reward_model, topreward) {
+                (Some(rm), true) => Some(rm.camera.clone()),
+                (None, true) => {
+                    return Err(ExperimentError::Reward(
+                        "an arm uses `topreward` but the config has no [reward_model]".into(),
+                    ));
+                }
+                (_, false) => None,
+            };
+            let mut keys = policy_keys.clone();
+            if let Some(key) = &reward_key
+                && !keys.contains(key)
+            {
+                keys.push(key.clone());
+            }
+            let resize_now = |key: &str| {
+                resize_to.is_some()
+                    && policy_keys.iter().any(|k| k == key)
+                    && reward_key.as_deref() != Some(key)
+            };
             let bar = bar(opts, dataset.num_episodes() as u64, "loading dataset");
             let mut episodes = Vec::with_capacity(dataset.num_episodes());
+            let mut scores = reward_key
+                .as_ref()
+                .map(|_| Vec::with_capacity(dataset.num_episodes()));
+            let mut scorer = scorer;
             for i in 0..dataset.num_episodes() {
-                let episode = dataset.episode(i).map_err(|source| ExperimentError::Dataset {
-                    path: path.clone(),
-                    source,
-                })?;
+                let mut episode = dataset
+                    .episode_with_cameras_mapped(i, &keys, |key, frame| {
+                        if resize_now(key) { resize(&frame) } else { frame }
+                    })
+                    .map_err(|source| ExperimentError::Dataset {
+                        path: path.clone(),
+                        source,
+                    })?;
                 let env_dim = episode.environment_states.first().map(Vec::len);
                 if config.policy.environment_state && env_dim != Some(toprl_envs::sim::ENVIRONMENT_STATE_DIM)
                 {
@@ -550,11 +606,25 @@ fn demonstrations(
                         toprl_envs::so101::NUM_JOINTS
                     )));
                 }
+                if let (Some(key), Some(scores)) = (&reward_key, scores.as_mut()) {
+                    scores.extend(score_with(scorer.as_deref_mut(), std::slice::from_ref(&episode))?);
+                    if policy_keys.contains(key) {
+                        if resize_to.is_some()
+                            && let Some(frames) = episode.cameras.get_mut(key)
+                        {
+                            for frame in frames.iter_mut() {
+                                *frame = resize(frame);
+                            }
+                        }
+                    } else {
+                        episode.cameras.remove(key);
+                    }
+                }
                 episodes.push(episode);
                 bar.inc(1);
             }
             bar.finish_and_clear();
-            Ok(episodes)
+            Ok((episodes, scores))
         }
     }
 }
@@ -927,6 +997,9 @@ impl<'c> Run<'c> {
                 .map_err(policy_err("building the policy"))?
                 .with_state_features(features.clone())
         };
+        // Demonstration frames are at the task's image size (rendered so, or resized while decoding);
+        // recorded so that acting resizes any camera to it.
+        let trainer = trainer.with_image_size(policy_image_size(config));
         if trainer.state_features() != features.as_slice() {
             return Err(ExperimentError::Invalid(format!(
                 "policy.environment_state: the checkpoint reads {:?} but the config asks for {:?}",

@@ -116,7 +116,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let (Some(scorer), Some((camera, fps))) = (scorer.as_mut(), camera.as_ref()) else {
             return Err("no reward model loaded".into());
         };
-        let bar = indicatif::ProgressBar::new(episodes.len() as u64).with_message("TOPReward scoring");
+        // A dataset is scored episode by episode as it loads, under the loading bar: no bar of one.
+        let bar = if episodes.len() > 1 {
+            indicatif::ProgressBar::new(episodes.len() as u64).with_message("TOPReward scoring")
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         let mut scores = Vec::with_capacity(episodes.len());
         for episode in episodes {
             let frames = episode.cameras.get(camera).ok_or_else(|| {
