@@ -171,7 +171,7 @@ fn record_writes_a_lerobot_dataset_that_reads_back() {
         "[task]\nname = \"reach\"\nmax_steps = 10\nimage_size = 32\ncameras = [\"front\"]\n\
          [data]\nsource = \"lerobot\"\npath = {:?}\n\
          [policy]\nkind = \"act\"\nchunk = 5\n[policy.network]\nd_model = 16\nn_heads = 2\nd_ff = 32\n\
-         [train]\nsteps = 2\nbatch_size = 2\neval_every = 2\n[eval]\nepisodes = 1\n\
+         [train]\nsteps = 2\nbatch_size = 2\neval_every = 2\nema_decay = 0.99\n[eval]\nepisodes = 1\n\
          [reward_model]\nmodel = {:?}\ncamera = \"observation.images.wrist\"\nfps = 5.0\n\
          [[arms]]\nname = \"topreward\"\nreward = \"topreward\"\n",
         path.display().to_string(),
@@ -188,11 +188,16 @@ fn record_writes_a_lerobot_dataset_that_reads_back() {
     )
     .unwrap();
     assert_eq!(meta["image_size"], serde_json::json!([32, 32]), "{meta}");
+    // With ema_decay the checkpoint's policy is the weight average, the raw weights kept for resuming.
+    let run = dir.path().join("image_policy/runs/topreward/seed-0/checkpoint");
+    assert!(run.join("training_weights.bpk").is_file());
+    let md = std::fs::read_to_string(dir.path().join("image_policy/results.md")).unwrap();
+    assert!(md.contains("EMA 0.99"), "{md}");
     // The trained policy acts on the recording's 64 px frames through `so101 sim`, resized to 32 px.
     let rollout = so101()
         .args(["sim", "--task", "reach", "--episodes", "1", "--image-size", "64"])
         .arg("--policy")
-        .arg(dir.path().join("image_policy/runs/topreward/seed-0/checkpoint"))
+        .arg(&run)
         .output()
         .unwrap();
     assert!(

@@ -21,6 +21,9 @@ pub const CONFIG_FILE: &str = "policy.json";
 pub const WEIGHTS_FILE: &str = "model.bpk";
 /// Optimiser moments of a training run (present in checkpoints written by [`crate::Trainer::save`]).
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
+/// The raw training weights when an EMA is kept (`model.bpk` then holds the average, which is the
+/// policy); [`crate::Trainer::resume`] continues from these.
+pub const TRAINING_WEIGHTS_FILE: &str = "training_weights.bpk";
 /// Trainer state beside the optimiser: seed and position of the flow-matching noise stream.
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 pub const FORMAT_VERSION: u32 = 1;
@@ -207,23 +210,26 @@ pub fn load_dir(
             found: meta.policy.kind().to_string(),
         });
     }
-    let net = meta.policy.init(0, device)?;
-    let weights = dir.join(WEIGHTS_FILE);
-    if !weights.is_file() {
+    let net = load_weights(meta.policy.init(0, device)?, &dir.join(WEIGHTS_FILE))?;
+    Ok((meta, net))
+}
+
+/// Load the Burn record at `path` into `net` (same architecture).
+pub(crate) fn load_weights(net: PolicyNet, path: &Path) -> Result<PolicyNet> {
+    if !path.is_file() {
         return Err(PolicyError::Io {
-            path: weights,
+            path: path.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing weights file"),
         });
     }
-    let record = ModuleRecord::load(&weights).map_err(|e| PolicyError::Record {
-        path: weights.clone(),
+    let record = ModuleRecord::load(path).map_err(|e| PolicyError::Record {
+        path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let net = net.try_load_record(record).map_err(|e| PolicyError::Record {
-        path: weights,
+    net.try_load_record(record).map_err(|e| PolicyError::Record {
+        path: path.to_path_buf(),
         reason: e.to_string(),
-    })?;
-    Ok((meta, net))
+    })
 }
 
 /// A policy ready for inference (no autodiff): what rollouts and evaluation use.

@@ -15,6 +15,7 @@
 pub mod act;
 pub mod checkpoint;
 pub mod data;
+mod ema;
 pub mod error;
 pub mod flow;
 pub mod gaussian;

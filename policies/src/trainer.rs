@@ -12,12 +12,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    CheckpointMeta, FORMAT_VERSION, LoadedPolicy, OPTIMIZER_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE,
-    default_state_features, load_dir, save_dir, save_files, strict_from_str,
+    CheckpointMeta, FORMAT_VERSION, LoadedPolicy, OPTIMIZER_FILE, TRAINER_STATE_FILE, TRAINING_WEIGHTS_FILE,
+    WEIGHTS_FILE, default_state_features, load_dir, load_weights, save_dir, save_files, strict_from_str,
 };
 use crate::data::{
     Batch, Normalizer, ValueBatch, read_vec, to_inputs, to_targets, weighted_mean, weights_tensor,
 };
+use crate::ema::Ema;
 use crate::error::{PolicyError, Result, shape_err};
 use crate::model::{PolicyConfig, PolicyKind, PolicyNet};
 use crate::nets::seeded_init;
@@ -35,6 +36,10 @@ pub struct TrainConfig {
     pub grad_clip_norm: Option<f32>,
     /// Seeds parameter initialisation, flow-matching noise and Burn's dropout RNG. Default 0.
     pub seed: u64,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999), used as the
+    /// policy (evaluation, checkpoints) while training continues on the raw weights; see
+    /// [`crate::ema`]. Default `None`.
+    pub ema_decay: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -44,6 +49,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             grad_clip_norm: Some(1.0),
             seed: 0,
+            ema_decay: None,
         }
     }
 }
@@ -54,6 +60,14 @@ impl TrainConfig {
             return Err(PolicyError::Invalid {
                 field: "lr",
                 reason: format!("{} must be > 0", self.lr),
+            });
+        }
+        if let Some(decay) = self.ema_decay
+            && !(decay > 0.0 && decay < 1.0)
+        {
+            return Err(PolicyError::Invalid {
+                field: "ema_decay",
+                reason: format!("{decay} must lie strictly between 0 and 1"),
             });
         }
         let clip = self.grad_clip_norm.map(GradientClippingConfig::Norm);
@@ -115,6 +129,8 @@ pub struct Trainer {
     steps: u64,
     state_features: Vec<String>,
     image_size: Option<[usize; 2]>,
+    /// The weight average that is the policy when `TrainConfig::ema_decay` is set.
+    ema: Option<Ema>,
 }
 
 /// `trainer_state.json`: what a resumed run needs beside the weights and the optimiser moments.
@@ -124,6 +140,9 @@ struct TrainerState {
     /// Seed and word position of the flow-matching noise stream.
     rng_seed: u64,
     rng_word_pos: u128,
+    /// Updates the weight average has seen (its warm-up position), when one is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ema_updates: Option<u64>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -197,6 +216,20 @@ impl Trainer {
         })?;
         me.rng = ChaCha8Rng::seed_from_u64(state.rng_seed);
         me.rng.set_word_pos(state.rng_word_pos);
+        if let Some(decay) = me.train.ema_decay {
+            // model.bpk holds the average; training continues from the raw weights beside it.
+            let raw = dir.join(TRAINING_WEIGHTS_FILE);
+            let (Some(updates), true) = (state.ema_updates, raw.is_file()) else {
+                return Err(PolicyError::Config {
+                    path: dir.join(TRAINER_STATE_FILE),
+                    reason: "train.ema_decay is set but this checkpoint was written without a weight average"
+                        .into(),
+                });
+            };
+            let average = me.net.valid();
+            me.net = load_weights(me.net, &raw)?;
+            me.ema = Some(Ema::new(decay, average, updates));
+        }
         Ok(me)
     }
 
@@ -228,6 +261,7 @@ impl Trainer {
         steps: u64,
     ) -> Result<Self> {
         let optim = train.optimizer()?;
+        let ema = train.ema_decay.map(|decay| Ema::new(decay, net.valid(), 0));
         // Dropout draws from Burn's process-wide RNG; seed it for single-threaded reproducibility.
         device.seed(train.seed.wrapping_add(1));
         let rng = ChaCha8Rng::seed_from_u64(train.noise_seed());
@@ -242,6 +276,7 @@ impl Trainer {
             steps,
             state_features: default_state_features(),
             image_size: None,
+            ema,
         })
     }
 
@@ -291,6 +326,9 @@ impl Trainer {
         }
         self.net = self.optim.step(self.train.lr, self.net.clone(), grads);
         self.steps += 1;
+        if let Some(ema) = &mut self.ema {
+            ema.update(&self.net.valid());
+        }
         Ok(value)
     }
 
@@ -336,10 +374,19 @@ impl Trainer {
         }
     }
 
-    /// An inference copy of the current weights (no autodiff).
+    /// The weights that are the policy: the EMA when one is kept, else the current weights (an
+    /// inference copy, no autodiff).
+    fn policy_weights(&self) -> PolicyNet {
+        match &self.ema {
+            Some(ema) => ema.shadow.clone(),
+            None => self.net.valid(),
+        }
+    }
+
+    /// An inference copy of the policy (the weight average when `ema_decay` is set).
     pub fn policy(&self) -> LoadedPolicy {
         LoadedPolicy::new(
-            self.net.valid(),
+            self.policy_weights(),
             self.meta(),
             self.device.clone().without_autodiff(),
         )
@@ -358,9 +405,21 @@ impl Trainer {
         let state = TrainerState {
             rng_seed: self.train.noise_seed(),
             rng_word_pos: self.rng.get_word_pos(),
+            ema_updates: self.ema.as_ref().map(|ema| ema.updates),
         };
-        save_dir(dir.as_ref(), &self.meta(), self.net.valid(), |tmp| {
+        save_dir(dir.as_ref(), &self.meta(), self.policy_weights(), |tmp| {
             save_optimizer(&self.optim, tmp)?;
+            if self.ema.is_some() {
+                let raw = tmp.join(TRAINING_WEIGHTS_FILE);
+                self.net
+                    .valid()
+                    .into_record()
+                    .save(&raw)
+                    .map_err(|e| PolicyError::Record {
+                        path: raw.clone(),
+                        reason: e.to_string(),
+                    })?;
+            }
             let state_path = tmp.join(TRAINER_STATE_FILE);
             let json = serde_json::to_string_pretty(&state).map_err(|e| PolicyError::Config {
                 path: state_path.clone(),

@@ -174,6 +174,75 @@ fn save_load_gives_identical_outputs_and_resumes() {
 }
 
 #[test]
+fn ema_is_the_policy_and_resumes_exactly() {
+    // With ema_decay the saved and evaluated policy is the weight average; training continues on the
+    // raw weights, and a resumed trainer continues both exactly.
+    let batch = demos(3, 4);
+    let w = vec![1.0; batch.len()];
+    let dir = tempfile::tempdir().unwrap();
+    let (name, cfg) = all().into_iter().next().unwrap();
+    let train = TrainConfig {
+        seed: 5,
+        ema_decay: Some(0.9),
+        ..TrainConfig::default()
+    };
+    let mut original = Trainer::new(cfg.clone(), normalizer(&batch), train.clone(), &cpu_device()).unwrap();
+    let mut plain = trainer(cfg, &batch, 5);
+    for _ in 0..3 {
+        let a = original.step(&batch, &w).unwrap();
+        let b = plain.step(&batch, &w).unwrap();
+        assert_eq!(
+            a, b,
+            "{name}: the average does not change the training trajectory"
+        );
+    }
+    let average = original.policy().with_seed(1).act_batch(&batch.obs).unwrap();
+    assert_ne!(
+        average,
+        plain.policy().with_seed(1).act_batch(&batch.obs).unwrap(),
+        "{name}: the policy is the average, not the raw weights"
+    );
+    let path = dir.path().join(name);
+    original.save(&path).unwrap();
+    assert!(
+        path.join(toprl_policies::checkpoint::TRAINING_WEIGHTS_FILE)
+            .exists()
+    );
+    let loaded = load_policy(&path, &cpu_device()).unwrap();
+    assert_eq!(average, loaded.with_seed(1).act_batch(&batch.obs).unwrap());
+    let mut resumed = Trainer::resume(&path, None, train, &cpu_device()).unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            original.step(&batch, &w).unwrap(),
+            resumed.step(&batch, &w).unwrap(),
+            "{name}: resumed raw weights differ"
+        );
+    }
+    assert_eq!(
+        original.policy().with_seed(1).act_batch(&batch.obs).unwrap(),
+        resumed.policy().with_seed(1).act_batch(&batch.obs).unwrap(),
+        "{name}: resumed average differs"
+    );
+    // A checkpoint without an average cannot resume a run that keeps one, and bad decays are refused.
+    plain.save(dir.path().join("plain")).unwrap();
+    let with_ema = TrainConfig {
+        ema_decay: Some(0.9),
+        ..TrainConfig::default()
+    };
+    let err = Trainer::resume(dir.path().join("plain"), None, with_ema, &cpu_device()).unwrap_err();
+    assert!(err.to_string().contains("ema_decay"), "{err}");
+    for decay in [0.0, 1.0, f64::NAN] {
+        let bad = TrainConfig {
+            ema_decay: Some(decay),
+            ..TrainConfig::default()
+        };
+        let (_, cfg) = all().into_iter().next().unwrap();
+        let err = Trainer::new(cfg, normalizer(&batch), bad, &cpu_device()).unwrap_err();
+        assert!(err.to_string().contains("ema_decay"), "{decay}: {err}");
+    }
+}
+
+#[test]
 fn resume_restores_optimizer_moments_and_noise_stream() {
     // Three steps, save, two more steps; a trainer resumed from the save must take the same two steps.
     // Starting the moments afresh (what `from_checkpoint` does for fine-tuning) takes different ones.

@@ -534,6 +534,11 @@ pub struct TrainConfig {
     /// Results report the mean of the last this many evaluations beside the final one. Default: 3.
     #[serde(default = "default_last_k")]
     pub last_k: u32,
+    /// Evaluate and save an exponential moving average of the policy's weights with this decay (e.g.
+    /// 0.999, warmed up as TensorFlow's ExponentialMovingAverage), while the optimiser trains the raw
+    /// weights. `act`, `flow` and `gaussian` policies. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_decay: Option<f64>,
 }
 
 fn default_kappa() -> f64 {
@@ -577,6 +582,7 @@ impl Default for TrainConfig {
             cosine: false,
             min_lr: 0.0,
             last_k: default_last_k(),
+            ema_decay: None,
         }
     }
 }
@@ -997,6 +1003,22 @@ impl ExperimentConfig {
                 format!("expected a positive finite learning rate, got {}", tr.lr),
             );
         }
+        if let Some(decay) = tr.ema_decay {
+            if !(decay > 0.0 && decay < 1.0) {
+                return bad(
+                    "train.ema_decay",
+                    format!("expected a decay strictly between 0 and 1 (e.g. 0.999), got {decay}"),
+                );
+            }
+            if self.policy.kind == "smolvla" {
+                return bad(
+                    "train.ema_decay",
+                    "the smolvla policy keeps no weight average (LeRobot's SmolVLA recipe has none); \
+                     remove ema_decay"
+                        .into(),
+                );
+            }
+        }
         let weights = toprl_rewards::metrics::WeightParams {
             tau: tr.tau,
             delta_max: tr.delta_max,
@@ -1327,6 +1349,8 @@ mod tests {
             (train("lr = nan"), "train.lr"),
             (train("lr = 0.0"), "train.lr"),
             (train("steps = 0"), "train.steps"),
+            (train("ema_decay = 1.0"), "train.ema_decay"),
+            (train("ema_decay = 0.0"), "train.ema_decay"),
             (train("batch_size = 100000000"), "train.batch_size"),
             (MINIMAL.to_string() + "[eval]\nepisodes = 0\n", "eval.episodes"),
             (format!("seeds = [0, 0]\n{MINIMAL}"), "seeds"),

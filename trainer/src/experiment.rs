@@ -408,7 +408,7 @@ fn describe_arm(config: &ExperimentConfig, arm: &ArmConfig) -> String {
         RewardSource::TimeBias => format!("{weighting}, progress = time, {delta}"),
         RewardSource::Topreward => format!("{weighting}, TOPReward, {delta}"),
     };
-    match arm.algorithm {
+    let described = match arm.algorithm {
         Algorithm::RewardAlignedBc => format!("{signal}, {bc_steps} steps"),
         Algorithm::Awr if arm.reward == RewardSource::None => format!(
             "{bc_steps} BC + {} AWR steps, zero advantages",
@@ -418,6 +418,10 @@ fn describe_arm(config: &ExperimentConfig, arm: &ArmConfig) -> String {
             "{signal} {bc_steps} steps + {} AWR steps",
             config.awr.iterations * config.awr.policy_steps
         ),
+    };
+    match config.train.ema_decay {
+        Some(decay) => format!("{described}, EMA {decay}"),
+        None => described,
     }
 }
 
@@ -951,6 +955,7 @@ impl<'c> Run<'c> {
         let train = toprl_policies::TrainConfig {
             lr: config.train.lr,
             seed,
+            ema_decay: config.train.ema_decay,
             ..Default::default()
         };
         let policy_cfg = policy_config(config)?;
