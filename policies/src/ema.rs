@@ -89,7 +89,7 @@ mod tests {
         let mut f = Flatten(Vec::new());
         net.visit(&mut f);
         f.0.into_iter()
-            .flat_map(|t| t.into_data().to_vec::<f32>().unwrap_or_default())
+            .flat_map(|t| t.into_data().try_to_vec::<f32>().unwrap_or_default())
             .collect()
     }
 
