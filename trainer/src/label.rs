@@ -1,10 +1,12 @@
 //! Reward labelling of a LeRobotDataset: score every episode with a progress model, spread the per-prefix
-//! progress to every frame, and store progress and the reward-aligned BC weights (paper Eq. 3) in a parquet
-//! file beside the dataset.
+//! progress to every frame, and store progress and the reward-aligned BC weights in a parquet file beside
+//! the dataset. The weights are the trainer's (see [`crate::weighting`]): progress deltas over an action
+//! chunk (LeRobot's RA-BC; or between scored prefixes, or between frames) turned into weights by paper
+//! Eq. 3 or LeRobot's RA-BC formula.
 //!
 //! The file is rewritten atomically after each episode with every finished episode, so an interrupted run
-//! resumes where it stopped: episodes already in the file are kept and not scored again. Eq. 3 normalises
-//! by the dataset-wide mean progress increment, so the weight column is recomputed over all finished
+//! resumes where it stopped: episodes already in the file are kept and not scored again. Both weightings
+//! normalise by dataset-wide delta statistics, so the weight column is recomputed over all finished
 //! episodes at each write; when the run completes it is the weight over the whole dataset.
 
 use std::collections::BTreeMap;
@@ -12,9 +14,11 @@ use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use toprl_envs::dataset::{DatasetError, LeRobotDataset, ProgressTable, read_progress, write_progress};
-use toprl_rewards::metrics::{WeightParams, interpolate_to_frames, reward_aligned_weights};
+use toprl_rewards::metrics::{WeightParams, interpolate_to_frames};
 use toprl_rewards::score::{EpisodeScore, ProgressModel};
 use toprl_rewards::topreward::EpisodeRequest;
+
+use crate::weighting::{DeltaKind, Weighting, WeightingParams, deltas, weights_from_deltas};
 
 /// Default file name, beside the dataset's `meta/` folder.
 pub const PROGRESS_FILE: &str = "topreward_progress.parquet";
@@ -28,6 +32,14 @@ pub struct LabelOptions {
     pub out: PathBuf,
     /// Eq. 3 parameters.
     pub weights: WeightParams,
+    /// The progress difference each frame is credited with (chunk, prefix or frame deltas).
+    pub delta: DeltaKind,
+    /// Action chunk H of `delta = chunk`: s(t + H) - s(t).
+    pub chunk: usize,
+    /// Eq. 3 or LeRobot's RA-BC.
+    pub weighting: Weighting,
+    /// RA-BC's threshold above which a delta weighs 1.
+    pub kappa: f64,
     /// Which frames the model sees.
     pub sampling: Sampling,
     /// Name of the model and its settings, stored in the file so a resumed run never mixes models.
@@ -140,6 +152,10 @@ pub enum LabelError {
     BadFps(f64),
     #[error("Eq. 3 weights: {0}")]
     Weights(#[from] toprl_rewards::metrics::WeightParamsError),
+    #[error("--chunk must be at least 1 frame, got 0")]
+    BadChunk,
+    #[error("--kappa must be finite and >= 0, got {0}")]
+    BadKappa(f64),
     #[error("camera {camera:?}: {reason}")]
     FrameSize { camera: String, reason: String },
 }
@@ -151,6 +167,12 @@ const MIN_FRAME_SIDE: usize = 32;
 /// checkpoint) and again by [`label_dataset`]: Eq. 3 parameters, `max_frames`, the camera and its frame size.
 pub fn check_inputs(ds: &LeRobotDataset, opts: &LabelOptions) -> Result<(), LabelError> {
     opts.weights.validate()?;
+    if opts.chunk == 0 {
+        return Err(LabelError::BadChunk);
+    }
+    if !(opts.kappa.is_finite() && opts.kappa >= 0.0) {
+        return Err(LabelError::BadKappa(opts.kappa));
+    }
     match opts.sampling {
         Sampling::Paper { max_frames, .. } | Sampling::Last { max_frames, .. } if max_frames < 2 => {
             return Err(LabelError::BadMaxFrames(max_frames));
@@ -197,9 +219,16 @@ fn provenance(opts: &LabelOptions) -> BTreeMap<String, String> {
     m.insert(
         "toprl.weights".into(),
         format!(
-            "tau={} delta_max={} min_weight={}",
-            opts.weights.tau, opts.weights.delta_max, opts.weights.min_weight
-        ),
+            "delta={:?} chunk={} weighting={:?} tau={} delta_max={} min_weight={} kappa={}",
+            opts.delta,
+            opts.chunk,
+            opts.weighting,
+            opts.weights.tau,
+            opts.weights.delta_max,
+            opts.weights.min_weight,
+            opts.kappa
+        )
+        .to_lowercase(),
     );
     m.insert("toprl.sampling".into(), opts.sampling.describe());
     m
@@ -217,18 +246,17 @@ struct Sampled {
 }
 
 fn sample_episode(ds: &LeRobotDataset, opts: &LabelOptions, episode: usize) -> Result<Sampled, LabelError> {
-    let ep = ds.episode_with_cameras(episode, std::slice::from_ref(&opts.camera))?;
-    let frames = &ep.cameras[&opts.camera];
-    let n = frames.len();
-    let (positions, fps) = opts.sampling.positions(n, ep.fps);
-    let sampled: Vec<image::RgbImage> = positions.iter().map(|&p| frames[p].clone()).collect();
+    // Only the sampled frames are decoded to RGB and kept (a long episode at 30 fps is scored at 2).
+    let n = ds.episode_rows(episode)?.timestamp.len();
+    let (positions, fps) = opts.sampling.positions(n, ds.fps());
+    let frames = ds.camera_frames_at(episode, &opts.camera, &positions)?;
     Ok(Sampled {
         episode,
-        frames: sampled,
+        frames,
         positions,
         n,
         fps,
-        instruction: ep.instruction.clone(),
+        instruction: ds.episode_instruction(episode)?,
     })
 }
 
@@ -371,7 +399,7 @@ fn write_table(
 ) -> Result<(), LabelError> {
     let episodes: Vec<usize> = done.keys().copied().collect();
     let progress: Vec<Vec<f64>> = done.values().cloned().collect();
-    let weights = reward_aligned_weights(&progress, &opts.weights);
+    let weights = label_weights(&progress, opts, ds.fps());
     let mut t = ProgressTable {
         metadata: meta.clone(),
         ..Default::default()
@@ -388,6 +416,26 @@ fn write_table(
     }
     write_progress(&opts.out, &t)?;
     Ok(())
+}
+
+/// Per-frame weights of every finished episode, as the trainer computes them (`delta = prefix` reads the
+/// frames the model really scored, which the sampling fixes from the episode's length).
+fn label_weights(progress: &[Vec<f64>], opts: &LabelOptions, fps: f64) -> Vec<Vec<f64>> {
+    let per_episode: Vec<Vec<f64>> = progress
+        .iter()
+        .map(|p| {
+            let (scored_frames, _) = opts.sampling.positions(p.len(), fps);
+            deltas(p, opts.delta, opts.chunk, &scored_frames)
+        })
+        .collect();
+    weights_from_deltas(
+        &per_episode,
+        &WeightingParams {
+            weighting: opts.weighting,
+            eq3: opts.weights,
+            kappa: opts.kappa,
+        },
+    )
 }
 
 /// The default output path for a dataset: `<root>/topreward_progress.parquet`.
@@ -473,6 +521,10 @@ mod tests {
             camera: CAM.into(),
             out,
             weights: WeightParams::default(),
+            delta: DeltaKind::Chunk,
+            chunk: 3,
+            weighting: Weighting::Eq3,
+            kappa: 0.01,
             sampling: Sampling::All,
             model_id: "brightness".into(),
         }
@@ -499,8 +551,21 @@ mod tests {
         // Success episodes rise from 0 to 1, the failure falls.
         assert!(per_ep[0].windows(2).all(|w| w[1] > w[0]) && per_ep[0][0] == 0.0 && per_ep[0][7] == 1.0);
         assert!(per_ep[1].windows(2).all(|w| w[1] < w[0]));
-        let w = reward_aligned_weights(&per_ep, &WeightParams::default());
-        assert_eq!(t.weight, w.concat());
+        // Chunk deltas s(min(t + 3, n - 1)) - s(t), then Eq. 3 with the dataset-wide mean delta.
+        let d: Vec<Vec<f64>> = per_ep
+            .iter()
+            .map(|p| (0..p.len()).map(|i| p[(i + 3).min(p.len() - 1)] - p[i]).collect())
+            .collect();
+        let mean = d.iter().flatten().sum::<f64>() / 23.0;
+        let want: Vec<f64> = d
+            .iter()
+            .flatten()
+            .map(|x| (2.0 * (x - mean).exp()).clamp(0.0, 2.0))
+            .collect();
+        for (got, want) in t.weight.iter().zip(&want) {
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+        assert!(t.metadata["toprl.weights"].starts_with("delta=chunk chunk=3 weighting=eq3"));
         assert_eq!(t.metadata["toprl.camera"], CAM);
 
         // Crash after episode 0: only its rows are in the file; a rerun scores episodes 1 and 2 only.
@@ -622,6 +687,12 @@ mod tests {
         let mut o = opts(tmp.path().join("x.parquet"));
         o.weights.tau = f64::NAN;
         assert!(matches!(check_inputs(&ds, &o), Err(LabelError::Weights(_))));
+        let mut o = opts(tmp.path().join("x.parquet"));
+        o.chunk = 0;
+        assert!(matches!(check_inputs(&ds, &o), Err(LabelError::BadChunk)));
+        let mut o = opts(tmp.path().join("x.parquet"));
+        o.kappa = -1.0;
+        assert!(matches!(check_inputs(&ds, &o), Err(LabelError::BadKappa(_))));
         // 16x16 frames are below Qwen3-VL's 32-pixel minimum.
         let path = tmp.path().join("small");
         let mut w = DatasetWriter::create(&path, DatasetSpec::so101(30, &[(CAM, 16, 16)])).unwrap();
@@ -644,6 +715,47 @@ mod tests {
         let err = check_inputs(&small, &opts(tmp.path().join("y.parquet"))).unwrap_err();
         assert!(matches!(err, LabelError::FrameSize { .. }), "{err}");
         assert_eq!(model.calls, 0);
+    }
+
+    #[test]
+    fn weight_column_follows_the_trainers_delta_and_weighting() {
+        // The label file's weights are the trainer's own for the same progress and settings.
+        let progress = vec![vec![0.0, 0.1, 0.1, 0.5, 0.9, 1.0], vec![0.0, 0.2, 0.1, 0.0, 0.0]];
+        for (delta, weighting) in [
+            (DeltaKind::Chunk, Weighting::Rabc),
+            (DeltaKind::Prefix, Weighting::Eq3),
+            (DeltaKind::Frame, Weighting::Eq3),
+        ] {
+            let mut o = opts(PathBuf::from("unused"));
+            o.delta = delta;
+            o.weighting = weighting;
+            o.sampling = Sampling::Paper {
+                fps: 10.0,
+                max_frames: 3,
+            };
+            let got = label_weights(&progress, &o, 30.0);
+            let params = WeightingParams {
+                weighting,
+                eq3: o.weights,
+                kappa: o.kappa,
+            };
+            let d: Vec<Vec<f64>> = progress
+                .iter()
+                .map(|p| deltas(p, delta, 3, &o.sampling.positions(p.len(), 30.0).0))
+                .collect();
+            assert_eq!(got, weights_from_deltas(&d, &params), "{delta:?} {weighting:?}");
+        }
+        // Frame deltas with Eq. 3 are the rewards crate's Eq. 3 (the paper's per-frame reading).
+        let mut o = opts(PathBuf::from("unused"));
+        o.delta = DeltaKind::Frame;
+        let paper = toprl_rewards::metrics::reward_aligned_weights(&progress, &o.weights);
+        for (a, b) in label_weights(&progress, &o, 30.0)
+            .iter()
+            .flatten()
+            .zip(paper.iter().flatten())
+        {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub const RABC_EPSILON: f64 = 1e-6;
 pub const DENSE_PREFIXES: usize = 15;
 
 /// How progress differences are taken (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaKind {
     #[default]
@@ -43,7 +43,7 @@ pub enum DeltaKind {
 }
 
 /// Which formula turns deltas into weights (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Weighting {
     #[default]

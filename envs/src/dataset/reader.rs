@@ -367,6 +367,38 @@ impl LeRobotDataset {
         video::decode_frames(&path, &times, self.tolerance_s())
     }
 
+    /// The frames at `frames` (indices within the episode, increasing) of one camera: only these are
+    /// converted and kept, so sampling a few frames of a long episode holds only those.
+    pub fn camera_frames_at(&self, episode: usize, camera: &str, frames: &[usize]) -> Result<Vec<RgbImage>> {
+        let rows = self.episode_rows(episode)?;
+        let len = rows.timestamp.len();
+        if let Some(&frame) = frames.iter().find(|&&f| f >= len) {
+            return Err(DatasetError::FrameOutOfRange { episode, frame, len });
+        }
+        let wanted: Vec<f32> = frames.iter().map(|&f| rows.timestamp[f]).collect();
+        let (path, times) = self.video_path_and_times(episode, camera, &wanted)?;
+        video::decode_frames(&path, &times, self.tolerance_s())
+    }
+
+    /// The instruction of `episode`: the task of its first frame (the episode's first listed task when it
+    /// has no rows).
+    pub fn episode_instruction(&self, episode: usize) -> Result<String> {
+        let rows = self.episode_rows(episode)?;
+        self.instruction_of(episode, &rows)
+    }
+
+    fn instruction_of(&self, episode: usize, rows: &EpisodeRows) -> Result<String> {
+        Ok(match rows.task_index.first() {
+            Some(&t) => self.task(t)?.to_string(),
+            None => self
+                .episode_meta(episode)?
+                .tasks
+                .first()
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+
     /// Random access: row and camera images of frame `frame` of `episode`.
     pub fn frame(&self, episode: usize, frame: usize) -> Result<FrameItem> {
         let rows = self.episode_rows(episode)?;
@@ -415,11 +447,7 @@ impl LeRobotDataset {
         mut map: impl FnMut(&str, RgbImage) -> RgbImage,
     ) -> Result<Episode> {
         let rows = self.episode_rows(episode)?;
-        let meta = self.episode_meta(episode)?;
-        let instruction = match rows.task_index.first() {
-            Some(&t) => self.task(t)?.to_string(),
-            None => meta.tasks.first().cloned().unwrap_or_default(),
-        };
+        let instruction = self.instruction_of(episode, &rows)?;
         let mut frames = BTreeMap::new();
         for camera in cameras {
             let (path, times) = self.video_path_and_times(episode, camera, &rows.timestamp)?;

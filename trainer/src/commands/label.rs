@@ -1,4 +1,4 @@
-//! `topreward label`: TOPReward progress and Eq. 3 weights for every frame of a LeRobotDataset, written as
+//! `topreward label`: TOPReward progress and reward-aligned BC weights for every frame of a LeRobotDataset, written as
 //! `topreward_progress.parquet` (LeRobot's progress-file layout) plus a PNG grid of the progress curves.
 
 use std::collections::BTreeMap;
@@ -16,6 +16,7 @@ use crate::commands::remote::RemoteArgs;
 use crate::commands::score::{ScorerOptions, load_scorer};
 use crate::label::{LabelOptions, Sampling, check_inputs, default_progress_path, label_dataset};
 use crate::plot::{Chart, Series, check_plot_path, save_grid};
+use crate::weighting::{DeltaKind, Weighting};
 
 /// Label a LeRobotDataset with TOPReward progress (resumable: finished episodes are kept).
 #[derive(Debug, Args)]
@@ -58,6 +59,20 @@ pub struct LabelArgs {
     /// `last`: LeRobot's port, --fps and only the last --max-frames frames (the start is never seen).
     #[arg(long, value_enum, default_value_t = SamplingArg::Paper)]
     pub sampling: SamplingArg,
+    /// Progress credited to frame t in the weight column: `chunk` s(t + H) - s(t) with H = --chunk (LeRobot's
+    /// RA-BC; the trainer's default), `prefix` (between the scored frames around t) or `frame` (s(t) - s(t - 1)).
+    #[arg(long, value_enum, default_value_t = DeltaKind::Chunk)]
+    pub delta: DeltaKind,
+    /// The policy's action chunk H for `--delta chunk` (SmolVLA's and pi0's: 50).
+    #[arg(long, default_value_t = 50)]
+    pub chunk: usize,
+    /// Weight formula: `eq3` (paper Eq. 3 with --tau, --delta-max, --min-weight) or `rabc` (LeRobot's RA-BC
+    /// with --kappa).
+    #[arg(long, value_enum, default_value_t = Weighting::Eq3)]
+    pub weighting: Weighting,
+    /// RA-BC threshold: a delta above it weighs 1 (LeRobot's: 0.01).
+    #[arg(long, default_value_t = 0.01)]
+    pub kappa: f64,
     /// Paper Eq. 3 scale tau.
     #[arg(long, default_value_t = 2.0)]
     pub tau: f64,
@@ -98,6 +113,10 @@ pub fn run(args: LabelArgs) -> Result<()> {
             delta_max: args.delta_max,
             min_weight: args.min_weight,
         },
+        delta: args.delta,
+        chunk: args.chunk,
+        weighting: args.weighting,
+        kappa: args.kappa,
         sampling: match args.sampling {
             SamplingArg::Paper => Sampling::Paper {
                 fps: args.fps,
