@@ -467,7 +467,7 @@ fn an_experiment_evaluates_on_the_robot_table_arm() {
     let robot = |port: &str, id: &str| {
         format!(
             "{base}[robot]\nport = {port:?}\nid = {id:?}\ncalibration_dir = {:?}\nepisode_seconds = 0.5\n\
-             max_relative_target = 5.0\nreset_speed = 90.0\n",
+             max_relative_target = 5.0\nreset_speed = 90.0\noperator_reset = false\nsuccess = \"none\"\n",
             fdir.to_str().unwrap()
         )
     };
@@ -498,6 +498,19 @@ fn an_experiment_evaluates_on_the_robot_table_arm() {
             "awrsparse",
             robot(&follower.port, "follower").replacen("reward = \"none\"", "reward = \"sparse\"", 2),
             "arms.awr.reward",
+        ),
+        (
+            "nodetector",
+            robot(&follower.port, "follower").replace("success = \"none\"", "success = \"topreward\""),
+            "robot.success_threshold",
+        ),
+        (
+            "noreward",
+            robot(&follower.port, "follower").replace(
+                "success = \"none\"",
+                "success = \"topreward\"\nsuccess_threshold = -1.0",
+            ),
+            "robot.success",
         ),
     ] {
         let out = train(&config, name, &["--check"]);
@@ -537,5 +550,50 @@ fn an_experiment_evaluates_on_the_robot_table_arm() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
     assert!(moved > 5.0, "the arm moved {moved}: {start:?} -> {end:?}");
+    assert_eq!(follower.torque(), vec![false; 6]);
+
+    // With the operator in the loop (the defaults): before each evaluation episode the scene is reset and
+    // Enter pressed; Enter during the first episode ends it early; the operator answers y, then n.
+    let operated = robot(&follower.port, "follower")
+        .replace("operator_reset = false\nsuccess = \"none\"\n", "")
+        .replace("steps = 4\n", "steps = 2\n")
+        .replace(
+            "[[arms]]\nname = \"awr\"\nreward = \"none\"\nalgorithm = \"awr\"\n",
+            "",
+        );
+    let path = tmp.path().join("operated.toml");
+    std::fs::write(&path, &operated).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
+        .arg(&path)
+        .arg("--out")
+        .arg(tmp.path().join("run-operated"))
+        .args(["--threads", "1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"\n\ny\n\nn\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("reset the scene") && err.contains("did the arm succeed"),
+        "{err}"
+    );
+    assert_eq!(err.matches("episode ended by the operator").count(), 1, "{err}");
+    let result: Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("run-operated/runs/bc/seed-0/result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(result["success"], 0.5, "one y, one n: {result}");
+    // No operator (standard input closed): the run stops with a message saying what to set.
+    let out = train(&operated, "nooperator", &[]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("operator_reset = false"),
+        "{err}"
+    );
     assert_eq!(follower.torque(), vec![false; 6]);
 }

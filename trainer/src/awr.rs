@@ -210,7 +210,8 @@ pub(crate) fn improve<'c>(run: &mut impl AwrLearner<'c>, inputs: AwrInputs<'_, '
         //    In the simulator or on the `[robot]` arm, connected only while rolling out (its watchdog
         //    would stop it during the training steps, and evaluation connects on its own).
         let rollouts = {
-            let mut env = crate::experiment::open_env(config, run.sim(), !run.sim().cameras.is_empty())?;
+            let mut env =
+                crate::experiment::open_env(config, run.sim(), !run.sim().cameras.is_empty(), run.opts())?;
             collect_rollouts(run, env.as_mut(), iteration)?
         };
         let rollout_success =

@@ -111,6 +111,41 @@ pub struct RobotConfig {
     /// The instruction given to the policy. Default: the simulated task's, for a red cube.
     #[serde(default)]
     pub instruction: Option<String>,
+    /// Before every episode on the arm (evaluation and AWR rollouts) wait for the operator to reset the
+    /// scene and press Enter; during an episode, Enter ends it early. Default: true.
+    #[serde(default = "default_true")]
+    pub operator_reset: bool,
+    /// Who decides whether an episode on the arm succeeded: `operator` (asked y/n after each episode),
+    /// `topreward` (the reward model's success detector, paper Sec. 4: the mean log p(" True") of the last
+    /// three prefixes of the `reward_model.camera` frames at `reward_model.fps`, against
+    /// `success_threshold` or the threshold `topreward calibrate` wrote to `success_calibration`), or
+    /// `none` (success not measured: reported as null). Default: operator.
+    #[serde(default)]
+    pub success: ArmSuccess,
+    /// `success = "topreward"`: the success-score threshold (a log-probability, e.g. -1.0).
+    #[serde(default)]
+    pub success_threshold: Option<f64>,
+    /// `success = "topreward"`: a calibration file from `topreward calibrate` (made with the same model),
+    /// whose threshold is used.
+    #[serde(default)]
+    pub success_calibration: Option<PathBuf>,
+}
+
+/// How success is decided on the real arm (`[robot] success`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArmSuccess {
+    /// The operator answers y/n after each episode.
+    #[default]
+    Operator,
+    /// TOPReward's success detector with a calibrated threshold.
+    Topreward,
+    /// Not measured.
+    None,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `max_relative_target`: one limit for every motor, or one per motor.
@@ -174,6 +209,7 @@ impl RobotConfig {
         policy: &PolicyConfig,
         task: &TaskConfig,
         arms: &[ArmConfig],
+        reward_model: Option<&RewardModelConfig>,
     ) -> Result<(), (String, String)> {
         let bad = |field: &str, message: String| Err((format!("robot.{field}"), message));
         let positive = |v: f64| v.is_finite() && v > 0.0;
@@ -211,6 +247,57 @@ impl RobotConfig {
             if self.cameras[..i].iter().any(|o| o.name == c.name) {
                 return bad("cameras", format!("camera `{}` is listed twice", c.name));
             }
+        }
+        match (self.success, self.success_threshold, &self.success_calibration) {
+            (ArmSuccess::Topreward, None, None) => {
+                return bad(
+                    "success_threshold",
+                    "success = \"topreward\" needs success_threshold (a log-probability, e.g. -1.0) or \
+                     success_calibration (a file from `topreward calibrate`)"
+                        .into(),
+                );
+            }
+            (ArmSuccess::Topreward, Some(_), Some(_)) => {
+                return bad(
+                    "success_calibration",
+                    "give success_threshold or success_calibration, not both".into(),
+                );
+            }
+            (ArmSuccess::Topreward, Some(t), None) if !t.is_finite() => {
+                return bad(
+                    "success_threshold",
+                    format!("{t} is not a finite log-probability"),
+                );
+            }
+            (ArmSuccess::Topreward, ..) => {
+                let Some(rm) = reward_model else {
+                    return bad(
+                        "success",
+                        "success = \"topreward\" scores episodes with [reward_model]; add one".into(),
+                    );
+                };
+                let camera = rm
+                    .camera
+                    .strip_prefix("observation.images.")
+                    .unwrap_or(&rm.camera);
+                if !self.cameras.iter().any(|c| c.name == camera) {
+                    return bad(
+                        "cameras",
+                        format!(
+                            "success = \"topreward\" watches reward_model.camera `{}`, which [robot] does not list",
+                            rm.camera
+                        ),
+                    );
+                }
+            }
+            (_, Some(_), _) | (_, _, Some(_)) => {
+                return bad(
+                    "success",
+                    "success_threshold and success_calibration are read only with success = \"topreward\""
+                        .into(),
+                );
+            }
+            _ => {}
         }
         if policy.kind == "smolvla" {
             return bad(
@@ -910,10 +997,43 @@ impl ExperimentConfig {
             .map_err(|(field, message)| invalid(&field, message))?;
         if let Some(robot) = &self.robot {
             robot
-                .validate(&self.policy, &self.task, &self.arms)
+                .validate(&self.policy, &self.task, &self.arms, self.reward_model.as_ref())
                 .map_err(|(field, message)| invalid(&field, message))?;
         }
         Ok(())
+    }
+
+    /// Whether the run needs the reward model: an arm rewarded by TOPReward, or success on the arm
+    /// decided by TOPReward's success detector.
+    pub fn loads_reward_model(&self) -> bool {
+        self.reward_model.is_some()
+            && (self.arms.iter().any(|a| a.reward == RewardSource::Topreward)
+                || self
+                    .robot
+                    .as_ref()
+                    .is_some_and(|r| r.success == ArmSuccess::Topreward))
+    }
+
+    /// The success-score threshold of `[robot] success = "topreward"`: the configured value, or the
+    /// one in its calibration file.
+    pub fn arm_success_threshold(&self) -> anyhow::Result<Option<f64>> {
+        let Some(robot) = self.robot.as_ref().filter(|r| r.success == ArmSuccess::Topreward) else {
+            return Ok(None);
+        };
+        if let Some(t) = robot.success_threshold {
+            return Ok(Some(t));
+        }
+        match &robot.success_calibration {
+            Some(path) => {
+                let model = self.reward_model.as_ref().map(|rm| rm.model.as_str());
+                Ok(Some(
+                    crate::commands::calibrate::read_calibration(path, model)?
+                        .choice
+                        .threshold,
+                ))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Every value the run would refuse or misuse, refused here so `train --check` and the run agree:
@@ -1143,9 +1263,13 @@ impl ExperimentConfig {
                 .map_err(|(field, message)| invalid(&field, message))?;
         }
         let topreward = self.arms.iter().any(|a| a.reward == RewardSource::Topreward);
-        if let Some(rm) = self.reward_model.as_ref().filter(|_| topreward) {
+        if let Some(rm) = self.reward_model.as_ref().filter(|_| self.loads_reward_model()) {
             toprl_rewards::qwen3_vl::CheckpointFiles::check(&rm.model)
                 .map_err(|e| invalid("reward_model.model", e.to_string()))?;
+            if let Some(path) = self.robot.as_ref().and_then(|r| r.success_calibration.as_ref()) {
+                crate::commands::calibrate::read_calibration(path, Some(&rm.model))
+                    .map_err(|e| invalid("robot.success_calibration", format!("{e:#}")))?;
+            }
         }
         if let DataConfig::Lerobot {
             path: dataset,

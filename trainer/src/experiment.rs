@@ -149,6 +149,9 @@ pub struct RunOptions {
     pub threads: usize,
     /// Show progress bars.
     pub progress: bool,
+    /// The reward model's success score, for `[robot] success = "topreward"` (the binary shares the
+    /// loaded reward model). `None` elsewhere.
+    pub arm_success: Option<crate::operated_env::SuccessScorer>,
 }
 
 /// What a run has done so far, saved beside its checkpoint.
@@ -894,7 +897,7 @@ fn train_one(
     }
     let eval = match run.last_eval.take() {
         Some(eval) => eval,
-        None => evaluate(&mut run.trainer.policy().with_seed(seed), sim, config, seed)?,
+        None => evaluate(&mut run.trainer.policy().with_seed(seed), sim, config, seed, opts)?,
     };
     tracing::info!(arm = arm.name, seed, success = ?eval.success, "run finished");
     Ok(SeedResult {
@@ -1076,7 +1079,7 @@ impl<'c> Run<'c> {
     ) -> Result<&Evaluation> {
         let step = u64::from(self.progress.step);
         let mut policy = self.trainer.policy().with_seed(self.seed);
-        let eval = evaluate(&mut policy, self.sim, self.config, self.seed)?;
+        let eval = evaluate(&mut policy, self.sim, self.config, self.seed, self.opts)?;
         if let Some(success) = eval.success {
             self.tb.scalar("eval/success", step, success as f32)?;
         }
@@ -1178,10 +1181,13 @@ pub(crate) struct Evaluation {
 
 /// The environment policies are rolled out in: the real arm of `[robot]` when the config has one, else
 /// the simulator with `sim` (cameras rendered only when `images`).
+/// On the arm, the operator resets the scene, may end an episode early, and success is decided as
+/// `[robot] success` says (see [`crate::operated_env`]).
 pub(crate) fn open_env(
     config: &ExperimentConfig,
     sim: &SimConfig,
     images: bool,
+    opts: &RunOptions,
 ) -> Result<Box<dyn toprl_envs::environment::Environment>> {
     let Some(robot) = &config.robot else {
         let mut sim = sim.clone();
@@ -1190,7 +1196,28 @@ pub(crate) fn open_env(
         }
         return Ok(Box::new(So101Env::new(sim).map_err(sim_err("evaluation env"))?));
     };
-    Ok(Box::new(robot_env(config, robot, images)?))
+    let detector = match (robot.success, &config.reward_model) {
+        (crate::config::ArmSuccess::Topreward, Some(rm)) => Some(crate::operated_env::DetectorSettings {
+            scorer: opts.arm_success.clone().ok_or_else(|| {
+                ExperimentError::Reward("robot.success = \"topreward\" but no reward model was loaded".into())
+            })?,
+            threshold: config
+                .arm_success_threshold()
+                .map_err(|e| ExperimentError::Invalid(format!("robot.success_calibration: {e:#}")))?
+                .ok_or_else(|| ExperimentError::Invalid("robot.success_threshold: missing".into()))?,
+            camera: rm.camera.clone(),
+            fps: rm.fps,
+        }),
+        _ => None,
+    };
+    let arm = robot_env(config, robot, images)?;
+    let env =
+        crate::operated_env::OperatedEnv::new(Box::new(arm), robot.operator_reset, robot.success, detector)
+            .map_err(|source| ExperimentError::Env {
+            what: "[robot]".into(),
+            source,
+        })?;
+    Ok(Box::new(env))
 }
 
 /// Connects the `[robot]` follower (torque on) and opens its cameras when the policy sees images.
@@ -1210,13 +1237,23 @@ fn robot_env(
         what: format!("connecting the follower on {} (robot.port)", robot.port),
         source: e.into(),
     })?;
+    // The policy's cameras when it sees images, and the reward camera when TOPReward judges success.
+    let detector_camera = config
+        .reward_model
+        .as_ref()
+        .filter(|_| robot.success == crate::config::ArmSuccess::Topreward)
+        .map(|rm| {
+            rm.camera
+                .strip_prefix("observation.images.")
+                .unwrap_or(&rm.camera)
+                .to_string()
+        });
     let mut cameras = Vec::new();
-    if images {
-        for cam in robot
-            .cameras
-            .iter()
-            .filter(|c| config.task.cameras.contains(&c.name))
-        {
+    {
+        for cam in robot.cameras.iter().filter(|c| {
+            (images && config.task.cameras.contains(&c.name))
+                || detector_camera.as_deref() == Some(c.name.as_str())
+        }) {
             cameras.push(
                 toprl_envs::robot::open_camera(cam).map_err(|e| ExperimentError::Env {
                     what: "robot.cameras".into(),
@@ -1252,10 +1289,11 @@ fn evaluate(
     sim: &SimConfig,
     config: &ExperimentConfig,
     seed: u64,
+    run_opts: &RunOptions,
 ) -> Result<Evaluation> {
     let images = policy.config().cameras() > 0;
     let camera_keys = camera_keys(&config.task.cameras);
-    let mut env = open_env(config, sim, images)?;
+    let mut env = open_env(config, sim, images, run_opts)?;
     let (mut successes, mut returns, mut steps, mut example) = (Some(0usize), Some(0.0), 0usize, None);
     for i in 0..config.eval.episodes as usize {
         let opts = RolloutOptions {

@@ -11,6 +11,8 @@ pub mod config;
 pub mod driver;
 pub mod experiment;
 pub mod label;
+pub mod operated_env;
+pub mod operator;
 pub mod plot;
 pub mod results;
 pub mod reward_quality;

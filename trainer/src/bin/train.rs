@@ -1,15 +1,20 @@
 //! `train CONFIG`: run an experiment (every arm x seed), evaluate, and write the results table.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::rc::Rc;
 
 use anyhow::Context;
 use clap::Parser;
 use toprl_envs::episode::Episode;
+use toprl_rewards::metrics::success_score;
+use toprl_rewards::remote::SUCCESS_PREFIXES;
 use toprl_rewards::score::EpisodeScore;
 use toprl_trainer::commands::remote::reward_model_scorer;
-use toprl_trainer::config::{ExperimentConfig, RewardSource};
+use toprl_trainer::config::ExperimentConfig;
 use toprl_trainer::experiment::RunOptions;
+use toprl_trainer::operated_env::{SuccessScoreFn, SuccessScorer};
 use toprl_trainer::run_folder::StartMode;
 
 /// Train SO-101 policies and compare reward sources (sparse, TOPReward, oracle, plain BC).
@@ -96,26 +101,39 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // One reward model, shared by the arms' labels (`score_episodes`) and the success detector of
+    // `[robot] success = "topreward"` (`arm_success`).
+    let scorer = match &config.reward_model {
+        Some(rm) if config.loads_reward_model() => Some(Rc::new(RefCell::new(
+            reward_model_scorer(rm, Some(out.join(toprl_trainer::run_folder::SCORE_CACHE_DIR)))
+                .context("loading the reward model in [reward_model]")?,
+        ))),
+        _ => None,
+    };
+    let arm_success = scorer.as_ref().map(|scorer| {
+        let scorer = Rc::clone(scorer);
+        let detect: Box<SuccessScoreFn> = Box::new(move |frames, fps, instruction| {
+            let score = (scorer.borrow_mut())(frames, fps, instruction).map_err(|e| format!("{e:#}"))?;
+            success_score(&score.log_probs, SUCCESS_PREFIXES)
+                .ok_or_else(|| "the episode has no scored prefix".to_string())
+        });
+        SuccessScorer(Rc::new(RefCell::new(detect)))
+    });
     let opts = RunOptions {
         out: out.clone(),
         resume: args.resume,
         restart: args.restart,
         threads,
         progress: true,
-    };
-    let mut scorer = match &config.reward_model {
-        Some(rm) if config.arms.iter().any(|a| a.reward == RewardSource::Topreward) => Some(
-            reward_model_scorer(rm, Some(out.join(toprl_trainer::run_folder::SCORE_CACHE_DIR)))
-                .context("loading the reward model in [reward_model]")?,
-        ),
-        _ => None,
+        arm_success,
     };
     let camera = config.reward_model.as_ref().map(|rm| (rm.camera.clone(), rm.fps));
     // Each episode's camera frames are sampled at the reward model's fps (every `stride` frames) and scored.
     let mut score_episodes = |episodes: &[Episode]| -> Result<Vec<(EpisodeScore, f64)>, String> {
-        let (Some(scorer), Some((camera, fps))) = (scorer.as_mut(), camera.as_ref()) else {
+        let (Some(scorer), Some((camera, fps))) = (scorer.as_ref(), camera.as_ref()) else {
             return Err("no reward model loaded".into());
         };
+        let mut scorer = scorer.borrow_mut();
         // A dataset is scored episode by episode as it loads, under the loading bar: no bar of one.
         let bar = if episodes.len() > 1 {
             indicatif::ProgressBar::new(episodes.len() as u64).with_message("TOPReward scoring")

@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Instant;
 
 use toprl_rewards::qwen3_vl::{DeviceSpec, Precision, Qwen3VL};
+use toprl_rewards::remote::SUCCESS_PREFIXES;
 use toprl_rewards::topreward::prompt::PromptConfig;
 use toprl_rewards::topreward::{Mode, QwenPrefixEncoder, ScorerConfig, TopReward, TopRewardModel};
 
@@ -161,9 +162,6 @@ impl ScoreArgs {
         )
     }
 }
-
-/// Prefixes averaged by the success detector (paper v1).
-const SUCCESS_PREFIXES: usize = 3;
 
 pub fn run(args: ScoreArgs) -> Result<()> {
     let success_threshold = match args.success_threshold {
