@@ -54,6 +54,42 @@ pub fn resolve_checkpoint(model: &str, revision: Option<&str>) -> Result<Checkpo
     })
 }
 
+/// Files that decide how a prompt is tokenised: the processors look for these beside the tokenizer.
+const PROCESSOR_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "video_preprocessor_config.json",
+    "preprocessor_config.json",
+];
+
+/// A folder with `model`'s tokenizer and processor configs (no weights), for counting the prompt tokens a
+/// server that serves `model` will see: a local checkpoint folder as it is, or for a hub id the files
+/// fetched through the Hugging Face cache (a few MB). `None` when neither gives a tokenizer (a served
+/// model name that is no hub id, or no network).
+pub fn resolve_processor_files(model: &str) -> Result<Option<std::path::PathBuf>, ModelError> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return Ok(path.join("tokenizer.json").is_file().then(|| path.to_path_buf()));
+    }
+    let looks_like_hub = model.split('/').count() == 2 && !model.starts_with('.') && !model.starts_with('/');
+    if !looks_like_hub {
+        return Ok(None);
+    }
+    let hub_err = |file: &str, e: hf_hub::api::sync::ApiError| ModelError::Hub {
+        repo: model.to_string(),
+        file: file.to_string(),
+        reason: e.to_string(),
+    };
+    let api = hf_hub::api::sync::Api::new().map_err(|e| hub_err("(client)", e))?;
+    let repo = api.model(model.to_string());
+    let tokenizer = repo
+        .get(PROCESSOR_FILES[0])
+        .map_err(|e| hub_err(PROCESSOR_FILES[0], e))?;
+    for optional in &PROCESSOR_FILES[1..] {
+        let _ = repo.get(optional);
+    }
+    Ok(tokenizer.parent().map(Path::to_path_buf))
+}
+
 fn shards(index: &Path) -> Result<Vec<String>, ModelError> {
     let bad = |reason: String| ModelError::BadIndex {
         path: index.into(),
@@ -137,6 +173,19 @@ mod tests {
         std::fs::write(snap.join("model.safetensors"), "x").unwrap();
         let files = CheckpointFiles::from_dir(&snap).unwrap();
         assert_eq!(checkpoint_identity(&files).unwrap(), format!("rev:{commit}"));
+    }
+
+    #[test]
+    fn processor_files_of_a_local_checkpoint_or_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ckpt");
+        std::fs::create_dir_all(&dir).unwrap();
+        let name = dir.to_str().unwrap();
+        assert_eq!(resolve_processor_files(name).unwrap(), None, "no tokenizer.json");
+        std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+        assert_eq!(resolve_processor_files(name).unwrap(), Some(dir.clone()));
+        // A served model name that is neither a folder nor owner/name has no files to find.
+        assert_eq!(resolve_processor_files("my-served-model").unwrap(), None);
     }
 
     #[test]

@@ -48,6 +48,31 @@ pub struct RemoteArgs {
 }
 
 impl RemoteArgs {
+    /// Without --processor, the prompt check counts tokens with the served model's own tokenizer and
+    /// processor configs when `model` names them: a local checkpoint folder, or a hub id whose small
+    /// files are fetched (users online). Else the class defaults, said aloud.
+    fn served_processor(&self, model: Option<&str>) -> Option<std::path::PathBuf> {
+        if self.api != Api::OpenAi || self.token_check == TokenCheck::Off {
+            return None;
+        }
+        let model = model?;
+        match toprl_rewards::checkpoint::resolve_processor_files(model) {
+            Ok(Some(dir)) => {
+                tracing::info!(model, dir = %dir.display(), "prompt check uses the served model's processor files");
+                Some(dir)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(
+                    model,
+                    "prompt check: the model's processor files are unavailable ({e}); using the Qwen3-VL \
+                     defaults (pass --processor DIR to use the served checkpoint's)"
+                );
+                None
+            }
+        }
+    }
+
     /// A remote scorer when endpoints were given. `model` is the name sent to OpenAI servers.
     pub fn scorer(
         &self,
@@ -68,7 +93,7 @@ impl RemoteArgs {
             timeout: Duration::from_secs(self.timeout_secs),
             prompt,
             token_check: self.token_check,
-            processor: self.processor.clone(),
+            processor: self.processor.clone().or_else(|| self.served_processor(model)),
             ..Default::default()
         };
         Ok(Some(RemoteScorer::new(config)?))
