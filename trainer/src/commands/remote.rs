@@ -41,8 +41,9 @@ pub struct RemoteArgs {
     #[arg(long, default_value_t = TokenCheck::Error)]
     pub token_check: TokenCheck,
     /// openai: a folder with the served checkpoint's processor files (video_preprocessor_config.json or
-    /// preprocessor_config.json) and tokenizer.json, for toprl's own prompt count (default: the Qwen3-VL
-    /// video processor's class defaults and the Qwen3 tokenizer of scripts/setup.sh).
+    /// preprocessor_config.json) and tokenizer.json, for toprl's own prompt count. Default: the files of
+    /// --model when it is a local checkpoint folder or a hub id (fetched, a few MB), else the Qwen3-VL video
+    /// processor's class defaults and the Qwen3 tokenizer of scripts/setup.sh.
     #[arg(long)]
     pub processor: Option<PathBuf>,
 }
