@@ -437,6 +437,33 @@ fn gvl_runs_end_to_end_and_scores_unparsable_answers_zero() {
         "--json",
     ]));
     assert_eq!(again, v);
+
+    // The same episode on a `topreward serve` through its OpenAI chat endpoint (images as data URLs,
+    // greedy decoding there): the same shuffle, the same answer, the same prompt length as local GVL.
+    let server = Server::start(tiny_model().to_str().expect("utf8"), &["--max-new-tokens", "64"]);
+    let remote = |api: &str| {
+        topreward(&[
+            "gvl",
+            "--endpoint",
+            &server.url,
+            "--api",
+            api,
+            "--frames",
+            frames.to_str().expect("utf8"),
+            "--instruction",
+            "push the cube",
+            "--max-frames",
+            "4",
+            "--tokens-per-frame",
+            "6",
+            "--json",
+        ])
+    };
+    assert_eq!(json_of(&remote("openai")), v, "remote GVL equals local GVL");
+    // The native endpoint scores TOPReward only: GVL there is refused with the fix.
+    let native = remote("toprl");
+    assert!(!native.status.success());
+    assert!(String::from_utf8_lossy(&native.stderr).contains("--api openai"));
 }
 
 #[test]

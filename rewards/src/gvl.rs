@@ -240,29 +240,12 @@ impl Gvl {
 
     /// The shuffle of an episode: the config seed mixed with the episode's content hash.
     pub fn order_for(&self, frames: &[RgbImage], fps: f64, instruction: &str) -> Vec<usize> {
-        let key = EpisodeKey::new(frames, fps, instruction, "gvl-shuffle");
-        let h = u64::from_str_radix(&key.as_str()[..16], 16).unwrap_or(0);
-        shuffled_order(frames.len(), self.config.seed ^ h)
+        episode_order(frames, fps, instruction, self.config.seed)
     }
 
     /// Run GVL on one episode.
     pub fn score(&self, frames: &[RgbImage], fps: f64, instruction: &str) -> Result<GvlScore, GvlError> {
-        if frames.is_empty() {
-            return Err(GvlError::EmptyEpisode);
-        }
-        for t in [
-            "<|im_start|>",
-            "<|im_end|>",
-            "<|vision_start|>",
-            "<|vision_end|>",
-            "<|image_pad|>",
-            "<|video_pad|>",
-            "<|endoftext|>",
-        ] {
-            if instruction.contains(t) {
-                return Err(GvlError::ControlToken(t));
-            }
-        }
+        check_episode(frames, instruction)?;
         let order = self.order_for(frames, fps, instruction);
         let messages = prompt_messages(frames, &order, instruction);
         let input = self.encoder.encode(
@@ -272,10 +255,46 @@ impl Gvl {
                 continue_final_message: false,
             },
         )?;
-        let budget = self.config.tokens_per_frame * frames.len() + 16;
+        let budget = self.config.answer_tokens(frames.len());
         let ids = generate_greedy(&self.model, &input, budget, self.max_tokens)?;
         let text = self.encoder.decode(&ids)?;
         Ok(evaluate_answer(&text, order, input.input_ids.len()))
+    }
+}
+
+/// The shuffle of an episode: `seed` mixed with the episode's content hash, so episodes differ and the
+/// same episode is shown in the same order wherever it is scored (locally or on a server).
+pub fn episode_order(frames: &[RgbImage], fps: f64, instruction: &str, seed: u64) -> Vec<usize> {
+    let key = EpisodeKey::new(frames, fps, instruction, "gvl-shuffle");
+    let h = u64::from_str_radix(&key.as_str()[..16], 16).unwrap_or(0);
+    shuffled_order(frames.len(), seed ^ h)
+}
+
+/// What GVL refuses before any model runs: no frames, or an instruction with a chat control token.
+pub fn check_episode(frames: &[RgbImage], instruction: &str) -> Result<(), GvlError> {
+    if frames.is_empty() {
+        return Err(GvlError::EmptyEpisode);
+    }
+    for t in [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+        "<|endoftext|>",
+    ] {
+        if instruction.contains(t) {
+            return Err(GvlError::ControlToken(t));
+        }
+    }
+    Ok(())
+}
+
+impl GvlConfig {
+    /// Generated tokens allowed for an answer about `frames` frames.
+    pub fn answer_tokens(&self, frames: usize) -> usize {
+        self.tokens_per_frame * frames + 16
     }
 }
 

@@ -948,10 +948,12 @@ impl ExperimentConfig {
                         format!("`{e}` is not a URL; expected http://host:port"),
                     ));
                 }
-                Some(rm) if rm.kind == "gvl" && !rm.endpoints.is_empty() => {
+                Some(rm) if rm.kind == "gvl" && !rm.endpoints.is_empty() && rm.api != "openai" => {
                     return Err(invalid(
-                        "reward_model.endpoints",
-                        "remote scoring is for kind = \"topreward\"; gvl runs in-process".into(),
+                        "reward_model.api",
+                        "remote GVL generates text through the chat endpoint: set api = \"openai\" (toprl's \
+                         server has one too)"
+                            .into(),
                     ));
                 }
                 Some(rm) if rm.fps.is_nan() || rm.fps <= 0.0 => {
@@ -1610,7 +1612,7 @@ mod tests {
             ("endpoints = [\"gpu1:8000\"]\n", "not a URL"),
             (
                 "kind = \"gvl\"\nendpoints = [\"http://a:1\"]\n",
-                "gvl runs in-process",
+                "set api = \"openai\"",
             ),
         ] {
             let err = parse(extra).unwrap_err().to_string();

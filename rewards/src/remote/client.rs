@@ -406,6 +406,48 @@ impl RemoteScorer {
         }
     }
 
+    /// GVL (the paper's baseline) on one episode through an OpenAI chat endpoint, toprl's server or vLLM:
+    /// the GVL prompt with the frames shown as images in the episode's shuffled order, greedy decoding
+    /// (`temperature` 0) of up to `config.answer_tokens(n)` tokens, and the answer parsed, un-shuffled and
+    /// scored as local GVL does ([`crate::gvl::evaluate_answer`]). Episodes go round-robin over the
+    /// endpoints.
+    pub fn gvl(
+        &mut self,
+        frames: &[RgbImage],
+        fps: f64,
+        instruction: &str,
+        config: &crate::gvl::GvlConfig,
+    ) -> Result<crate::gvl::GvlScore, RemoteError> {
+        if self.config.api != Api::OpenAi {
+            return Err(RemoteError::Config(
+                "GVL generates text through the chat endpoint: use --api openai (toprl's server has one too)"
+                    .into(),
+            ));
+        }
+        crate::gvl::check_episode(frames, instruction).map_err(|e| RemoteError::Config(e.to_string()))?;
+        let at = self.next % self.config.endpoints.len();
+        self.next += 1;
+        let url = format!("{}{CHAT_PATH}", self.config.endpoints[at]);
+        let order = crate::gvl::episode_order(frames, fps, instruction, config.seed);
+        let messages = crate::gvl::prompt_messages(frames, &order, instruction);
+        let mut body = gvl_request(&messages, config.answer_tokens(frames.len()));
+        if let Some(m) = self.models[at].clone().or_else(|| self.config.model.clone()) {
+            body["model"] = json!(m);
+        }
+        let v = self.post(&url, &body)?;
+        let bad = |reason: &str| RemoteError::Answer {
+            url: url.clone(),
+            reason: reason.to_string(),
+        };
+        let text = v["choices"][0]["message"]["content"]
+            .as_str()
+            .ok_or_else(|| bad("no choices[0].message.content"))?;
+        let prompt_tokens = v["usage"]["prompt_tokens"]
+            .as_u64()
+            .ok_or_else(|| bad("no usage.prompt_tokens"))? as usize;
+        Ok(crate::gvl::evaluate_answer(text, order, prompt_tokens))
+    }
+
     fn score_openai(
         &self,
         at: usize,
@@ -672,6 +714,35 @@ pub fn openai_request(pngs: &[String], k: usize, fps: f64, text: &str, with_temp
         body["chat_template"] = json!(CHAT_TEMPLATE);
     }
     body
+}
+
+/// The OpenAI chat request of a GVL prompt: text parts as text, images as PNG `data:` URLs, answered by
+/// greedy decoding of at most `max_tokens` tokens after the assistant turn opens.
+pub fn gvl_request(messages: &[Message], max_tokens: usize) -> Value {
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let content: Vec<Value> = m
+                .content
+                .iter()
+                .map(|part| match part {
+                    Part::Text(text) => json!({"type": "text", "text": text}),
+                    Part::Image(image) => json!({"type": "image_url", "image_url": {
+                        "url": format!("data:image/png;base64,{}", BASE64.encode(encode_png(image)))
+                    }}),
+                    Part::Video { frames, .. } => json!({"type": "video_url", "video_url": {
+                        "url": format!("data:video/jpeg;base64,{}", frames
+                            .iter()
+                            .map(|f| BASE64.encode(encode_png(f)))
+                            .collect::<Vec<_>>()
+                            .join(","))
+                    }}),
+                })
+                .collect();
+            json!({"role": m.role, "content": content})
+        })
+        .collect();
+    json!({"messages": messages, "max_tokens": max_tokens, "temperature": 0.0})
 }
 
 /// vLLM's 400 for a request template it does not trust.

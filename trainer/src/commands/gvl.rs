@@ -8,15 +8,17 @@ use toprl_rewards::gvl::{Gvl, GvlConfig};
 use toprl_rewards::multimodal::MultimodalEncoder;
 use toprl_rewards::qwen3_vl::{DType, Device, Qwen3VL};
 
+use crate::commands::remote::RemoteArgs;
 use crate::commands::score::ScorerOptions;
 
 /// Score an episode with GVL (arXiv 2411.04549), the baseline of the TOPReward paper: the model predicts
 /// each shuffled frame's completion percentage; VOC of the un-shuffled predictions (0 if unparsable).
 #[derive(Debug, Args)]
 pub struct GvlArgs {
-    /// Qwen3-VL checkpoint: a local directory or a hub id.
-    #[arg(long)]
-    pub model: String,
+    /// Qwen3-VL checkpoint: a local directory or a hub id. With --endpoint: the model name sent to the
+    /// OpenAI servers (optional).
+    #[arg(long, required_unless_present = "endpoints")]
+    pub model: Option<String>,
     /// Hub revision of a hub model.
     #[arg(long)]
     pub revision: Option<String>,
@@ -44,6 +46,10 @@ pub struct GvlArgs {
     /// Print one JSON object (order, text, predictions, voc, prompt_tokens).
     #[arg(long)]
     pub json: bool,
+    /// With --endpoint and --api openai: generate on a server (toprl's `topreward serve` with a large
+    /// enough --max-new-tokens, or vLLM) instead of loading the model here.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// Load a checkpoint as a GVL scorer (CPU, f32).
@@ -90,22 +96,32 @@ pub fn run(args: GvlArgs) -> Result<()> {
     let keep = spread(frames.len(), args.max_frames);
     let fps = args.fps * keep.len() as f64 / frames.len().max(1) as f64;
     let frames: Vec<_> = keep.iter().map(|&i| frames[i].clone()).collect();
-    let options = ScorerOptions {
-        tokenizer: args.tokenizer.clone(),
-        revision: args.revision.clone(),
-        ..Default::default()
+    let config = GvlConfig {
+        seed: args.seed,
+        tokens_per_frame: args.tokens_per_frame,
     };
-    let gvl = load_gvl(
-        &args.model,
-        &options,
-        GvlConfig {
-            seed: args.seed,
-            tokens_per_frame: args.tokens_per_frame,
-        },
-    )?;
-    let score = gvl
-        .score(&frames, fps, &args.instruction)
-        .context("running GVL")?;
+    let score = match args
+        .remote
+        .scorer(args.model.as_deref(), None, Default::default())?
+    {
+        Some(mut remote) => remote
+            .gvl(&frames, fps, &args.instruction, &config)
+            .context("running GVL on the server")?,
+        None => {
+            let model = args
+                .model
+                .as_deref()
+                .context("--model is required without --endpoint")?;
+            let options = ScorerOptions {
+                tokenizer: args.tokenizer.clone(),
+                revision: args.revision.clone(),
+                ..Default::default()
+            };
+            load_gvl(model, &options, config)?
+                .score(&frames, fps, &args.instruction)
+                .context("running GVL")?
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string(&score)?);
     } else {

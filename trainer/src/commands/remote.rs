@@ -123,6 +123,12 @@ pub fn reward_model_scorer(rm: &RewardModelConfig, cache_dir: Option<std::path::
         let mut scorer = remote
             .scorer(model, Some(mode), rm.prompt())?
             .context("no endpoints")?;
+        if rm.kind == "gvl" {
+            let gvl = toprl_rewards::gvl::GvlConfig::default();
+            return Ok(Box::new(move |frames, fps, instruction| {
+                Ok(scorer.gvl(frames, fps, instruction, &gvl)?.to_episode_score())
+            }));
+        }
         return Ok(Box::new(move |frames, fps, instruction| {
             Ok(scorer.score_episode(frames, fps, instruction)?)
         }));
