@@ -261,6 +261,106 @@ fn record_writes_and_resumes_a_lerobot_dataset() {
     assert_eq!(follower.torque(), vec![false; 6]);
 }
 
+/// Cameras on `record` and `run`: this build has no V4L2 capture (the `v4l` feature is off), so a camera
+/// is refused with the rebuild hint before anything connects or is written; a policy fed the wrong number
+/// of cameras is refused naming both counts; a malformed flag is a usage error.
+#[test]
+fn cameras_are_checked_before_the_arm_moves_or_a_dataset_is_written() {
+    use toprl_policies::gaussian::GaussianMlpConfig;
+    use toprl_policies::{Normalizer, PolicyConfig, TrainConfig, Trainer, cpu_device};
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = tmp.path().join("ds");
+    let out = so101()
+        .args([
+            "record",
+            "--port",
+            "/dev/null",
+            "--id",
+            "f",
+            "--leader-port",
+            "/dev/null",
+        ])
+        .args([
+            "--leader-id",
+            "l",
+            "--task",
+            "pick",
+            "--camera",
+            "front=/dev/video0@320x240",
+        ])
+        .arg("--dataset")
+        .arg(&dataset)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("--features toprl-envs/v4l"),
+        "{err}"
+    );
+    assert!(err.contains("/dev/video0"), "{err}");
+    assert!(!dataset.exists(), "nothing written before the cameras open");
+    for bad in [
+        "front",
+        "front=",
+        "front=/dev/video0@640",
+        "fr ont=/dev/video0",
+        "front=/dev/video0@8x8",
+    ] {
+        let out = so101()
+            .args([
+                "record",
+                "--port",
+                "p",
+                "--id",
+                "f",
+                "--leader-port",
+                "p",
+                "--leader-id",
+                "l",
+            ])
+            .args(["--task", "t", "--camera", bad])
+            .arg("--dataset")
+            .arg(&dataset)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!out.status.success() && err.contains("--camera"), "{bad}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let policy = tmp.path().join("policy");
+    let cfg = PolicyConfig::Gaussian(GaussianMlpConfig::new(6, 6).with_hidden(vec![8]));
+    Trainer::new(
+        cfg,
+        Normalizer::identity(6, 6),
+        TrainConfig::default(),
+        &cpu_device(),
+    )
+    .unwrap()
+    .save(&policy)
+    .unwrap();
+    let out = so101()
+        .args([
+            "run",
+            "--port",
+            "/dev/null",
+            "--id",
+            "f",
+            "--task",
+            "t",
+            "--camera",
+            "front=/dev/video0",
+        ])
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("sees 0 camera(s), 1 --camera given"),
+        "{err}"
+    );
+}
+
 #[test]
 fn run_drives_the_follower_with_a_policy() {
     let _serial = serial();

@@ -21,7 +21,7 @@ use toprl_envs::robot::bus::{BusOptions, FeetechBus};
 use toprl_envs::robot::calibrate::{CalibrationPrompt, run_calibration};
 use toprl_envs::robot::calibration::{ArmRole, Calibration, calibration_path};
 use toprl_envs::robot::sim_bus::{Faults, Operator, SimBus, SimBusConfig};
-use toprl_envs::robot::{ArmConfig, ArmError, So101Arm};
+use toprl_envs::robot::{ArmConfig, ArmError, Camera, CameraConfig, So101Arm, open_camera};
 use toprl_envs::sim::Task;
 use toprl_envs::so101::{MOTOR_NAMES, NUM_JOINTS};
 
@@ -125,6 +125,68 @@ pub struct FollowerArgs {
     /// Torque goes off when no command reached the follower for this many milliseconds.
     #[arg(long, default_value_t = 500)]
     pub watchdog_ms: u64,
+}
+
+/// `--camera NAME=PATH[@WIDTHxHEIGHT]`: a V4L2 camera whose frames are `observation.images.NAME`
+/// (default 640x480, LeRobot's OpenCV camera default).
+pub fn parse_camera(text: &str) -> Result<CameraConfig, String> {
+    let (name, rest) = text.split_once('=').ok_or_else(|| {
+        format!("expected NAME=PATH[@WIDTHxHEIGHT], e.g. front=/dev/video0@640x480, got {text:?}")
+    })?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "camera name {name:?} must be letters, digits or _ (e.g. front, wrist)"
+        ));
+    }
+    let (path, size) = match rest.rsplit_once('@') {
+        Some((path, size)) => (path, Some(size)),
+        None => (rest, None),
+    };
+    if path.is_empty() {
+        return Err(format!("camera {name}: the device path is empty"));
+    }
+    let (width, height) = match size {
+        None => (640, 480),
+        Some(size) => {
+            let parsed = size
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)));
+            match parsed {
+                Some((w, h)) if (16..=8192).contains(&w) && (16..=8192).contains(&h) => (w, h),
+                _ => {
+                    return Err(format!(
+                        "camera {name}: size {size:?} is not WIDTHxHEIGHT (16..=8192 each)"
+                    ));
+                }
+            }
+        }
+    };
+    Ok(CameraConfig {
+        name: name.to_string(),
+        path: path.to_string(),
+        width,
+        height,
+    })
+}
+
+/// An opened camera and the (width, height) of the frames it really delivers.
+type OpenedCamera = (Box<dyn Camera>, (u32, u32));
+
+/// Open every camera, refusing a name given twice; each is asked for one frame so that its real size
+/// is known (a device may deliver another size than requested).
+fn open_cameras(configs: &[CameraConfig]) -> anyhow::Result<Vec<OpenedCamera>> {
+    let mut opened = Vec::with_capacity(configs.len());
+    for (i, cfg) in configs.iter().enumerate() {
+        if configs[..i].iter().any(|c| c.name == cfg.name) {
+            bail!("--camera {}: the name is given twice", cfg.name);
+        }
+        let mut camera = open_camera(cfg).with_context(|| format!("--camera {}", cfg.name))?;
+        let frame = camera
+            .capture()
+            .with_context(|| format!("--camera {}: the first frame", cfg.name))?;
+        opened.push((camera, frame.dimensions()));
+    }
+    Ok(opened)
 }
 
 /// Leader connection flags.
@@ -475,8 +537,8 @@ pub fn teleop(args: TeleopArgs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------------
 // record
 
-/// Record teleoperated episodes into a LeRobotDataset v3.0 (state and the leader's action; no cameras
-/// in this build).
+/// Record teleoperated episodes into a LeRobotDataset v3.0: the follower's state, the leader's action (as
+/// LeRobot records it) and the --camera frames of every step.
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     #[command(flatten)]
@@ -503,6 +565,10 @@ pub struct RecordArgs {
     /// Add the episodes to the existing dataset at --dataset.
     #[arg(long)]
     pub resume: bool,
+    /// A camera to record as `observation.images.NAME` (repeatable): NAME=PATH[@WIDTHxHEIGHT], e.g.
+    /// front=/dev/video0@640x480. V4L2 capture needs a build with `--features toprl-envs/v4l`.
+    #[arg(long = "camera", value_parser = parse_camera)]
+    pub cameras: Vec<CameraConfig>,
 }
 
 /// Why a recording loop ended.
@@ -517,6 +583,7 @@ enum LoopEnd {
 fn teleop_loop(
     leader: &So101Arm,
     follower: &So101Arm,
+    cameras: &mut [Box<dyn Camera>],
     keys: &mut Keys,
     period: Duration,
     length: Duration,
@@ -539,6 +606,13 @@ fn teleop_loop(
         if let Some(ep) = episode.as_deref_mut() {
             ep.states.push(state.iter().map(|v| *v as f32).collect());
             ep.actions.push(action.iter().map(|v| *v as f32).collect());
+            for camera in cameras.iter_mut() {
+                let frame = camera.capture()?;
+                ep.cameras
+                    .entry(format!("observation.images.{}", camera.name()))
+                    .or_default()
+                    .push(frame);
+            }
         }
         pace(&mut next, period);
     }
@@ -598,7 +672,29 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&staging)
             .with_context(|| format!("removing the leftover {}", staging.display()))?;
     }
-    let mut writer = DatasetWriter::create(&staging, DatasetSpec::so101(args.fps, &[]))
+    // Cameras open (and deliver a frame) before anything is written, so a missing device leaves no
+    // dataset behind.
+    let opened = open_cameras(&args.cameras)?;
+    let camera_specs: Vec<(String, u32, u32)> = opened
+        .iter()
+        .map(|(c, (w, h))| (format!("observation.images.{}", c.name()), *w, *h))
+        .collect();
+    if let Some(first) = existing.first() {
+        let want: Vec<&String> = camera_specs.iter().map(|c| &c.0).collect();
+        let have: Vec<&String> = first.cameras.keys().collect();
+        if want != have {
+            bail!(
+                "--resume: {} has cameras {have:?}, this run records {want:?}; give the same --camera names",
+                args.dataset.display()
+            );
+        }
+    }
+    let mut cameras: Vec<Box<dyn Camera>> = opened.into_iter().map(|(c, _)| c).collect();
+    let specs: Vec<(&str, u32, u32)> = camera_specs
+        .iter()
+        .map(|(k, w, h)| (k.as_str(), *w, *h))
+        .collect();
+    let mut writer = DatasetWriter::create(&staging, DatasetSpec::so101(args.fps, &specs))
         .with_context(|| format!("creating {}", staging.display()))?;
     for ep in &existing {
         writer.add_episode(ep).context("copying a resumed episode")?;
@@ -622,7 +718,15 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
             fps: f64::from(args.fps),
             ..Episode::default()
         };
-        let end = match teleop_loop(&leader, &follower, &mut keys, period, episode_time, Some(&mut ep)) {
+        let end = match teleop_loop(
+            &leader,
+            &follower,
+            &mut cameras,
+            &mut keys,
+            period,
+            episode_time,
+            Some(&mut ep),
+        ) {
             Ok(end) => end,
             Err(e) => {
                 failure = Some(e);
@@ -643,7 +747,7 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
             break;
         }
         eprintln!("reset the scene ({:.0} s, ENTER to skip)", args.reset_time);
-        match teleop_loop(&leader, &follower, &mut keys, period, reset_time, None) {
+        match teleop_loop(&leader, &follower, &mut [], &mut keys, period, reset_time, None) {
             Ok(LoopEnd::Stop) => break,
             Ok(_) => {}
             Err(e) => {
@@ -685,8 +789,8 @@ pub fn record(args: RecordArgs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------------
 // run
 
-/// A toprl policy drives the follower at a fixed rate (state-only policies in this build: no cameras):
-/// each episode moves the arm to the start pose at a limited speed, then runs for --episode-time.
+/// A toprl policy drives the follower at a fixed rate, seeing the --camera frames when it is an image
+/// policy: each episode moves the arm to the start pose at a limited speed, then runs for --episode-time.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -712,6 +816,11 @@ pub struct RunArgs {
     /// per second.
     #[arg(long, default_value_t = 30.0)]
     pub reset_speed: f64,
+    /// A camera the policy sees (repeatable, in the order of the policy's training cameras):
+    /// NAME=PATH[@WIDTHxHEIGHT]. Frames are resized to the size the policy was trained at. V4L2 capture
+    /// needs a build with `--features toprl-envs/v4l`.
+    #[arg(long = "camera", value_parser = parse_camera)]
+    pub cameras: Vec<CameraConfig>,
 }
 
 #[derive(Debug, Serialize)]
@@ -746,11 +855,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut policy = toprl_policies::load_policy(&args.policy, &toprl_policies::cpu_device())
         .with_context(|| format!("--policy {}: loading the checkpoint", args.policy.display()))?
         .with_seed(args.seed);
-    let cameras = policy.config().cameras();
-    if cameras > 0 {
+    let needed = policy.config().cameras();
+    if needed != args.cameras.len() {
         bail!(
-            "--policy {}: the policy needs {cameras} camera(s); this build drives the arm without cameras, so only state-only policies run",
-            args.policy.display()
+            "--policy {}: the policy sees {needed} camera(s), {} --camera given{}",
+            args.policy.display(),
+            args.cameras.len(),
+            if needed > 0 {
+                " (NAME=PATH[@WIDTHxHEIGHT], in the order it was trained with)"
+            } else {
+                ""
+            }
         );
     }
     let features = policy.state_features().to_vec();
@@ -760,6 +875,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             args.policy.display()
         );
     }
+    let cameras: Vec<Box<dyn Camera>> = open_cameras(&args.cameras)?.into_iter().map(|(c, _)| c).collect();
+    let camera_keys: Vec<String> = args
+        .cameras
+        .iter()
+        .map(|c| format!("observation.images.{}", c.name))
+        .collect();
     install_ctrl_c()?;
     let mut keys = Keys::spawn();
     let follower = args.follower.connect()?;
@@ -774,7 +895,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         reset_tolerance: 5.0,
         reset_timeout: Duration::from_secs(20),
     };
-    let mut env = RobotEnv::new(follower, vec![], env_cfg)?.with_stop_flag(interrupted().clone());
+    let mut env = RobotEnv::new(follower, cameras, env_cfg)?.with_stop_flag(interrupted().clone());
     eprintln!(
         "running {} at {} Hz: `s` ENTER or Ctrl-C stops (torque off)",
         args.policy.display(),
@@ -809,7 +930,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut driver = ChunkDriver::new(&mut policy, vec![], features.clone());
+        let mut driver = ChunkDriver::new(&mut policy, camera_keys.clone(), features.clone());
         loop {
             match key(&mut keys) {
                 Some(Key::Stop) => {
