@@ -299,12 +299,6 @@ impl RobotConfig {
             }
             _ => {}
         }
-        if policy.kind == "smolvla" {
-            return bad(
-                "port",
-                "SmolVLA arms evaluate in simulation only in this version; remove [robot]".into(),
-            );
-        }
         if policy.environment_state {
             return Err((
                 "policy.environment_state".into(),

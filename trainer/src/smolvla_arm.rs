@@ -38,7 +38,7 @@ use crate::config::{Algorithm, ArmConfig, ExperimentConfig};
 use crate::driver::{ChunkDriver, DriveError, STATE_FEATURE, camera_key};
 use crate::experiment::{
     AwrInputs, ExperimentError, PROGRESS_FILE, RunOptions, RunProgress, Samples, TASK_FILE, bar,
-    check_progress, drive_err, eval_seed, policy_err, run_dir, sim_err,
+    check_progress, drive_err, eval_seed, policy_err, run_dir,
 };
 use crate::results::SeedResult;
 use crate::tensorboard::EventWriter;
@@ -462,28 +462,34 @@ fn drive_smolvla<R, E: Into<DriveError>>(
     }
 }
 
-/// Success rate and mean return over the evaluation scenes of `seed` (the same scenes as other policies).
+/// Success rate and mean return over the evaluation scenes of `seed` (the same scenes as other policies),
+/// in simulation or on the `[robot]` arm; NaN for what the environment cannot tell (the arm's return, and
+/// its success unless the operator or TOPReward judges it, see [`crate::operated_env`]).
 fn evaluate(
     policy: &mut SmolVlaPolicy,
     sim: &SimConfig,
     config: &ExperimentConfig,
     seed: u64,
+    run_opts: &RunOptions,
 ) -> Result<(f64, f64)> {
     let cameras = camera_map(config);
-    let mut env = So101Env::new(sim.clone()).map_err(sim_err("evaluation env"))?;
-    let (mut successes, mut total) = (0usize, 0.0);
+    let mut env = crate::experiment::open_env(config, sim, true, run_opts)?;
+    let (mut successes, mut total) = (Some(0usize), Some(0.0));
     for i in 0..config.eval.episodes as usize {
         let opts = RolloutOptions {
             keep_frames: false,
             index: i,
         };
-        let r = smolvla_rollout(&mut env, policy, &cameras, eval_seed(seed, i), opts)
+        let r = smolvla_rollout_exploring(env.as_mut(), policy, &cameras, eval_seed(seed, i), opts, None)
             .map_err(drive_err(format!("evaluation episode {i}")))?;
-        successes += usize::from(r.success);
-        total += r.total_reward;
+        successes = successes.zip(r.success).map(|(n, s)| n + usize::from(s));
+        total = total.zip(r.total_reward).map(|(sum, r)| sum + r);
     }
     let n = f64::from(config.eval.episodes.max(1));
-    Ok((successes as f64 / n, total / n))
+    Ok((
+        successes.map_or(f64::NAN, |s| s as f64 / n),
+        total.map_or(f64::NAN, |t| t / n),
+    ))
 }
 
 /// One SmolVLA arm x seed in training: the fine-tuner, LeRobot's learning-rate schedule, the frozen-VLM
@@ -736,15 +742,26 @@ impl<'c> AwrLearner<'c> for SmolVlaRun<'c> {
         Ok(loss)
     }
 
-    /// Evaluate in simulation and write the LeRobot checkpoint with `progress.json`, `task.json` and
+    /// Evaluate (in simulation or on the arm) and write the LeRobot checkpoint with `progress.json`, `task.json` and
     /// `extra` inside, as one folder renamed into place.
     fn evaluate_and_save(&mut self, extra: &ExtraFiles<'_>) -> Result<f64> {
-        let (success, mean_return) = evaluate(&mut self.tuner.policy, self.sim, self.config, self.seed)?;
+        let (success, mean_return) = evaluate(
+            &mut self.tuner.policy,
+            self.sim,
+            self.config,
+            self.seed,
+            self.opts,
+        )?;
         let done = u64::from(self.progress.step);
-        self.tb.scalar("eval/success", done, success as f32)?;
-        self.tb.scalar("eval/return", done, mean_return as f32)?;
+        // Unknown on the arm without a success judge: neither logged nor put on the curve.
+        if !success.is_nan() {
+            self.tb.scalar("eval/success", done, success as f32)?;
+            self.progress.curve.push((self.progress.step, success));
+        }
+        if !mean_return.is_nan() {
+            self.tb.scalar("eval/return", done, mean_return as f32)?;
+        }
         self.tb.flush()?;
-        self.progress.curve.push((self.progress.step, success));
         self.progress.wall_time_s += self.clock.elapsed().as_secs_f64();
         self.clock = Instant::now();
         let progress =
@@ -802,7 +819,7 @@ pub(crate) fn train_one(
     }
     let (success, mean_return) = match run.last_eval {
         Some(r) => r,
-        None => evaluate(&mut run.tuner.policy, sim, config, seed)?,
+        None => evaluate(&mut run.tuner.policy, sim, config, seed, opts)?,
     };
     tracing::info!(arm = arm.name, seed, success, "run finished");
     Ok(SeedResult {
