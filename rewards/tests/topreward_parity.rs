@@ -113,8 +113,9 @@ fn check_against_reference(name: &str, mode: Mode) -> Vec<f64> {
         .iter()
         .zip(score.log_probs.iter().zip(&score.num_tokens))
     {
+        // f32 through the model on both sides: measured within 9e-6 of transformers on both fixtures.
         assert!(
-            (lp - p.log_prob_true).abs() < 1e-3,
+            (lp - p.log_prob_true).abs() < 5e-5,
             "{name} {mode} prefix {}: {lp} vs reference {}",
             p.prefix_length,
             p.log_prob_true

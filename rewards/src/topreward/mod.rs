@@ -4,8 +4,10 @@
 //! Spearman correlation with time.
 //!
 //! Two modes:
-//! - [`Mode::Exact`] re-encodes every prefix like the reference (the video resolution of a prefix depends on
-//!   its length through `smart_resize`; odd prefixes repeat their last frame).
+//! - [`Mode::Exact`] scores every prefix like the reference (the video resolution of a prefix depends on
+//!   its length through `smart_resize`; odd prefixes repeat their last frame). Consecutive prefixes that
+//!   come out at the same resolution share the KV cache of their common tokens and the vision features of
+//!   their common frame groups, for the reasons below: the same computation, done once.
 //! - [`Mode::Incremental`] fixes one resolution per episode (that of the whole episode) and reuses the KV cache
 //!   of everything the previous prefix shares with the next one (the text header and the temporal groups
 //!   already seen), recomputing only the new groups and the prompt suffix. This is exact for a fixed

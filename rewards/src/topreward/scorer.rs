@@ -532,11 +532,16 @@ impl<E: PrefixEncoder> TopReward<E> {
         let mut num_tokens = Vec::with_capacity(lengths.len());
         match self.config.mode {
             Mode::Exact => {
+                // Every prefix at the resolution the reference gives it. Where consecutive prefixes share
+                // their resolution, the KV cache of their common tokens and the vision features of their
+                // common frame groups are reused: the same computation (attention is causal, a group's
+                // features depend on its own patches), not an approximation.
+                let mut session = self.model.session();
                 for &k in &lengths {
                     let input =
                         self.encoder
                             .encode(frames, &prefix_frame_indices(k), fps, instruction, None)?;
-                    let s = finite(self.model.score_exact(&input)?, k)?;
+                    let s = finite(session.score(&input)?, k)?;
                     log_probs.push(s.log_prob);
                     num_tokens.push(s.num_tokens);
                     if let Some(pb) = &self.progress {
