@@ -18,6 +18,7 @@ pub mod data;
 pub mod error;
 pub mod flow;
 pub mod gaussian;
+pub mod lerobot_act;
 pub mod model;
 pub mod nets;
 pub mod smolvla;

@@ -592,7 +592,7 @@ impl Pipeline {
         })
     }
 
-    fn normalizer_mut(&mut self) -> Option<&mut NormalizerStep> {
+    pub(crate) fn normalizer_mut(&mut self) -> Option<&mut NormalizerStep> {
         self.steps.iter_mut().find_map(|s| match s {
             Step::Normalizer(n) | Step::Unnormalizer(n) => Some(n),
             _ => None,
@@ -616,7 +616,7 @@ impl Pipeline {
 
     /// Write this pipeline into `dir` as LeRobot's `_save_pretrained` does: the JSON (named `file_name`),
     /// and for each normaliser step with statistics `<name>_step_<i>_<registry>.safetensors`.
-    fn write(&self, dir: &Path, file_name: &str) -> Result<()> {
+    pub(crate) fn write(&self, dir: &Path, file_name: &str) -> Result<()> {
         let mut raw = self.raw.clone();
         let pipeline_name = raw
             .get("name")
@@ -864,7 +864,7 @@ impl LeRobotFolder {
 
 /// LeRobot passes a feature without statistics through unchanged; for the state and the action that
 /// would silently feed the model wrong units, so here it is an error naming the statistics file's step.
-fn require_stats(step: &NormalizerStep, f: &Feature, path: &Path) -> Result<()> {
+pub(crate) fn require_stats(step: &NormalizerStep, f: &Feature, path: &Path) -> Result<()> {
     let mode = step.norm_map.get(&f.kind).copied().unwrap_or(NormMode::Identity);
     if mode == NormMode::Identity {
         return Ok(());
