@@ -28,7 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (height, width, cameras) = (arg(4, 224), arg(5, 224), arg(6, 1));
     let (state, action) = (6, 6);
     let mut inputs = serde_json::Map::new();
-    inputs.insert("observation.state".into(), json!({"type": "STATE", "shape": [state]}));
+    inputs.insert(
+        "observation.state".into(),
+        json!({"type": "STATE", "shape": [state]}),
+    );
     for c in 0..cameras {
         inputs.insert(
             format!("observation.images.cam{c}"),
@@ -64,7 +67,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut values = |n: usize| -> Vec<f32> { (0..n).map(|_| next() * 2.0 - 1.0).collect() };
     let data = ActBatch {
-        state: Some(Tensor::from_data(TensorData::new(values(batch * state), [batch, state]), &device)),
+        state: Some(Tensor::from_data(
+            TensorData::new(values(batch * state), [batch, state]),
+            &device,
+        )),
         env_state: None,
         images: (0..cameras)
             .map(|_| {
@@ -76,8 +82,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
     };
     let target = VaeTarget {
-        actions: Tensor::from_data(TensorData::new(values(batch * chunk * action), [batch, chunk, action]), &device),
-        is_pad: Tensor::<2, Bool>::from_data(TensorData::new(vec![false; batch * chunk], [batch, chunk]), &device),
+        actions: Tensor::from_data(
+            TensorData::new(values(batch * chunk * action), [batch, chunk, action]),
+            &device,
+        ),
+        is_pad: Tensor::<2, Bool>::from_data(
+            TensorData::new(vec![false; batch * chunk], [batch, chunk]),
+            &device,
+        ),
         noise: Tensor::from_data(TensorData::new(values(batch * latent), [batch, latent]), &device),
     };
     let mut step = |model: Act| -> Result<(Act, f32), Box<dyn std::error::Error>> {

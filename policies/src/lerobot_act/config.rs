@@ -10,9 +10,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::error::{PolicyError, Result};
-use crate::smolvla::lerobot::{
-    ACTION_KEY, Feature, FeatureType, Features, NormMode, STATE_KEY, read_json,
-};
+use crate::smolvla::lerobot::{ACTION_KEY, Feature, FeatureType, Features, NormMode, STATE_KEY, read_json};
 
 /// LeRobot's `OBS_ENV_STATE`.
 pub const ENV_STATE_KEY: &str = "observation.environment_state";
@@ -304,7 +302,10 @@ pub fn derive_dims(cfg: &LeRobotActConfig) -> std::result::Result<ActDims, Strin
     let vector = |f: &Feature, at: &str| -> std::result::Result<usize, String> {
         match f.shape.as_slice() {
             [n] if *n > 0 => Ok(*n),
-            other => Err(format!("key `{at}.{}.shape` is {other:?}, expected [n] with n > 0", f.key)),
+            other => Err(format!(
+                "key `{at}.{}.shape` is {other:?}, expected [n] with n > 0",
+                f.key
+            )),
         }
     };
     let state_dim = cfg
@@ -327,11 +328,7 @@ pub fn derive_dims(cfg: &LeRobotActConfig) -> std::result::Result<ActDims, Strin
         .find(|f| f.kind == FeatureType::Action && f.key == ACTION_KEY)
         .ok_or_else(|| format!("key `output_features.{ACTION_KEY}` (type ACTION) is missing"))?;
     let action_dim = vector(action, "output_features")?;
-    let cameras: Vec<Feature> = cfg
-        .input_features
-        .of_kind(FeatureType::Visual)
-        .cloned()
-        .collect();
+    let cameras: Vec<Feature> = cfg.input_features.of_kind(FeatureType::Visual).cloned().collect();
     for f in &cameras {
         if f.shape.len() != 3 || f.shape[0] != 3 || f.shape[1] == 0 || f.shape[2] == 0 {
             return Err(format!(

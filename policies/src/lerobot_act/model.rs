@@ -130,7 +130,12 @@ impl ResNetBackbone {
             let stride = if stage == 0 { 1 } else { 2 };
             let mut stage_blocks = Vec::with_capacity(n);
             for i in 0..n {
-                stage_blocks.push(BasicBlock::new(c_in, width, if i == 0 { stride } else { 1 }, device));
+                stage_blocks.push(BasicBlock::new(
+                    c_in,
+                    width,
+                    if i == 0 { stride } else { 1 },
+                    device,
+                ));
                 c_in = width;
             }
             layers.push(stage_blocks);
@@ -149,7 +154,9 @@ impl ResNetBackbone {
     /// `[B, 3, H, W]` -> `layer4` feature map `[B, 512, H/32, W/32]` (rounded as the strided convs do).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         // The max pool follows a ReLU, so its padding value (-inf in torch) cannot win over zero either way.
-        let mut x = self.maxpool.forward(relu(self.bn1.forward(self.conv1.forward(x))));
+        let mut x = self
+            .maxpool
+            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
         for stage in &self.layers {
             for block in stage {
                 x = block.forward(x);
@@ -174,7 +181,12 @@ impl MultiheadAttention {
     pub fn new(d: usize, n_heads: usize, dropout: f64, device: &Device) -> Self {
         Self {
             // torch: xavier_uniform_ on in_proj_weight (ACT re-applies xavier to every >1-dim tensor).
-            in_proj_weight: Initializer::XavierUniform { gain: 1.0 }.init_with([3 * d, d], Some(d), Some(d), device),
+            in_proj_weight: Initializer::XavierUniform { gain: 1.0 }.init_with(
+                [3 * d, d],
+                Some(d),
+                Some(d),
+                device,
+            ),
             in_proj_bias: Initializer::Zeros.init([3 * d], device),
             out_proj: xavier_linear(d, d, device),
             dropout: DropoutConfig::new(dropout).init(),
@@ -275,7 +287,12 @@ impl EncoderLayer {
         }
     }
 
-    pub fn forward(&self, x: Tensor<3>, pos: Option<&Tensor<3>>, key_padding_mask: Option<&Tensor<2, Bool>>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        pos: Option<&Tensor<3>>,
+        key_padding_mask: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
         let mut skip = x.clone();
         let mut x = x;
         if self.pre_norm {
@@ -292,7 +309,9 @@ impl EncoderLayer {
             skip = x.clone();
         }
         let ff = self.linear1.forward(x);
-        let ff = self.linear2.forward(self.dropout.forward(activate(self.activation, ff)));
+        let ff = self
+            .linear2
+            .forward(self.dropout.forward(activate(self.activation, ff)));
         x = skip + self.dropout.forward(ff);
         if !self.pre_norm {
             x = self.norm2.forward(x);
@@ -316,7 +335,12 @@ impl Encoder {
         }
     }
 
-    pub fn forward(&self, mut x: Tensor<3>, pos: Option<&Tensor<3>>, key_padding_mask: Option<&Tensor<2, Bool>>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        mut x: Tensor<3>,
+        pos: Option<&Tensor<3>>,
+        key_padding_mask: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
         for layer in &self.layers {
             x = layer.forward(x, pos, key_padding_mask);
         }
@@ -397,7 +421,9 @@ impl DecoderLayer {
             skip = x.clone();
         }
         let ff = self.linear1.forward(x);
-        let ff = self.linear2.forward(self.dropout.forward(activate(self.activation, ff)));
+        let ff = self
+            .linear2
+            .forward(self.dropout.forward(activate(self.activation, ff)));
         x = skip + self.dropout.forward(ff);
         if !self.pre_norm {
             x = self.norm3.forward(x);
@@ -546,9 +572,8 @@ impl Act {
             encoder_robot_state_input_proj: dims.state_dim.map(|s| plain_linear(s, d, device)),
             encoder_env_state_input_proj: dims.env_state_dim.map(|s| plain_linear(s, d, device)),
             encoder_latent_input_proj: plain_linear(dims.latent_dim, d, device),
-            encoder_img_feat_input_proj: has_images.then(|| {
-                Conv2dConfig::new([BACKBONE_CHANNELS, d], [1, 1]).init(device)
-            }),
+            encoder_img_feat_input_proj: has_images
+                .then(|| Conv2dConfig::new([BACKBONE_CHANNELS, d], [1, 1]).init(device)),
             encoder_1d_feature_pos_embed: embedding(dims.n_1d_tokens(), d, device),
             decoder_pos_embed: embedding(dims.chunk_size, d, device),
             action_head: plain_linear(d, dims.action_dim, device),
@@ -583,7 +608,11 @@ impl Act {
         for img in &batch.images {
             let [ib, c, _, _] = img.dims();
             if ib != b || c != 3 {
-                return Err(Self::shape_err("images", format!("[{b}, 3, H, W]"), format!("{:?}", img.dims())));
+                return Err(Self::shape_err(
+                    "images",
+                    format!("[{b}, 3, H, W]"),
+                    format!("{:?}", img.dims()),
+                ));
             }
         }
         let vector = |t: &Option<Tensor<2>>, want: Option<usize>, field: &'static str| -> Result<()> {
@@ -603,7 +632,12 @@ impl Act {
     }
 
     /// The VAE encoder: `(mu, log_sigma_x2)` `[B, latent]` from `[cls, (state), *actions]`.
-    fn encode_latent(&self, state: Option<&Tensor<2>>, target: &VaeTarget, b: usize) -> Result<(Tensor<2>, Tensor<2>)> {
+    fn encode_latent(
+        &self,
+        state: Option<&Tensor<2>>,
+        target: &VaeTarget,
+        b: usize,
+    ) -> Result<(Tensor<2>, Tensor<2>)> {
         let dims = &self.dims;
         let (Some(enc), Some(cls), Some(action_proj), Some(out_proj), Some(pos)) = (
             &self.vae_encoder,
@@ -618,10 +652,16 @@ impl Act {
             });
         };
         let (d, s, a) = (dims.dim_model, dims.chunk_size, dims.action_dim);
-        if target.actions.dims() != [b, s, a] || target.is_pad.dims() != [b, s] || target.noise.dims() != [b, dims.latent_dim] {
+        if target.actions.dims() != [b, s, a]
+            || target.is_pad.dims() != [b, s]
+            || target.noise.dims() != [b, dims.latent_dim]
+        {
             return Err(Self::shape_err(
                 "vae target",
-                format!("actions [{b}, {s}, {a}], is_pad [{b}, {s}], noise [{b}, {}]", dims.latent_dim),
+                format!(
+                    "actions [{b}, {s}, {a}], is_pad [{b}, {s}], noise [{b}, {}]",
+                    dims.latent_dim
+                ),
                 format!(
                     "actions {:?}, is_pad {:?}, noise {:?}",
                     target.actions.dims(),
@@ -638,7 +678,8 @@ impl Act {
         let x = Tensor::cat(tokens, 1);
         let n_prefix = x.dims()[1] - s;
         let device = x.device();
-        let prefix_pad = Tensor::<2, Bool>::from_data(TensorData::new(vec![false; b * n_prefix], [b, n_prefix]), &device);
+        let prefix_pad =
+            Tensor::<2, Bool>::from_data(TensorData::new(vec![false; b * n_prefix], [b, n_prefix]), &device);
         let key_padding_mask = Tensor::cat(vec![prefix_pad, target.is_pad.clone()], 1);
         let out = enc.forward(x, Some(&pos.val()), Some(&key_padding_mask));
         let cls_out = out.narrow(1, 0, 1).reshape([b, d]);
@@ -663,7 +704,11 @@ impl Act {
             None => (Tensor::zeros([b, dims.latent_dim], &device), None),
         };
 
-        let mut tokens = vec![self.encoder_latent_input_proj.forward(latent_sample).unsqueeze_dim::<3>(1)];
+        let mut tokens = vec![
+            self.encoder_latent_input_proj
+                .forward(latent_sample)
+                .unsqueeze_dim::<3>(1),
+        ];
         let mut pos = vec![self.encoder_1d_feature_pos_embed.val()];
         if let (Some(proj), Some(state)) = (&self.encoder_robot_state_input_proj, &batch.state) {
             tokens.push(proj.forward(state.clone()).unsqueeze_dim(1));
@@ -702,7 +747,11 @@ impl Act {
 /// action dimensions, divided by `chunk * action_dim`, so that the batch mean is LeRobot's
 /// `(l1 * ~is_pad).mean()`) and the KL divergence to N(0, I) summed over the latent (zero without VAE).
 /// Returns `(l1 [B], kld [B])`.
-pub fn per_sample_losses(out: &ActOutput, actions: Tensor<3>, is_pad: Tensor<2, Bool>) -> (Tensor<1>, Tensor<1>) {
+pub fn per_sample_losses(
+    out: &ActOutput,
+    actions: Tensor<3>,
+    is_pad: Tensor<2, Bool>,
+) -> (Tensor<1>, Tensor<1>) {
     let [b, s, a] = actions.dims();
     let valid = is_pad.bool_not().float().unsqueeze_dim::<3>(2).expand([b, s, a]);
     let l1 = ((actions - out.actions.clone()).abs() * valid)

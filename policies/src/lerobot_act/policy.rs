@@ -54,7 +54,9 @@ pub struct TemporalEnsembler {
 impl TemporalEnsembler {
     pub fn new(coeff: f64, chunk_size: usize) -> Self {
         // torch: exp(-coeff * arange(chunk)) and its cumsum, in f32.
-        let weights: Vec<f32> = (0..chunk_size).map(|i| (-(coeff as f32) * i as f32).exp()).collect();
+        let weights: Vec<f32> = (0..chunk_size)
+            .map(|i| (-(coeff as f32) * i as f32).exp())
+            .collect();
         let weights_cumsum = weights
             .iter()
             .scan(0f32, |acc, w| {
@@ -93,7 +95,11 @@ impl TemporalEnsembler {
             for (t, (mean, count)) in self.actions.iter_mut().zip(self.counts.iter_mut()).enumerate() {
                 // A running mean holds at most chunk_size - 1 chunks when it is updated.
                 let n = (*count).min(self.chunk_size - 1).max(1);
-                let (prev_sum, w, new_sum) = (self.weights_cumsum[n - 1], self.weights[n], self.weights_cumsum[n]);
+                let (prev_sum, w, new_sum) = (
+                    self.weights_cumsum[n - 1],
+                    self.weights[n],
+                    self.weights_cumsum[n],
+                );
                 for (m, a) in mean.iter_mut().zip(&chunk[t]) {
                     *m = (*m * prev_sum + a * w) / new_sum;
                 }
@@ -157,8 +163,15 @@ pub fn resolve_policy_dir(name: &str) -> Result<PathBuf> {
     for pipeline in [lerobot::PREPROCESSOR_FILE, lerobot::POSTPROCESSOR_FILE] {
         let path = repo.get(pipeline).map_err(|e| hub_err(pipeline, e))?;
         let raw = lerobot::read_json(&path)?;
-        let steps = raw.get("steps").and_then(Value::as_array).cloned().unwrap_or_default();
-        for file in steps.iter().filter_map(|s| s.get("state_file").and_then(Value::as_str)) {
+        let steps = raw
+            .get("steps")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for file in steps
+            .iter()
+            .filter_map(|s| s.get("state_file").and_then(Value::as_str))
+        {
             repo.get(file).map_err(|e| hub_err(file, e))?;
         }
     }
@@ -236,14 +249,20 @@ impl LeRobotActPolicy {
                     .ok_or_else(|| input_err(format!("no `{key}` ({dim} values)")))?
                     .clone();
                 if v.len() != dim {
-                    return Err(input_err(format!("`{key}` has {} values, expected {dim}", v.len())));
+                    return Err(input_err(format!(
+                        "`{key}` has {} values, expected {dim}",
+                        v.len()
+                    )));
                 }
                 if let Some(n) = self.normalizer() {
                     n.apply(key, kind, &mut v, false).map_err(input_err)?;
                 }
                 flat.extend(v);
             }
-            Ok(Some(Tensor::from_data(TensorData::new(flat, [b, dim]), &self.device)))
+            Ok(Some(Tensor::from_data(
+                TensorData::new(flat, [b, dim]),
+                &self.device,
+            )))
         };
         let state = vector(STATE_KEY, dims.state_dim, FeatureType::State)?;
         let env_key = self
@@ -278,7 +297,10 @@ impl LeRobotActPolicy {
                 }
                 flat.extend(self.normalize_image(cam, img)?);
             }
-            images.push(Tensor::from_data(TensorData::new(flat, [b, 3, h, w]), &self.device));
+            images.push(Tensor::from_data(
+                TensorData::new(flat, [b, 3, h, w]),
+                &self.device,
+            ));
         }
         Ok(ActBatch {
             state,
@@ -294,7 +316,11 @@ impl LeRobotActPolicy {
         let Some(step) = self.normalizer() else {
             return Ok(data);
         };
-        let mode = step.norm_map.get(&FeatureType::Visual).copied().unwrap_or(NormMode::Identity);
+        let mode = step
+            .norm_map
+            .get(&FeatureType::Visual)
+            .copied()
+            .unwrap_or(NormMode::Identity);
         let (lo, hi) = match mode {
             NormMode::Identity => return Ok(data),
             NormMode::MeanStd => ("mean", "std"),

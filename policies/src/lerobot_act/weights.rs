@@ -114,7 +114,11 @@ fn map_decoder<V: ParamVisitor>(mut d: Decoder, p: &str, v: &mut V) -> Decoder {
     d
 }
 
-fn map_param<V: ParamVisitor, const D: usize>(p: Param<Tensor<D>>, name: &str, v: &mut V) -> Param<Tensor<D>> {
+fn map_param<V: ParamVisitor, const D: usize>(
+    p: Param<Tensor<D>>,
+    name: &str,
+    v: &mut V,
+) -> Param<Tensor<D>> {
     v.visit(name, p, Layout::Same)
 }
 

@@ -639,7 +639,7 @@ impl Pipeline {
                 obj.remove("state_file");
             } else {
                 let file = format!("{pipeline_name}_step_{i}_{registry}.safetensors");
-                write_stats(&dir.join(&file), &norm.stats)?;
+                write_stats_shaped(&dir.join(&file), &norm.stats, &norm.features)?;
                 obj.insert("state_file".into(), Value::String(file));
             }
         }
@@ -679,13 +679,27 @@ pub fn read_stats(path: &Path) -> Result<Stats> {
     Ok(stats)
 }
 
-/// Write statistics as f32 tensors named `feature.stat`.
+/// Write statistics as f32 tensors named `feature.stat`, each of shape `[len]`.
 pub fn write_stats(path: &Path, stats: &Stats) -> Result<()> {
+    write_stats_shaped(path, stats, &Features::default())
+}
+
+/// Write statistics with the shapes LeRobot's normaliser broadcasts: an image feature's per-channel
+/// statistics as `[C, 1, 1]` (what LeRobot's dataset statistics hold; a flat `[C]` would broadcast
+/// against the image width), statistics the size of a feature in its shape, anything else `[len]`.
+pub fn write_stats_shaped(path: &Path, stats: &Stats, features: &Features) -> Result<()> {
     let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (key, by_stat) in stats {
+        let feature = features.get(key);
         for (stat, values) in by_stat {
+            let n = values.len();
+            let shape = match feature {
+                Some(f) if f.kind == FeatureType::Visual && f.shape.first() == Some(&n) => vec![n, 1, 1],
+                Some(f) if f.shape.len() > 1 && f.shape.iter().product::<usize>() == n => f.shape.clone(),
+                _ => vec![n],
+            };
             let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            bytes.push((format!("{key}.{stat}"), vec![values.len()], data));
+            bytes.push((format!("{key}.{stat}"), shape, data));
         }
     }
     write_f32_tensors(path, &bytes)

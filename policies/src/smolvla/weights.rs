@@ -94,7 +94,12 @@ pub fn load_named<M: NamedParams>(model: M, path: &Path, device: &Device, what: 
 pub fn save_named<M: NamedParams>(model: &M, path: &Path) -> Result<()> {
     struct Collect(Vec<(String, Vec<usize>, Vec<u8>)>);
     impl ParamVisitor for Collect {
-        fn visit<const D: usize>(&mut self, name: &str, p: Param<Tensor<D>>, layout: Layout) -> Param<Tensor<D>> {
+        fn visit<const D: usize>(
+            &mut self,
+            name: &str,
+            p: Param<Tensor<D>>,
+            layout: Layout,
+        ) -> Param<Tensor<D>> {
             let (shape, data) = to_torch(p.val(), layout);
             let bytes = data.iter().flat_map(|x| x.to_le_bytes()).collect();
             self.0.push((name.to_string(), shape, bytes));
@@ -134,14 +139,23 @@ pub fn named_tensor_of<M: NamedParams>(model: &M, name: &str) -> Option<(Vec<usi
 }
 
 /// The gradient of the parameter called `name` in PyTorch layout, if it has one.
-pub fn named_grad_of<M: NamedParams>(model: &M, grads: &GradientsParams, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
+pub fn named_grad_of<M: NamedParams>(
+    model: &M,
+    grads: &GradientsParams,
+    name: &str,
+) -> Option<(Vec<usize>, Vec<f32>)> {
     struct G<'a> {
         name: &'a str,
         grads: &'a GradientsParams,
         found: Option<(Vec<usize>, Vec<f32>)>,
     }
     impl ParamVisitor for G<'_> {
-        fn visit<const D: usize>(&mut self, name: &str, p: Param<Tensor<D>>, layout: Layout) -> Param<Tensor<D>> {
+        fn visit<const D: usize>(
+            &mut self,
+            name: &str,
+            p: Param<Tensor<D>>,
+            layout: Layout,
+        ) -> Param<Tensor<D>> {
             if name == self.name
                 && let Some(g) = self.grads.get::<D>(p.id)
             {
