@@ -378,12 +378,12 @@ fn predicts_the_smolvla_fixture_as_lerobot_does() {
         !out.status.success() && err.contains("`noise`") && err.contains("[6, 32]"),
         "{err}"
     );
-    // A folder of another LeRobot policy type.
-    let act_dir = tmp.path().join("act");
+    // A folder of a LeRobot policy type toprl does not run.
+    let act_dir = tmp.path().join("diffusion");
     std::fs::create_dir_all(&act_dir).expect("mkdir");
     std::fs::write(
         act_dir.join("config.json"),
-        r#"{"type": "act", "chunk_size": 100}"#,
+        r#"{"type": "diffusion", "horizon": 16}"#,
     )
     .expect("write");
     let out = so101(&[
@@ -398,7 +398,10 @@ fn predicts_the_smolvla_fixture_as_lerobot_does() {
     ]);
     let err = stderr(&out);
     assert!(
-        !out.status.success() && err.contains("config.json") && err.contains("\"smolvla\""),
+        !out.status.success()
+            && err.contains("\"diffusion\"")
+            && err.contains("\"smolvla\"")
+            && err.contains("\"act\""),
         "{err}"
     );
 }

@@ -447,3 +447,53 @@ fn bad_folders_are_refused_with_the_field_named() {
     std::fs::remove_file(no_weights.join("model.safetensors")).expect("rm");
     assert!(err_of(&no_weights).contains("model.safetensors"));
 }
+
+#[test]
+fn policy_trait_returns_lerobots_select_action_rows() {
+    use toprl_policies::{CameraImage, Observation, Policy};
+    let mut policy = load("checkpoint");
+    // The observation as a camera delivers it: RGB8, so the sample is step 0 quantised to 1/255.
+    let mut sample = step_sample(0);
+    let mut images = Vec::new();
+    for (key, img) in &mut sample.images {
+        let plane = img.height * img.width;
+        let mut rgb = vec![0u8; 3 * plane];
+        for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
+            for (c, v) in px.iter_mut().enumerate() {
+                *v = (img.data[c * plane + i] * 255.0).round() as u8;
+            }
+        }
+        img.data = (0..3 * plane)
+            .map(|j| f32::from(rgb[(j % plane) * 3 + j / plane]) / 255.0)
+            .collect();
+        images.push(CameraImage {
+            key: key.clone(),
+            height: img.height,
+            width: img.width,
+            rgb,
+        });
+    }
+    let observation = Observation {
+        state: sample.vectors["observation.state"].clone(),
+        images,
+        instruction: String::new(),
+    };
+    assert_eq!(policy.action_dim(), 6);
+    let rows = policy.act(&observation).expect("act");
+    let chunk = policy.predict_chunks(&[sample]).expect("predict").remove(0);
+    // n_action_steps = 3 rows of the chunk, as LeRobot's queue would hand them out.
+    assert_eq!(rows.len(), 3);
+    assert!(max_abs_diff(&rows.concat(), &chunk[..3].concat()) <= 1e-5);
+
+    // With temporal ensembling, one ensembled action per call.
+    let mut te = load("checkpoint_te");
+    let first = te.act(&observation).expect("act");
+    assert_eq!(first.len(), 1);
+    let second = te.act(&observation).expect("act");
+    assert!(
+        max_abs_diff(&first[0], &second[0]) > 1e-6,
+        "the ensemble mixes in step 0's chunk"
+    );
+    te.reset();
+    assert!(max_abs_diff(&te.act(&observation).expect("act")[0], &first[0]) <= 1e-6);
+}

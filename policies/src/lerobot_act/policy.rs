@@ -413,12 +413,12 @@ impl LeRobotActPolicy {
     /// chunk every step, ensembled; otherwise the first `n_action_steps` of a chunk are queued and a new
     /// chunk is predicted when the queue is empty.
     pub fn select_action(&mut self, sample: &ActSample) -> Result<Vec<f32>> {
-        let normalized = if self.ensembler.is_some() {
-            let chunk = self.predict_normalized(std::slice::from_ref(sample))?.remove(0);
-            match &mut self.ensembler {
-                Some(e) => e.update(&chunk)?,
-                None => unreachable!("checked above"),
-            }
+        let normalized = if let Some(mut ensembler) = self.ensembler.take() {
+            let action = self
+                .predict_normalized(std::slice::from_ref(sample))
+                .and_then(|mut chunks| ensembler.update(&chunks.remove(0)));
+            self.ensembler = Some(ensembler);
+            action?
         } else {
             if self.queue.is_empty() {
                 let chunk = self.predict_normalized(std::slice::from_ref(sample))?.remove(0);
