@@ -189,7 +189,9 @@ fn temporal_ensembling_matches_lerobot() {
 }
 
 /// The fixture's training batch: samples, target chunks, padding and the VAE noise.
-fn training_batch(exp: &NamedTensors) -> (Vec<ActSample>, Vec<Vec<f32>>, Vec<Vec<bool>>, Vec<f32>) {
+type TrainingBatch = (Vec<ActSample>, Vec<Vec<f32>>, Vec<Vec<bool>>, Vec<f32>);
+
+fn training_batch(exp: &NamedTensors) -> TrainingBatch {
     let b = 3;
     let samples = (0..b).map(|i| sample_from(exp, "train.raw.", Some(i))).collect();
     let (shape, actions) = &exp["train.raw.action"];
@@ -496,4 +498,56 @@ fn policy_trait_returns_lerobots_select_action_rows() {
     );
     te.reset();
     assert!(max_abs_diff(&te.act(&observation).expect("act")[0], &first[0]) <= 1e-6);
+}
+
+#[test]
+fn one_optimiser_step_matches_lerobots_preset() {
+    use toprl_policies::smolvla::weights::named_tensor_of;
+    let exp = expected();
+    let dir = fixtures().join("checkpoint");
+    let before = read_f32_tensors(&dir.join("model.safetensors")).expect("weights");
+    let mut trainer = ActTrainer::load(dir.to_str().expect("utf-8"), 0, &cpu_device()).expect("load");
+    let cfg = &trainer.policy.config.cfg;
+    assert_eq!(
+        (cfg.optimizer_lr, cfg.optimizer_lr_backbone),
+        (1e-3, 1e-4),
+        "two learning rates"
+    );
+    let (samples, actions, is_pad, noise) = training_batch(&exp);
+    let losses = trainer
+        .step_with_noise(&samples, &actions, &is_pad, None, noise)
+        .expect("step");
+    let want_norm = f64::from(exp["train.grad_norm"].1[0]);
+    eprintln!("grad norm {} (LeRobot {want_norm})", losses.grad_norm);
+    assert!((losses.grad_norm - want_norm).abs() <= 1e-4 * want_norm);
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("fixture.json")).expect("fixture.json"),
+    )
+    .expect("json");
+    let names: Vec<String> = serde_json::from_value(meta["grad_names"].clone()).expect("names");
+    for name in names {
+        let (_, after) = named_tensor_of(&trainer.policy.model, &name).expect("parameter");
+        let delta: Vec<f32> = after.iter().zip(&before[&name].1).map(|(a, b)| a - b).collect();
+        let want = &exp[&format!("delta.{name}")].1;
+        let scale = max_abs(want);
+        let err = max_abs_diff(&delta, want);
+        eprintln!("step {name}: max |toprl - LeRobot| = {err:e} (max |delta| {scale:e})");
+        // Adam's first step is ~lr * sign(grad): 1e-3 for the transformer, 1e-4 for the backbone.
+        let lr = if name.starts_with("model.backbone.") {
+            1e-4
+        } else {
+            1e-3
+        };
+        assert!(
+            scale > 0.5 * lr && scale < 1.5 * lr,
+            "{name}: max |delta| {scale}"
+        );
+        // Adam's first step is g / (|g| + 1e-8): for gradients near 1e-8 (the clipped backbone has
+        // many) it amplifies the ~1e-9 float noise of g, so the bound is 1% of the step; a wrong
+        // learning rate, group or clipping is off by a factor.
+        assert!(
+            err <= 1e-2 * scale,
+            "{name}: max |toprl - LeRobot| = {err} (max |delta| {scale})"
+        );
+    }
 }
