@@ -111,7 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let params: usize = model.valid().num_params();
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
     println!(
-        "{backend} lerobot-act ({params} params): batch {batch} images {cameras}x3x{height}x{width} chunk {chunk} \
+        "{backend} lerobot-act ({params} parameter and buffer values): batch {batch} images {cameras}x3x{height}x{width} chunk {chunk} \
          steps {steps} threads {threads}: {:.2} samples/s ({:.1} ms/step, last loss {loss:.4})",
         (batch * steps) as f64 / secs,
         1e3 * secs / steps as f64

@@ -551,3 +551,43 @@ fn one_optimiser_step_matches_lerobots_preset() {
         );
     }
 }
+
+#[test]
+fn pre_norm_gelu_env_state_without_vae_matches_lerobot() {
+    let exp = expected();
+    let policy = load("checkpoint_variant");
+    let dims = &policy.config.dims;
+    assert!(dims.pre_norm && !dims.use_vae && dims.env_state_dim == Some(4));
+    assert!(policy.model.encoder.norm.is_some() && policy.model.vae_encoder.is_none());
+    let chunk = policy
+        .predict_chunks(&[sample_from(&exp, "variant.", None)])
+        .expect("predict")
+        .remove(0)
+        .concat();
+    let err = max_abs_diff(&chunk, &exp["variant.chunk"].1);
+    eprintln!("variant chunk: max |toprl - LeRobot| = {err:e}");
+    assert!(err <= 1e-4, "variant chunk: max |toprl - LeRobot| = {err}");
+
+    // Training without the VAE: the loss is the masked L1 alone.
+    let dir = fixtures().join("checkpoint_variant");
+    let trainer = ActTrainer::load(dir.to_str().expect("utf-8"), 0, &cpu_device()).expect("load");
+    let samples: Vec<ActSample> = (0..3)
+        .map(|i| sample_from(&exp, "variant.train.raw.", Some(i)))
+        .collect();
+    let actions = exp["variant.train.raw.action"]
+        .1
+        .chunks(5 * 6)
+        .map(<[f32]>::to_vec)
+        .collect::<Vec<_>>();
+    let (_, _, is_pad, _) = training_batch(&exp);
+    let (loss, _, kld, _) = trainer
+        .loss_and_grads(&samples, &actions, &is_pad, None, vec![0.0; 3 * 8])
+        .expect("loss");
+    let want = exp["variant.train.loss"].1[0];
+    eprintln!("variant loss {loss} (LeRobot {want})");
+    assert_eq!(kld, 0.0);
+    assert!(
+        (loss - want).abs() <= 1e-5 * want,
+        "loss {loss} vs LeRobot {want}"
+    );
+}
