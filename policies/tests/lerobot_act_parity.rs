@@ -591,3 +591,98 @@ fn pre_norm_gelu_env_state_without_vae_matches_lerobot() {
         "loss {loss} vs LeRobot {want}"
     );
 }
+
+#[test]
+fn a_new_folder_from_config_and_stats_loads_in_lerobot() {
+    use toprl_policies::smolvla::lerobot::read_stats;
+    use toprl_policies::smolvla::weights::named_tensor_of;
+    let fixture = load("checkpoint");
+    let stats = read_stats(
+        &fixtures()
+            .join("checkpoint")
+            .join("policy_preprocessor_step_3_normalizer_processor.safetensors"),
+    )
+    .expect("stats");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let resnet = fixtures().join("torchvision_resnet18.safetensors");
+    let make = |name: &str, seed: u64| {
+        let dir = tmp.path().join(name);
+        let policy = LeRobotActPolicy::create(
+            &dir,
+            &fixture.config.cfg,
+            &stats,
+            seed,
+            Some(&resnet),
+            &cpu_device(),
+        )
+        .expect("create");
+        (dir, policy)
+    };
+    let (dir, policy) = make("new", 5);
+    let (_, same) = make("same_seed", 5);
+    let (_, other) = make("other_seed", 6);
+    let weights = |p: &LeRobotActPolicy| {
+        named_tensor_of(&p.model, "model.encoder.layers.0.linear1.weight")
+            .expect("w")
+            .1
+    };
+    assert_eq!(
+        weights(&policy),
+        weights(&same),
+        "the seed decides the initialisation"
+    );
+    assert_ne!(weights(&policy), weights(&other));
+    // The backbone is the torchvision checkpoint's.
+    let tv = read_f32_tensors(&resnet).expect("resnet");
+    for name in [
+        "layer3.1.conv2.weight",
+        "bn1.running_var",
+        "layer2.0.downsample.1.running_mean",
+    ] {
+        let (_, got) =
+            named_tensor_of(&policy.model, &format!("model.backbone.{name}")).expect("backbone tensor");
+        assert_eq!(got, tv[name].1, "{name}");
+    }
+
+    let sample = step_sample(4);
+    let ours = policy
+        .predict_chunks(std::slice::from_ref(&sample))
+        .expect("predict")
+        .remove(0)
+        .concat();
+    let theirs = lerobot_predict(&dir, &sample, tmp.path());
+    let err = max_abs_diff(&ours, &theirs);
+    eprintln!("created folder: max |toprl - LeRobot| = {err:e}");
+    assert!(err <= 1e-4, "max |toprl - LeRobot| = {err}");
+
+    // A backbone checkpoint with a misshaped tensor is refused by name.
+    let bad = tmp.path().join("bad_resnet.safetensors");
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = tv
+        .iter()
+        .map(|(k, (s, v))| {
+            (
+                k.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    for t in &mut tensors {
+        if t.0 == "conv1.weight" {
+            t.1 = vec![64, 3, 49];
+        }
+    }
+    write_f32_tensors(&bad, &tensors).expect("write");
+    let e = LeRobotActPolicy::create(
+        &tmp.path().join("bad"),
+        &fixture.config.cfg,
+        &stats,
+        5,
+        Some(&bad),
+        &cpu_device(),
+    )
+    .expect_err("misshaped backbone")
+    .to_string();
+    assert!(e.contains("conv1.weight") && e.contains("shape"), "{e}");
+    assert!(!tmp.path().join("bad").exists(), "nothing is left behind");
+}

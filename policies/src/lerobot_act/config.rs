@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::error::{PolicyError, Result};
@@ -81,7 +81,7 @@ fn bool_or_int<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::
 }
 
 /// The fields of LeRobot 0.4.4's `ACTConfig`, with its defaults.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeRobotActConfig {
     #[serde(default)]
     pub input_features: Features,
@@ -196,6 +196,32 @@ fn config_err(path: &Path, reason: impl Into<String>) -> PolicyError {
     PolicyError::Config {
         path: path.to_path_buf(),
         reason: reason.into(),
+    }
+}
+
+impl LeRobotActConfig {
+    /// The `config.json` LeRobot 0.4.4 writes for this config: `"type": "act"`, every `ACTConfig` field,
+    /// and `PreTrainedConfig`'s own fields (CPU device, no AMP / PEFT, no hub push).
+    pub fn to_config_json(&self) -> Value {
+        let mut map = serde_json::Map::new();
+        map.insert("type".into(), Value::from("act"));
+        if let Ok(Value::Object(fields)) = serde_json::to_value(self) {
+            map.extend(fields);
+        }
+        for (key, value) in [
+            ("device", Value::from("cpu")),
+            ("use_amp", Value::from(false)),
+            ("use_peft", Value::from(false)),
+            ("push_to_hub", Value::from(false)),
+            ("repo_id", Value::Null),
+            ("private", Value::Null),
+            ("tags", Value::Null),
+            ("license", Value::Null),
+            ("pretrained_path", Value::Null),
+        ] {
+            map.entry(key).or_insert(value);
+        }
+        Value::Object(map)
     }
 }
 

@@ -8,12 +8,13 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Bool, Device, Tensor, TensorData};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::config::{ActFolderConfig, ENV_STATE_KEY};
+use super::config::{ActFolderConfig, ENV_STATE_KEY, LeRobotActConfig, derive_dims};
 use super::model::{Act, ActBatch, ActOutput, VaeTarget};
 use crate::data::read_vec;
 use crate::error::{PolicyError, Result};
+use crate::nets::seeded_init;
 use crate::smolvla::lerobot::{
     self, ACTION_KEY, Feature, FeatureType, NormMode, NormalizerStep, Pipeline, STATE_KEY, Stats,
 };
@@ -202,6 +203,70 @@ impl LeRobotActPolicy {
             queue: VecDeque::new(),
             ensembler,
         })
+    }
+
+    /// Start a new LeRobot ACT folder at `dir` (atomically; an existing folder is replaced only once the
+    /// new one is complete) and load it: `config.json` from `cfg`, the processor pipelines LeRobot's
+    /// `make_act_pre_post_processors` makes with `stats` (dataset statistics by feature), and a random
+    /// network drawn from `seed` (a torchvision ResNet checkpoint, when given as `backbone`, replaces the
+    /// random backbone; see [`Act::load_torchvision_backbone`]).
+    pub fn create(
+        dir: &Path,
+        cfg: &LeRobotActConfig,
+        stats: &Stats,
+        seed: u64,
+        backbone: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let config_path = dir.join(lerobot::CONFIG_FILE);
+        let dims = derive_dims(cfg).map_err(|r| config_err(&config_path, r))?;
+        let mut model = seeded_init(seed, device, |d| Act::new(dims, d));
+        if let Some(path) = backbone {
+            model = model.load_torchvision_backbone(path)?;
+        }
+        let norm_map = serde_json::to_value(&cfg.normalization_mapping)
+            .map_err(|e| config_err(&config_path, e.to_string()))?;
+        let mut all = cfg.input_features.clone();
+        all.0.extend(cfg.output_features.0.iter().cloned());
+        let device_step =
+            json!({"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": null}});
+        let pre = json!({"name": "policy_preprocessor", "steps": [
+            {"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
+            {"registry_name": "to_batch_processor", "config": {}},
+            device_step,
+            {"registry_name": "normalizer_processor", "config": {"eps": 1e-8, "features": all, "norm_map": norm_map}},
+        ]});
+        let post = json!({"name": "policy_postprocessor", "steps": [
+            {"registry_name": "unnormalizer_processor",
+             "config": {"eps": 1e-8, "features": cfg.output_features, "norm_map": norm_map}},
+            device_step,
+        ]});
+        lerobot::write_dir_atomically(dir, |tmp| {
+            let write = |name: &str, value: &Value| {
+                let out = tmp.join(name);
+                let text =
+                    serde_json::to_string_pretty(value).map_err(|e| config_err(&out, e.to_string()))?;
+                std::fs::write(&out, text).map_err(|source| PolicyError::Io { path: out, source })
+            };
+            write(lerobot::CONFIG_FILE, &cfg.to_config_json())?;
+            for (file, raw) in [
+                (lerobot::PREPROCESSOR_FILE, &pre),
+                (lerobot::POSTPROCESSOR_FILE, &post),
+            ] {
+                write(file, raw)?;
+                let mut pipeline = Pipeline::read(tmp, file)?;
+                if let Some(n) = pipeline.normalizer_mut() {
+                    n.stats = stats
+                        .iter()
+                        .filter(|(k, _)| n.features.get(k).is_some())
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                }
+                pipeline.write(tmp, file)?;
+            }
+            model.save_safetensors(tmp.join(lerobot::WEIGHTS_FILE))
+        })?;
+        Self::load(&dir.to_string_lossy(), device)
     }
 
     pub fn device(&self) -> &Device {

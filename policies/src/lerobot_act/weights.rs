@@ -3,6 +3,7 @@
 //! `FrozenBatchNorm2d` statistics). Loading and saving go through the shared strict
 //! [`load_named`] / [`save_named`].
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use burn::module::Param;
@@ -14,7 +15,8 @@ use super::model::{
     Act, BasicBlock, Decoder, DecoderLayer, Encoder, EncoderLayer, FrozenBatchNorm2d, MultiheadAttention,
     ResNetBackbone,
 };
-use crate::error::Result;
+use crate::error::{PolicyError, Result};
+use crate::smolvla::lerobot::{NamedTensors, read_f32_tensors};
 use crate::smolvla::weights::{
     Layout, NamedParams, ParamVisitor, load_named, map_layer_norm, map_linear, save_named, with_trainable_of,
 };
@@ -182,7 +184,77 @@ pub fn is_backbone(name: &str) -> bool {
     name.starts_with("model.backbone.")
 }
 
+/// Copies a torchvision ResNet state dict (`conv1.weight`, `bn1.running_var`, `layer1.0.conv1.weight`,
+/// ...) into `model.backbone.*`; other parameters pass through.
+struct BackboneLoader {
+    tensors: NamedTensors,
+    used: BTreeSet<String>,
+    errors: Vec<String>,
+    device: Device,
+}
+
+impl ParamVisitor for BackboneLoader {
+    fn visit<const D: usize>(&mut self, name: &str, p: Param<Tensor<D>>, _: Layout) -> Param<Tensor<D>> {
+        let Some(key) = name.strip_prefix("model.backbone.") else {
+            return p;
+        };
+        let expected = p.lazy_shape().to_vec();
+        match self.tensors.get(key) {
+            None => self
+                .errors
+                .push(format!("missing tensor {key} (expected shape {expected:?})")),
+            Some((shape, _)) if *shape != expected => self
+                .errors
+                .push(format!("tensor {key} has shape {shape:?}, expected {expected:?}")),
+            Some((_, values)) => {
+                self.used.insert(key.to_string());
+                let t = Tensor::<D>::from_data(TensorData::new(values.clone(), expected), &self.device);
+                return Param::from_tensor(t);
+            }
+        }
+        p
+    }
+}
+
 impl Act {
+    /// Replace the backbone by a torchvision ResNet checkpoint (what `pretrained_backbone_weights` loads
+    /// in LeRobot, e.g. ImageNet weights), given as safetensors of the model's `state_dict()`; `fc.*`
+    /// and `*.num_batches_tracked` are ignored, any other missing, extra or misshaped tensor is an error.
+    pub fn load_torchvision_backbone(self, path: &Path) -> Result<Self> {
+        if self.backbone.is_none() {
+            return Err(PolicyError::Invalid {
+                field: "backbone",
+                reason: "this ACT has no camera, so no backbone".into(),
+            });
+        }
+        let device = self.action_head.weight.val().device();
+        let mut loader = BackboneLoader {
+            tensors: read_f32_tensors(path)?,
+            used: BTreeSet::new(),
+            errors: Vec::new(),
+            device,
+        };
+        let model = self.map_named(&mut loader);
+        let mut errors = loader.errors;
+        let unused: Vec<&String> = loader
+            .tensors
+            .keys()
+            .filter(|k| {
+                !loader.used.contains(*k) && !k.starts_with("fc.") && !k.ends_with("num_batches_tracked")
+            })
+            .collect();
+        if !unused.is_empty() {
+            errors.push(format!("tensors that are not part of this ResNet: {unused:?}"));
+        }
+        if !errors.is_empty() {
+            return Err(PolicyError::Record {
+                path: path.to_path_buf(),
+                reason: errors.join("; "),
+            });
+        }
+        Ok(model.with_lerobot_trainability())
+    }
+
     /// Load LeRobot's `model.safetensors` strictly into an ACT of shape `dims`, with LeRobot's
     /// trainability ([`lerobot_trainable`]).
     pub fn load_safetensors(dims: ActDims, path: impl AsRef<Path>, device: &Device) -> Result<Self> {

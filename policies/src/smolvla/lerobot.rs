@@ -124,6 +124,18 @@ impl<'de> Deserialize<'de> for Features {
     }
 }
 
+/// Written back as LeRobot writes it: `{"key": {"type": ..., "shape": [...]}, ...}` in order.
+impl Serialize for Features {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for f in &self.0 {
+            map.serialize_entry(&f.key, &json!({"type": f.kind, "shape": f.shape}))?;
+        }
+        map.end()
+    }
+}
+
 impl Features {
     pub fn get(&self, key: &str) -> Option<&Feature> {
         self.0.iter().find(|f| f.key == key)
