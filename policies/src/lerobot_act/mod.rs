@@ -9,9 +9,11 @@
 //! - [`model`]: [`Act`] (`new` random, `forward(&ActBatch, Option<&VaeTarget>)`), its parts, and
 //!   [`per_sample_losses`] (L1 and KL per sample).
 //! - [`weights`]: the checkpoint name map, `Act::load_safetensors` / `save_safetensors`.
-//! - [`policy`]: [`LeRobotActPolicy`] (folder load/save, LeRobot's pre/post-processing, `select_action`
-//!   with the queue or [`TemporalEnsembler`]), implementing [`crate::Policy`].
-//! - [`train`]: the weighted training loss and LeRobot's AdamW preset ([`ActTrainer`]).
+//! - [`policy`]: [`LeRobotActPolicy`] (folder load/save, `create` a new folder from a config and
+//!   statistics, LeRobot's pre/post-processing, `select_action` with the queue or
+//!   [`TemporalEnsembler`]), implementing [`crate::Policy`].
+//! - [`train`]: the weighted training loss ([`act_loss`], [`weighted_act_loss`]), LeRobot's optimiser
+//!   preset ([`ActOptimizer`]: clip 10, AdamW with a backbone group) and [`ActTrainer`].
 //!
 //! The toprl-native ACT-style policy (`crate::act`, `kind = "act"`) is a separate, smaller model.
 
