@@ -655,6 +655,27 @@ fn a_new_folder_from_config_and_stats_loads_in_lerobot() {
     eprintln!("created folder: max |toprl - LeRobot| = {err:e}");
     assert!(err <= 1e-4, "max |toprl - LeRobot| = {err}");
 
+    // With dropout on, a policy loaded for training still predicts in eval mode (no dropout).
+    let mut noisy = fixture.config.cfg.clone();
+    noisy.dropout = 0.5;
+    let dropout_dir = tmp.path().join("dropout");
+    let eval =
+        LeRobotActPolicy::create(&dropout_dir, &noisy, &stats, 5, None, &cpu_device()).expect("create");
+    let training = ActTrainer::load(dropout_dir.to_str().expect("utf-8"), 0, &cpu_device()).expect("load");
+    let a = eval
+        .predict_chunks(std::slice::from_ref(&sample))
+        .expect("predict");
+    let b = training
+        .policy
+        .predict_chunks(std::slice::from_ref(&sample))
+        .expect("predict");
+    let c = training
+        .policy
+        .predict_chunks(std::slice::from_ref(&sample))
+        .expect("predict");
+    assert_eq!(b, c, "no dropout at inference");
+    assert!(max_abs_diff(&a.concat().concat(), &b.concat().concat()) <= 1e-5);
+
     // A backbone checkpoint with a misshaped tensor is refused by name.
     let bad = tmp.path().join("bad_resnet.safetensors");
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = tv

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use serde_json::{Value, json};
 
@@ -453,7 +454,17 @@ impl LeRobotActPolicy {
     /// `predict_action_chunk` before the postprocessor: per sample `[chunk][action_dim]`, normalised.
     pub fn predict_normalized(&self, samples: &[ActSample]) -> Result<Vec<Vec<Vec<f32>>>> {
         let batch = self.preprocess(samples)?;
-        let out = self.model.forward(&batch, None)?;
+        let out = if self.device.is_autodiff() {
+            // LeRobot predicts in eval mode: a model being trained runs without dropout and graph.
+            let batch = ActBatch {
+                state: batch.state.map(Tensor::inner),
+                env_state: batch.env_state.map(Tensor::inner),
+                images: batch.images.into_iter().map(Tensor::inner).collect(),
+            };
+            self.model.valid().forward(&batch, None)?
+        } else {
+            self.model.forward(&batch, None)?
+        };
         self.read_chunks(&out)
     }
 
