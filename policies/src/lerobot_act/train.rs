@@ -181,8 +181,10 @@ impl ActTrainer {
         Ok(Self::from_policy(policy, seed))
     }
 
-    /// Train an already loaded policy (its model must be on an autodiff device).
+    /// Train an already loaded policy (its model must be on an autodiff device). `seed` starts the VAE
+    /// noise stream and (offset by one, as the native trainer does) the backend's dropout RNG.
     pub fn from_policy(policy: LeRobotActPolicy, seed: u64) -> Self {
+        policy.device().seed(seed.wrapping_add(1));
         let optim = ActOptimizer::new(&policy.config.cfg);
         Self {
             policy,
