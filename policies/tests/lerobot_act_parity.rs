@@ -445,6 +445,13 @@ fn bad_folders_are_refused_with_the_field_named() {
     edit(&extra, "some_future_field", 1.into());
     LeRobotActPolicy::load(extra.to_str().expect("utf-8"), &cpu_device()).expect("unknown fields ignored");
 
+    let missing = tmp.path().join("no/such/folder");
+    let e = err_of(&missing);
+    assert!(
+        e.contains("no/such/folder") && e.contains("not a Hugging Face Hub id"),
+        "{e}"
+    );
+
     let no_weights = copy("no_weights");
     std::fs::remove_file(no_weights.join("model.safetensors")).expect("rm");
     assert!(err_of(&no_weights).contains("model.safetensors"));
