@@ -378,12 +378,12 @@ fn predicts_the_smolvla_fixture_as_lerobot_does() {
         !out.status.success() && err.contains("`noise`") && err.contains("[6, 32]"),
         "{err}"
     );
-    // A folder of another LeRobot policy type.
-    let act_dir = tmp.path().join("act");
+    // A folder of a LeRobot policy type toprl does not run.
+    let act_dir = tmp.path().join("diffusion");
     std::fs::create_dir_all(&act_dir).expect("mkdir");
     std::fs::write(
         act_dir.join("config.json"),
-        r#"{"type": "act", "chunk_size": 100}"#,
+        r#"{"type": "diffusion", "horizon": 16}"#,
     )
     .expect("write");
     let out = so101(&[
@@ -398,7 +398,106 @@ fn predicts_the_smolvla_fixture_as_lerobot_does() {
     ]);
     let err = stderr(&out);
     assert!(
-        !out.status.success() && err.contains("config.json") && err.contains("\"smolvla\""),
+        !out.status.success()
+            && err.contains("\"diffusion\"")
+            && err.contains("\"smolvla\"")
+            && err.contains("\"act\""),
         "{err}"
+    );
+}
+
+/// A tiny random LeRobot ACT folder made by LeRobot 0.4.4 itself (the policies crate's fixture script)
+/// in a temporary folder, with its observations and LeRobot's own outputs.
+fn lerobot_act_fixtures(dir: &Path) {
+    let out = Command::new(lerobot_python())
+        .env("HF_HUB_OFFLINE", "1")
+        .arg(repo_root().join("policies/tests/fixtures/make_lerobot_act.py"))
+        .arg("make")
+        .arg(dir)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "make_lerobot_act.py failed: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn predicts_a_lerobot_act_folder_as_lerobot_does() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    lerobot_act_fixtures(tmp.path());
+    let ckpt = tmp.path().join("checkpoint");
+    // Step 0's raw observation, under its LeRobot feature names.
+    let all =
+        toprl_policies::smolvla::lerobot::read_f32_tensors(&tmp.path().join("observations.safetensors"))
+            .expect("observations");
+    let step0: Vec<Named> = all
+        .iter()
+        .filter_map(|(k, (s, v))| k.strip_prefix("step0.").map(|name| (name, s.clone(), v.clone())))
+        .collect();
+    assert_eq!(step0.len(), 3, "state and two cameras");
+    let obs = tmp.path().join("obs.safetensors");
+    write_tensors(&obs, &step0);
+    let run = |obs: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "predict",
+            "--policy",
+            ckpt.to_str().expect("utf8"),
+            "--observation",
+            obs.to_str().expect("utf8"),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        so101(&args)
+    };
+    let got = actions_of(&run(&obs, &[]));
+    let expected =
+        toprl_policies::smolvla::lerobot::read_f32_tensors(&tmp.path().join("expected.safetensors"))
+            .expect("expected");
+    let (shape, want) = &expected["chunk"];
+    assert_eq!(shape, &vec![5, 6], "chunk_size x action_dim");
+    let want: Vec<Vec<f32>> = want.chunks(6).map(<[f32]>::to_vec).collect();
+    let err = max_abs_diff(&got, &want);
+    // Dataset units with std up to 15; the library test measures 7e-6.
+    assert!(
+        err <= 1e-4,
+        "max |toprl - LeRobot| = {err}\ntoprl {got:?}\nlerobot {want:?}"
+    );
+
+    // Bad input: --noise, a missing camera, a wrong state size.
+    let out = run(&obs, &["--noise", obs.to_str().expect("utf8")]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("--noise"),
+        "{}",
+        stderr(&out)
+    );
+    let bad = tmp.path().join("bad.safetensors");
+    let no_wrist: Vec<Named> = step0
+        .iter()
+        .filter(|t| !t.0.ends_with("wrist"))
+        .cloned()
+        .collect();
+    write_tensors(&bad, &no_wrist);
+    let out = run(&bad, &[]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("observation.images"),
+        "{}",
+        stderr(&out)
+    );
+    let mut short_state = step0.clone();
+    for t in &mut short_state {
+        if t.0 == "observation.state" {
+            t.1 = vec![4];
+            t.2.truncate(4);
+        }
+    }
+    write_tensors(&bad, &short_state);
+    let out = run(&bad, &[]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("observation.state"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -20,6 +20,7 @@ pub mod error;
 pub mod flow;
 pub mod gaussian;
 pub mod image_input;
+pub mod lerobot_act;
 pub mod model;
 pub mod nets;
 pub mod smolvla;

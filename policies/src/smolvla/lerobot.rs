@@ -124,6 +124,18 @@ impl<'de> Deserialize<'de> for Features {
     }
 }
 
+/// Written back as LeRobot writes it: `{"key": {"type": ..., "shape": [...]}, ...}` in order.
+impl Serialize for Features {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for f in &self.0 {
+            map.serialize_entry(&f.key, &json!({"type": f.kind, "shape": f.shape}))?;
+        }
+        map.end()
+    }
+}
+
 impl Features {
     pub fn get(&self, key: &str) -> Option<&Feature> {
         self.0.iter().find(|f| f.key == key)
@@ -592,7 +604,7 @@ impl Pipeline {
         })
     }
 
-    fn normalizer_mut(&mut self) -> Option<&mut NormalizerStep> {
+    pub(crate) fn normalizer_mut(&mut self) -> Option<&mut NormalizerStep> {
         self.steps.iter_mut().find_map(|s| match s {
             Step::Normalizer(n) | Step::Unnormalizer(n) => Some(n),
             _ => None,
@@ -616,7 +628,7 @@ impl Pipeline {
 
     /// Write this pipeline into `dir` as LeRobot's `_save_pretrained` does: the JSON (named `file_name`),
     /// and for each normaliser step with statistics `<name>_step_<i>_<registry>.safetensors`.
-    fn write(&self, dir: &Path, file_name: &str) -> Result<()> {
+    pub(crate) fn write(&self, dir: &Path, file_name: &str) -> Result<()> {
         let mut raw = self.raw.clone();
         let pipeline_name = raw
             .get("name")
@@ -639,7 +651,7 @@ impl Pipeline {
                 obj.remove("state_file");
             } else {
                 let file = format!("{pipeline_name}_step_{i}_{registry}.safetensors");
-                write_stats(&dir.join(&file), &norm.stats)?;
+                write_stats_shaped(&dir.join(&file), &norm.stats, &norm.features)?;
                 obj.insert("state_file".into(), Value::String(file));
             }
         }
@@ -679,13 +691,27 @@ pub fn read_stats(path: &Path) -> Result<Stats> {
     Ok(stats)
 }
 
-/// Write statistics as f32 tensors named `feature.stat`.
+/// Write statistics as f32 tensors named `feature.stat`, each of shape `[len]`.
 pub fn write_stats(path: &Path, stats: &Stats) -> Result<()> {
+    write_stats_shaped(path, stats, &Features::default())
+}
+
+/// Write statistics with the shapes LeRobot's normaliser broadcasts: an image feature's per-channel
+/// statistics as `[C, 1, 1]` (what LeRobot's dataset statistics hold; a flat `[C]` would broadcast
+/// against the image width), statistics the size of a feature in its shape, anything else `[len]`.
+pub fn write_stats_shaped(path: &Path, stats: &Stats, features: &Features) -> Result<()> {
     let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (key, by_stat) in stats {
+        let feature = features.get(key);
         for (stat, values) in by_stat {
+            let n = values.len();
+            let shape = match feature {
+                Some(f) if f.kind == FeatureType::Visual && f.shape.first() == Some(&n) => vec![n, 1, 1],
+                Some(f) if f.shape.len() > 1 && f.shape.iter().product::<usize>() == n => f.shape.clone(),
+                _ => vec![n],
+            };
             let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            bytes.push((format!("{key}.{stat}"), vec![values.len()], data));
+            bytes.push((format!("{key}.{stat}"), shape, data));
         }
     }
     write_f32_tensors(path, &bytes)
@@ -864,7 +890,7 @@ impl LeRobotFolder {
 
 /// LeRobot passes a feature without statistics through unchanged; for the state and the action that
 /// would silently feed the model wrong units, so here it is an error naming the statistics file's step.
-fn require_stats(step: &NormalizerStep, f: &Feature, path: &Path) -> Result<()> {
+pub(crate) fn require_stats(step: &NormalizerStep, f: &Feature, path: &Path) -> Result<()> {
     let mode = step.norm_map.get(&f.kind).copied().unwrap_or(NormMode::Identity);
     if mode == NormMode::Identity {
         return Ok(());

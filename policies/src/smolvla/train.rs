@@ -11,7 +11,7 @@ use burn::prelude::*;
 
 use super::config::SmolVlaConfig;
 use super::model::SmolVla;
-use super::weights::{Layout, ParamVisitor};
+use super::weights::{Layout, NamedParams, ParamVisitor};
 use crate::data::weights_tensor;
 use crate::error::{PolicyError, Result};
 
@@ -147,7 +147,7 @@ impl SmolVlaOptimizer {
 
 /// `torch.nn.utils.clip_grad_norm_`: the L2 norm over every gradient; when above `max_norm`, every
 /// gradient is scaled by `max_norm / (norm + 1e-6)`. Returns the norm before clipping.
-pub fn clip_grad_norm(model: &SmolVla, grads: &mut GradientsParams, max_norm: Option<f64>) -> f64 {
+pub fn clip_grad_norm<M: NamedParams>(model: &M, grads: &mut GradientsParams, max_norm: Option<f64>) -> f64 {
     struct SumSq<'a> {
         grads: &'a GradientsParams,
         total: f64,

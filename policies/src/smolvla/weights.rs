@@ -35,7 +35,156 @@ pub trait ParamVisitor {
     ) -> Param<Tensor<D>>;
 }
 
-fn map_linear<V: ParamVisitor>(l: Linear, prefix: &str, v: &mut V) -> Linear {
+/// A module whose every parameter has a LeRobot checkpoint name: one `map_named` serves strict
+/// safetensors loading ([`load_named`]) and saving ([`save_named`]) for every LeRobot policy port.
+pub trait NamedParams: Module + Clone {
+    /// Apply `v` to every parameter under its checkpoint name.
+    fn map_named<V: ParamVisitor>(self, v: &mut V) -> Self;
+}
+
+impl NamedParams for SmolVla {
+    fn map_named<V: ParamVisitor>(self, v: &mut V) -> Self {
+        SmolVla::map_named(self, v)
+    }
+}
+
+/// Load a safetensors file strictly into `model` (every expected name present with its shape, every
+/// tensor of the file used; bf16 / f16 / f32 read as f32). `what` names the model in errors.
+pub fn load_named<M: NamedParams>(model: M, path: &Path, device: &Device, what: &str) -> Result<M> {
+    let bytes = std::fs::read(path).map_err(|source| PolicyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| PolicyError::Record {
+        path: path.to_path_buf(),
+        reason: format!("not a safetensors file: {e}"),
+    })?;
+    let mut loader = Loader {
+        file: &file,
+        used: BTreeSet::new(),
+        errors: Vec::new(),
+        device: device.clone(),
+    };
+    let model = model.map_named(&mut loader);
+    let mut errors = loader.errors;
+    let unused: Vec<String> = file
+        .names()
+        .into_iter()
+        .filter(|n| !loader.used.contains(*n))
+        .map(|n| n.to_string())
+        .collect();
+    if !unused.is_empty() {
+        errors.push(format!(
+            "{} tensor(s) in the file are not part of this {what} (wrong config?): {}",
+            unused.len(),
+            preview(&unused)
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(PolicyError::Record {
+            path: path.to_path_buf(),
+            reason: errors.join("; "),
+        });
+    }
+    Ok(model)
+}
+
+/// Write every parameter of `model` as f32 in its checkpoint names and PyTorch layouts (temp file, then
+/// rename).
+pub fn save_named<M: NamedParams>(model: &M, path: &Path) -> Result<()> {
+    struct Collect(Vec<(String, Vec<usize>, Vec<u8>)>);
+    impl ParamVisitor for Collect {
+        fn visit<const D: usize>(
+            &mut self,
+            name: &str,
+            p: Param<Tensor<D>>,
+            layout: Layout,
+        ) -> Param<Tensor<D>> {
+            let (shape, data) = to_torch(p.val(), layout);
+            let bytes = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            self.0.push((name.to_string(), shape, bytes));
+            p
+        }
+    }
+    let mut c = Collect(Vec::new());
+    let _ = model.clone().map_named(&mut c);
+    let mut views = Vec::with_capacity(c.0.len());
+    for (name, shape, bytes) in &c.0 {
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(|e| {
+            PolicyError::Record {
+                path: path.to_path_buf(),
+                reason: format!("{name}: {e}"),
+            }
+        })?;
+        views.push((name.clone(), view));
+    }
+    let metadata: Option<std::collections::HashMap<String, String>> =
+        Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(views, metadata, &tmp).map_err(|e| PolicyError::Record {
+        path: tmp.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| PolicyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A parameter's value in PyTorch layout, flattened, with its shape; `None` for an unknown name.
+pub fn named_tensor_of<M: NamedParams>(model: &M, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
+    let mut reader = Reader { name, found: None };
+    let _ = model.clone().map_named(&mut reader);
+    reader.found
+}
+
+/// The gradient of the parameter called `name` in PyTorch layout, if it has one.
+pub fn named_grad_of<M: NamedParams>(
+    model: &M,
+    grads: &GradientsParams,
+    name: &str,
+) -> Option<(Vec<usize>, Vec<f32>)> {
+    struct G<'a> {
+        name: &'a str,
+        grads: &'a GradientsParams,
+        found: Option<(Vec<usize>, Vec<f32>)>,
+    }
+    impl ParamVisitor for G<'_> {
+        fn visit<const D: usize>(
+            &mut self,
+            name: &str,
+            p: Param<Tensor<D>>,
+            layout: Layout,
+        ) -> Param<Tensor<D>> {
+            if name == self.name
+                && let Some(g) = self.grads.get::<D>(p.id)
+            {
+                self.found = Some(to_torch(g, layout));
+            }
+            p
+        }
+    }
+    let mut g = G {
+        name,
+        grads,
+        found: None,
+    };
+    let _ = model.clone().map_named(&mut g);
+    g.found
+}
+
+/// Set each parameter's `require_grad` from `trainable(name)`.
+pub fn with_trainable_of<M: NamedParams>(model: M, trainable: impl Fn(&str) -> bool) -> M {
+    struct T<F>(F);
+    impl<F: Fn(&str) -> bool> ParamVisitor for T<F> {
+        fn visit<const D: usize>(&mut self, name: &str, p: Param<Tensor<D>>, _: Layout) -> Param<Tensor<D>> {
+            p.set_require_grad((self.0)(name))
+        }
+    }
+    model.map_named(&mut T(trainable))
+}
+
+pub(crate) fn map_linear<V: ParamVisitor>(l: Linear, prefix: &str, v: &mut V) -> Linear {
     Linear {
         weight: v.visit(&format!("{prefix}.weight"), l.weight, Layout::Transposed),
         bias: l
@@ -49,7 +198,7 @@ fn map_rms<V: ParamVisitor>(mut n: RmsNorm, prefix: &str, v: &mut V) -> RmsNorm 
     n
 }
 
-fn map_layer_norm<V: ParamVisitor>(mut n: LayerNorm, prefix: &str, v: &mut V) -> LayerNorm {
+pub(crate) fn map_layer_norm<V: ParamVisitor>(mut n: LayerNorm, prefix: &str, v: &mut V) -> LayerNorm {
     n.gamma = v.visit(&format!("{prefix}.weight"), n.gamma, Layout::Same);
     n.beta = n
         .beta
@@ -198,40 +347,12 @@ impl SmolVla {
 
     /// A parameter's value in PyTorch layout, flattened, with its shape; `None` for an unknown name.
     pub fn named_tensor(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
-        let mut reader = Reader { name, found: None };
-        let _ = self.clone().map_named(&mut reader);
-        reader.found
+        named_tensor_of(self, name)
     }
 
     /// The gradient of the parameter called `name` in PyTorch layout, if it has one.
     pub fn named_grad(&self, grads: &GradientsParams, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
-        struct G<'a> {
-            name: &'a str,
-            grads: &'a GradientsParams,
-            found: Option<(Vec<usize>, Vec<f32>)>,
-        }
-        impl ParamVisitor for G<'_> {
-            fn visit<const D: usize>(
-                &mut self,
-                name: &str,
-                p: Param<Tensor<D>>,
-                layout: Layout,
-            ) -> Param<Tensor<D>> {
-                if name == self.name
-                    && let Some(g) = self.grads.get::<D>(p.id)
-                {
-                    self.found = Some(to_torch(g, layout));
-                }
-                p
-            }
-        }
-        let mut g = G {
-            name,
-            grads,
-            found: None,
-        };
-        let _ = self.clone().map_named(&mut g);
-        g.found
+        named_grad_of(self, grads, name)
     }
 
     /// Mark parameters trainable or frozen as LeRobot 0.4.4 does (see [`lerobot_trainable`]).
@@ -241,102 +362,17 @@ impl SmolVla {
 
     /// Set each parameter's `require_grad` from `trainable(name)`.
     pub fn with_trainable(self, trainable: impl Fn(&str) -> bool) -> Self {
-        struct T<F>(F);
-        impl<F: Fn(&str) -> bool> ParamVisitor for T<F> {
-            fn visit<const D: usize>(
-                &mut self,
-                name: &str,
-                p: Param<Tensor<D>>,
-                _: Layout,
-            ) -> Param<Tensor<D>> {
-                p.set_require_grad((self.0)(name))
-            }
-        }
-        self.map_named(&mut T(trainable))
+        with_trainable_of(self, trainable)
     }
 
     /// Load `model.safetensors` strictly into a model of shape `dims` on `device`.
     pub fn load_safetensors(dims: SmolVlaDims, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| PolicyError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| PolicyError::Record {
-            path: path.to_path_buf(),
-            reason: format!("not a safetensors file: {e}"),
-        })?;
-        let mut loader = Loader {
-            file: &file,
-            used: BTreeSet::new(),
-            errors: Vec::new(),
-            device: device.clone(),
-        };
-        let model = SmolVla::new(dims, device).map_named(&mut loader);
-        let mut errors = loader.errors;
-        let unused: Vec<String> = file
-            .names()
-            .into_iter()
-            .filter(|n| !loader.used.contains(*n))
-            .map(|n| n.to_string())
-            .collect();
-        if !unused.is_empty() {
-            errors.push(format!(
-                "{} tensor(s) in the file are not part of this SmolVLA (wrong config?): {}",
-                unused.len(),
-                preview(&unused)
-            ));
-        }
-        if !errors.is_empty() {
-            return Err(PolicyError::Record {
-                path: path.to_path_buf(),
-                reason: errors.join("; "),
-            });
-        }
-        Ok(model)
+        load_named(SmolVla::new(dims, device), path.as_ref(), device, "SmolVLA")
     }
 
     /// Write every parameter as f32 in LeRobot's names and layouts (temp file, then rename).
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        struct Collect(Vec<(String, Vec<usize>, Vec<u8>)>);
-        impl ParamVisitor for Collect {
-            fn visit<const D: usize>(
-                &mut self,
-                name: &str,
-                p: Param<Tensor<D>>,
-                layout: Layout,
-            ) -> Param<Tensor<D>> {
-                let (shape, data) = to_torch(p.val(), layout);
-                let bytes = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-                self.0.push((name.to_string(), shape, bytes));
-                p
-            }
-        }
-        let mut c = Collect(Vec::new());
-        let _ = self.clone().map_named(&mut c);
-        let mut views = Vec::with_capacity(c.0.len());
-        for (name, shape, bytes) in &c.0 {
-            let view =
-                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(|e| {
-                    PolicyError::Record {
-                        path: path.to_path_buf(),
-                        reason: format!("{name}: {e}"),
-                    }
-                })?;
-            views.push((name.clone(), view));
-        }
-        let metadata: Option<std::collections::HashMap<String, String>> =
-            Some([("format".to_string(), "pt".to_string())].into_iter().collect());
-        let tmp = path.with_extension("safetensors.tmp");
-        safetensors::serialize_to_file(views, metadata, &tmp).map_err(|e| PolicyError::Record {
-            path: tmp.clone(),
-            reason: e.to_string(),
-        })?;
-        std::fs::rename(&tmp, path).map_err(|source| PolicyError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        save_named(self, path.as_ref())
     }
 }
 

@@ -1,5 +1,6 @@
-//! `so101 policy predict`: run any toprl policy (a native `policy.json` checkpoint or a LeRobot SmolVLA
-//! folder) on one raw observation and print the un-normalised action chunk.
+//! `so101 policy predict`: run any toprl policy (a native `policy.json` checkpoint, or a LeRobot SmolVLA
+//! or ACT folder, dispatched on its `config.json` `type`) on one raw observation and print the
+//! un-normalised action chunk.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use toprl_policies::smolvla::lerobot::{IMAGES_PREFIX, read_f32_tensors};
+use toprl_policies::lerobot_act::LeRobotActPolicy;
+use toprl_policies::lerobot_act::policy::resolve_policy_dir;
+use toprl_policies::smolvla::lerobot::{IMAGES_PREFIX, policy_type, read_f32_tensors};
 use toprl_policies::smolvla::processor::{ChwImage, RawSample};
 use toprl_policies::smolvla::{SmolVlaPolicy, is_lerobot_folder};
 use toprl_policies::{CameraImage, Observation, Policy, cpu_device, load_policy};
@@ -22,15 +25,16 @@ pub struct PolicyArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Predict the action chunk for one observation (any toprl policy, or a LeRobot SmolVLA folder).
+    /// Predict the action chunk for one observation (any toprl policy, or a LeRobot SmolVLA or ACT folder).
     Predict(PredictArgs),
 }
 
 /// Run a policy on one raw observation.
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// A toprl checkpoint folder (`policy.json`: gaussian, act, flow) or a LeRobot SmolVLA folder
-    /// (`config.json` with `"type": "smolvla"`).
+    /// A toprl checkpoint folder (`policy.json`: gaussian, act, flow) or a LeRobot policy folder
+    /// (`config.json` with `"type": "smolvla"` or `"act"`); a LeRobot folder may also be given as a
+    /// Hugging Face Hub id (owner/name), fetched once into the hub cache.
     #[arg(long)]
     pub policy: PathBuf,
     /// A safetensors file of LeRobot features: `observation.state` [state_dim] and
@@ -67,14 +71,27 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
 type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 fn predict(args: PredictArgs) -> anyhow::Result<()> {
-    let dir = &args.policy;
-    if !dir.is_dir() {
-        bail!("--policy {}: no such checkpoint folder", dir.display());
-    }
+    let given = args.policy.to_string_lossy().into_owned();
+    let dir = if args.policy.is_dir() {
+        args.policy.clone()
+    } else if looks_like_hub_id(&given) {
+        resolve_policy_dir(&given)
+            .with_context(|| format!("--policy {given}: fetching from the Hugging Face Hub"))?
+    } else {
+        bail!("--policy {}: no such checkpoint folder", args.policy.display());
+    };
     let tensors = read_f32_tensors(&args.observation)
         .with_context(|| format!("--observation {}", args.observation.display()))?;
-    let actions = if is_lerobot_folder(dir) {
-        predict_smolvla(&args, tensors)?
+    let actions = if is_lerobot_folder(&dir) {
+        let kind = policy_type(&dir).with_context(|| format!("--policy {}", dir.display()))?;
+        match kind.as_str() {
+            "smolvla" => predict_smolvla(&args, &dir, tensors)?,
+            "act" => predict_lerobot_act(&args, &dir, &tensors)?,
+            other => bail!(
+                "--policy {}: config.json has `type` \"{other}\"; toprl runs LeRobot's \"smolvla\" and \"act\"",
+                dir.display()
+            ),
+        }
     } else {
         if args.noise.is_some() {
             bail!(
@@ -136,7 +153,44 @@ fn images(tensors: &Tensors, file: &Path) -> anyhow::Result<BTreeMap<String, Chw
     Ok(out)
 }
 
-fn predict_smolvla(args: &PredictArgs, tensors: Tensors) -> anyhow::Result<Vec<Vec<f32>>> {
+/// `owner/name`, not an existing path: what a Hugging Face Hub model id looks like.
+fn looks_like_hub_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && *p != "." && *p != "..") && !s.starts_with('.')
+}
+
+/// A LeRobot ACT folder: LeRobot's preprocessor, `predict_action_chunk` (deterministic: the latent is
+/// zero at inference) and postprocessor on the observation's `observation.*` tensors.
+fn predict_lerobot_act(args: &PredictArgs, dir: &Path, tensors: &Tensors) -> anyhow::Result<Vec<Vec<f32>>> {
+    if args.noise.is_some() {
+        bail!(
+            "--noise applies to SmolVLA folders only; {} is a LeRobot ACT folder (deterministic at inference)",
+            dir.display()
+        );
+    }
+    let file = &args.observation;
+    let dir_text = dir.to_string_lossy();
+    let policy = LeRobotActPolicy::load(&dir_text, &cpu_device())
+        .with_context(|| format!("--policy {}: loading the LeRobot ACT folder", dir.display()))?;
+    let mut sample = RawSample {
+        images: images(tensors, file)?,
+        ..RawSample::default()
+    };
+    for (key, (shape, values)) in tensors {
+        if !key.starts_with(IMAGES_PREFIX) && shape.len() == 1 {
+            sample.vectors.insert(key.clone(), values.clone());
+        }
+    }
+    let chunk = policy
+        .predict_chunks(&[sample])
+        .with_context(|| format!("--policy {}: predicting", dir.display()))?;
+    chunk
+        .into_iter()
+        .next()
+        .context("the policy returned no action chunk")
+}
+
+fn predict_smolvla(args: &PredictArgs, dir: &Path, tensors: Tensors) -> anyhow::Result<Vec<Vec<f32>>> {
     let file = &args.observation;
     let task = args.task.clone().with_context(|| {
         format!(
@@ -144,8 +198,8 @@ fn predict_smolvla(args: &PredictArgs, tensors: Tensors) -> anyhow::Result<Vec<V
             args.policy.display()
         )
     })?;
-    let mut policy = SmolVlaPolicy::load(&args.policy, &cpu_device())
-        .with_context(|| format!("--policy {}: loading the SmolVLA folder", args.policy.display()))?;
+    let mut policy = SmolVlaPolicy::load(dir, &cpu_device())
+        .with_context(|| format!("--policy {}: loading the SmolVLA folder", dir.display()))?;
     let mut sample = RawSample {
         images: images(&tensors, file)?,
         task,
