@@ -1,4 +1,5 @@
-//! Behaviour of the three policies and the value function on tiny networks (fast in debug builds).
+//! Behaviour of the three policies and the value function on tiny networks (fast in debug builds), on
+//! flex, and on LibTorch with `--features tch` (see `common::test_device`).
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 mod common;
@@ -8,7 +9,7 @@ use toprl_policies::gaussian::GaussianLoss;
 use toprl_policies::value::ValueConfig;
 use toprl_policies::{
     Batch, CameraImage, Observation, Policy, PolicyError, PolicyKind, TrainConfig, Trainer, ValueBatch,
-    ValueTrainer, awr_weights, cpu_device, load_policy,
+    ValueTrainer, awr_weights, load_policy,
 };
 
 fn trainer(cfg: toprl_policies::PolicyConfig, batch: &Batch, seed: u64) -> Trainer {
@@ -16,7 +17,7 @@ fn trainer(cfg: toprl_policies::PolicyConfig, batch: &Batch, seed: u64) -> Train
         seed,
         ..TrainConfig::default()
     };
-    Trainer::new(cfg, normalizer(batch), train, &cpu_device()).unwrap()
+    Trainer::new(cfg, normalizer(batch), train, &test_device()).unwrap()
 }
 
 #[test]
@@ -94,7 +95,7 @@ fn overfit(cfg: toprl_policies::PolicyConfig, steps: usize, lr: f64) -> (f32, f3
         weight_decay: 0.0,
         ..TrainConfig::default()
     };
-    let mut t = Trainer::new(cfg, norm.clone(), train, &cpu_device()).unwrap();
+    let mut t = Trainer::new(cfg, norm.clone(), train, &test_device()).unwrap();
     let w = vec![1.0; batch.len()];
     let first = t.step(&batch, &w).unwrap();
     let mut last = first;
@@ -158,12 +159,12 @@ fn save_load_gives_identical_outputs_and_resumes() {
             .collect();
         assert!(leftovers.is_empty(), "temporary directories left behind");
         let before = t.policy().with_seed(9).act_batch(&batch.obs).unwrap();
-        let loaded = load_policy(&path, &cpu_device()).unwrap();
+        let loaded = load_policy(&path, &test_device()).unwrap();
         assert_eq!(loaded.meta().train_steps, 3);
         let after = loaded.with_seed(9).act_batch(&batch.obs).unwrap();
         assert_eq!(before, after, "{name}");
         // Fine-tuning starts from the saved weights: same loss on the same noise.
-        let resumed = Trainer::from_checkpoint(&path, None, TrainConfig::default(), &cpu_device()).unwrap();
+        let resumed = Trainer::from_checkpoint(&path, None, TrainConfig::default(), &test_device()).unwrap();
         assert_eq!(resumed.steps(), 3);
         assert_eq!(
             resumed.loss(&batch, None, 1).unwrap(),
@@ -175,16 +176,16 @@ fn save_load_gives_identical_outputs_and_resumes() {
 
 #[test]
 fn resume_restores_optimizer_moments_and_noise_stream() {
-    // Three steps, save, two more steps; a trainer resumed from the save must take the same two steps.
-    // Starting the moments afresh (what `from_checkpoint` does for fine-tuning) takes different ones.
+    // Three steps, save, two more steps; a trainer resumed from the save must take the same two steps,
+    // bit for bit, with dropout on (issue 13 item 5: the masks follow from (seed, step)). Starting the
+    // moments afresh (what `from_checkpoint` does for fine-tuning) takes different ones.
     let batch = demos(3, 4);
     let w = vec![1.0; batch.len()];
     let dir = tempfile::tempdir().unwrap();
     for (name, mut cfg) in all() {
-        // Dropout masks come from Burn's process-wide RNG, which a checkpoint cannot capture.
         match &mut cfg {
-            toprl_policies::PolicyConfig::Act(c) => c.dropout = 0.0,
-            toprl_policies::PolicyConfig::Flow(c) => c.dropout = 0.0,
+            toprl_policies::PolicyConfig::Act(c) => c.dropout = 0.1,
+            toprl_policies::PolicyConfig::Flow(c) => c.dropout = 0.1,
             toprl_policies::PolicyConfig::Gaussian(_) => {}
         }
         let mut original = trainer(cfg, &batch, 5);
@@ -197,8 +198,8 @@ fn resume_restores_optimizer_moments_and_noise_stream() {
             seed: 5,
             ..TrainConfig::default()
         };
-        let mut resumed = Trainer::resume(&path, None, train.clone(), &cpu_device()).unwrap();
-        let mut fresh = Trainer::from_checkpoint(&path, None, train, &cpu_device()).unwrap();
+        let mut resumed = Trainer::resume(&path, None, train.clone(), &test_device()).unwrap();
+        let mut fresh = Trainer::from_checkpoint(&path, None, train, &test_device()).unwrap();
         for _ in 0..2 {
             let a = original.step(&batch, &w).unwrap();
             let b = resumed.step(&batch, &w).unwrap();
@@ -220,7 +221,7 @@ fn resume_restores_optimizer_moments_and_noise_stream() {
     // Files added with `save_with` land inside the new checkpoint; if adding them fails, the previous
     // checkpoint stays as it was and no temporary directory is left.
     let path = dir.path().join("gaussian");
-    let mut t = Trainer::resume(&path, None, TrainConfig::default(), &cpu_device()).unwrap();
+    let mut t = Trainer::resume(&path, None, TrainConfig::default(), &test_device()).unwrap();
     t.save_with(&path, |tmp| {
         std::fs::write(tmp.join("progress.json"), b"{}").map_err(|source| PolicyError::Io {
             path: tmp.join("progress.json"),
@@ -238,7 +239,7 @@ fn resume_restores_optimizer_moments_and_noise_stream() {
     });
     assert!(failed.is_err());
     assert_eq!(
-        load_policy(&path, &cpu_device()).unwrap().meta().train_steps,
+        load_policy(&path, &test_device()).unwrap().meta().train_steps,
         3,
         "not the failed step-4 save"
     );
@@ -251,11 +252,11 @@ fn resume_restores_optimizer_moments_and_noise_stream() {
     assert_eq!(leftovers, 0, "temporary directories left behind");
     // A checkpoint written without optimiser state (by `LoadedPolicy::save`) cannot be resumed.
     let only_policy = dir.path().join("only-policy");
-    load_policy(dir.path().join("gaussian"), &cpu_device())
+    load_policy(dir.path().join("gaussian"), &test_device())
         .unwrap()
         .save(&only_policy)
         .unwrap();
-    let err = Trainer::resume(&only_policy, None, TrainConfig::default(), &cpu_device()).unwrap_err();
+    let err = Trainer::resume(&only_policy, None, TrainConfig::default(), &test_device()).unwrap_err();
     assert!(err.to_string().contains("optimizer.bpk"), "{err}");
 }
 
@@ -326,7 +327,7 @@ fn policy_trait_acts_on_one_observation() {
 #[test]
 fn bad_inputs_and_checkpoints_give_typed_errors() {
     let batch = demos(3, 5);
-    let dev = cpu_device();
+    let dev = test_device();
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(
         load_policy(dir.path().join("missing"), &dev),
@@ -422,7 +423,7 @@ fn value_function_fits_returns_with_weighted_mse() {
         ValueConfig::new(STATE).with_hidden(vec![32, 32]),
         &norm,
         train.clone(),
-        &cpu_device(),
+        &test_device(),
     )
     .unwrap();
     let first = v.step(&vb, &[1.0; 8]).unwrap();
@@ -436,7 +437,7 @@ fn value_function_fits_returns_with_weighted_mse() {
 
     let dir = tempfile::tempdir().unwrap();
     v.save(dir.path().join("value")).unwrap();
-    let mut loaded = ValueTrainer::from_checkpoint(dir.path().join("value"), train, &cpu_device()).unwrap();
+    let mut loaded = ValueTrainer::from_checkpoint(dir.path().join("value"), train, &test_device()).unwrap();
     assert_eq!(loaded.predict(&vb.states).unwrap(), pred);
     // The optimiser moments travel with the checkpoint: the next step is the one `v` takes.
     v.step(&vb, &[1.0; 8]).unwrap();
@@ -445,7 +446,7 @@ fn value_function_fits_returns_with_weighted_mse() {
         loaded.predict(&vb.states).unwrap(),
         v.predict(&vb.states).unwrap()
     );
-    let r = ValueTrainer::from_checkpoint(dir.path().join("nope"), TrainConfig::default(), &cpu_device());
+    let r = ValueTrainer::from_checkpoint(dir.path().join("nope"), TrainConfig::default(), &test_device());
     assert!(matches!(r, Err(PolicyError::Io { .. })));
 
     // AWR weights: exp(A / beta), clipped; with zero advantages every weight is 1.
@@ -508,4 +509,60 @@ fn policy_config_parsing_is_strict_and_defaults_missing_fields() {
     let text = serde_json::to_string(&cfg).unwrap();
     let back: toprl_policies::PolicyConfig = serde_json::from_str(&text).unwrap();
     assert_eq!(serde_json::to_string(&back).unwrap(), text);
+}
+
+#[test]
+fn resume_with_dropout_gives_bit_identical_weights() {
+    // Issue 13 item 5: N steps straight vs K steps, save, resume, N - K more: the saved weights and AdamW
+    // moments are the same bytes. ACT and flow with dropout 0.1 draw masks in every step.
+    let batch = demos(3, 6);
+    let w = vec![1.0; batch.len()];
+    let dir = tempfile::tempdir().unwrap();
+    let train = TrainConfig {
+        seed: 9,
+        ..TrainConfig::default()
+    };
+    let with_dropout = |cfg: toprl_policies::PolicyConfig, p: f64| match cfg {
+        toprl_policies::PolicyConfig::Act(c) => toprl_policies::PolicyConfig::Act(c.with_dropout(p)),
+        toprl_policies::PolicyConfig::Flow(c) => toprl_policies::PolicyConfig::Flow(c.with_dropout(p)),
+        other => other,
+    };
+    for (name, cfg) in [("act", act()), ("flow", flow())] {
+        let run_straight = |p: f64, out: &std::path::Path| {
+            let mut t = trainer(with_dropout(cfg.clone(), p), &batch, 9);
+            for _ in 0..6 {
+                t.step(&batch, &w).unwrap();
+            }
+            t.save(out).unwrap();
+        };
+        let straight = dir.path().join(format!("{name}-straight"));
+        run_straight(0.1, &straight);
+        let interrupted = dir.path().join(format!("{name}-interrupted"));
+        let mut first = trainer(with_dropout(cfg.clone(), 0.1), &batch, 9);
+        for _ in 0..2 {
+            first.step(&batch, &w).unwrap();
+        }
+        first.save(&interrupted).unwrap();
+        drop(first);
+        let mut resumed = Trainer::resume(&interrupted, None, train.clone(), &test_device()).unwrap();
+        for _ in 2..6 {
+            resumed.step(&batch, &w).unwrap();
+        }
+        let finished = dir.path().join(format!("{name}-resumed"));
+        resumed.save(&finished).unwrap();
+        let bytes = |d: &std::path::Path, f: &str| std::fs::read(d.join(f)).unwrap();
+        for file in ["model.bpk", "optimizer.bpk", "trainer_state.json"] {
+            assert!(
+                bytes(&straight, file) == bytes(&finished, file),
+                "{name}: {file} differs between the straight and the resumed run"
+            );
+        }
+        // Control: the masks matter, so matching them is what the equality above shows.
+        let no_dropout = dir.path().join(format!("{name}-no-dropout"));
+        run_straight(0.0, &no_dropout);
+        assert!(
+            bytes(&straight, "model.bpk") != bytes(&no_dropout, "model.bpk"),
+            "{name}: dropout 0.1 should change the weights"
+        );
+    }
 }

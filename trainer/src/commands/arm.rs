@@ -712,6 +712,8 @@ pub struct RunArgs {
     /// per second.
     #[arg(long, default_value_t = 30.0)]
     pub reset_speed: f64,
+    #[command(flatten)]
+    pub compute: crate::cli::PolicyDeviceArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -743,7 +745,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.policy.exists() {
         bail!("--policy {}: no such checkpoint folder", args.policy.display());
     }
-    let mut policy = toprl_policies::load_policy(&args.policy, &toprl_policies::cpu_device())
+    let device = args.compute.device()?;
+    let mut policy = toprl_policies::load_policy(&args.policy, &device)
         .with_context(|| format!("--policy {}: loading the checkpoint", args.policy.display()))?
         .with_seed(args.seed);
     let cameras = policy.config().cameras();

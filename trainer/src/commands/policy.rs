@@ -10,7 +10,7 @@ use serde::Serialize;
 use toprl_policies::smolvla::lerobot::{IMAGES_PREFIX, read_f32_tensors};
 use toprl_policies::smolvla::processor::{ChwImage, RawSample};
 use toprl_policies::smolvla::{SmolVlaPolicy, is_lerobot_folder};
-use toprl_policies::{CameraImage, Observation, Policy, cpu_device, load_policy};
+use toprl_policies::{CameraImage, Observation, Policy, load_policy};
 
 use crate::driver::camera_key;
 
@@ -50,6 +50,8 @@ pub struct PredictArgs {
     /// Print `{"actions": [[...], ...]}` on stdout (the chunk in dataset units, first action first).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub compute: crate::cli::PolicyDeviceArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -144,7 +146,7 @@ fn predict_smolvla(args: &PredictArgs, tensors: Tensors) -> anyhow::Result<Vec<V
             args.policy.display()
         )
     })?;
-    let mut policy = SmolVlaPolicy::load(&args.policy, &cpu_device())
+    let mut policy = SmolVlaPolicy::load(&args.policy, &args.compute.device()?)
         .with_context(|| format!("--policy {}: loading the SmolVLA folder", args.policy.display()))?;
     let mut sample = RawSample {
         images: images(&tensors, file)?,
@@ -186,7 +188,7 @@ fn predict_smolvla(args: &PredictArgs, tensors: Tensors) -> anyhow::Result<Vec<V
 
 fn predict_native(args: &PredictArgs, tensors: &Tensors) -> anyhow::Result<Vec<Vec<f32>>> {
     let file = &args.observation;
-    let mut policy = load_policy(&args.policy, &cpu_device())
+    let mut policy = load_policy(&args.policy, &args.compute.device()?)
         .with_context(|| format!("--policy {}: loading the checkpoint", args.policy.display()))?
         .with_seed(args.seed);
     let mut state = Vec::new();
