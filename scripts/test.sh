@@ -27,7 +27,8 @@ venv_python=.venv-lerobot/bin/python
   torch_lib=$("$venv_python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
   export LIBTORCH_USE_PYTORCH=1 LIBTORCH_BYPASS_VERSION_CHECK=1 PATH="$PWD/.venv-lerobot/bin:$PATH"
   export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  cargo clippy -p toprl-policies -p toprl-trainer --features toprl-trainer/tch --all-targets --locked -- -D warnings
-  cargo test -p toprl-policies --features tch --locked --lib --test backends --test policies
-  cargo test -p toprl-trainer --features tch --locked --test cli_backend
+  # --workspace, as above: the same feature resolution, so only the crates that burn's `tch` feature reaches
+  # (burn, toprl-policies, toprl-trainer) are built again.
+  cargo clippy --workspace --all-targets --features toprl-trainer/tch --locked -- -D warnings
+  cargo test --workspace --features toprl-trainer/tch --locked --test backends --test policies --test cli_backend
 )

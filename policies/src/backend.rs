@@ -247,19 +247,6 @@ mod tests {
         assert!(err.contains("--features toprl-trainer/tch"), "{err}");
     }
 
-    #[cfg(feature = "tch")]
-    #[test]
-    fn tch_cpu_is_available_and_a_missing_gpu_is_an_error() {
-        assert!(device(Backend::Tch, DeviceKind::Cpu).is_ok());
-        // CI machines have no GPU: asking for one far beyond any machine's count must be an error.
-        let err = device(Backend::Tch, DeviceKind::Cuda(1000)).unwrap_err().to_string();
-        assert!(err.contains("cuda:1000"), "{err}");
-        // The lane builds against .venv-lerobot's PyTorch, PyPI's CUDA wheel on Linux (scripts/setup.sh):
-        // its CUDA library must load (what a GPU machine needs), leaving only the GPU missing here.
-        #[cfg(target_os = "linux")]
-        assert!(err.contains("libtorch_cuda.so is loaded"), "{err}");
-    }
-
     #[test]
     fn step_seeds_differ() {
         let a: Vec<u64> = (0..100).map(|s| mix_seed(7, s)).collect();

@@ -106,3 +106,15 @@ fn without_dropout(cfg: PolicyConfig) -> PolicyConfig {
         other => other,
     }
 }
+
+#[test]
+fn tch_cpu_is_available_and_a_missing_gpu_is_an_error() {
+    assert!(device(Backend::Tch, DeviceKind::Cpu).is_ok());
+    // No machine has 1000 GPUs: asking for one must be an error naming it, not burn-tch's panic.
+    let err = device(Backend::Tch, DeviceKind::Cuda(1000)).unwrap_err().to_string();
+    assert!(err.contains("cuda:1000"), "{err}");
+    // The lane builds against .venv-lerobot's PyTorch, PyPI's CUDA wheel on Linux (scripts/setup.sh): its
+    // CUDA library must load (what a GPU machine needs), leaving only the GPU missing here.
+    #[cfg(target_os = "linux")]
+    assert!(err.contains("libtorch_cuda.so is loaded"), "{err}");
+}
