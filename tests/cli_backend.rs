@@ -27,14 +27,21 @@ fn train(dir: &Path, name: &str, backend_line: &str, extra: &[&str]) -> std::pat
         .arg(&config)
         .arg("--out")
         .arg(&out)
-        .args(["--threads", "1"])
+        .args(["--threads", "1", "--verbose"])
         .args(extra)
         .output()
         .unwrap();
+    let log = without_ansi(&String::from_utf8_lossy(&result.stderr));
+    assert!(result.status.success(), "{name}: {log}");
+    // The run says where the policy trained (`--verbose`).
+    let backend = if backend_line.contains("tch") || extra.contains(&"tch") {
+        "tch"
+    } else {
+        "flex"
+    };
     assert!(
-        result.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&result.stderr)
+        log.contains(&format!("backend={backend}")),
+        "{name}: expected backend={backend} in the log:\n{log}"
     );
     out
 }
@@ -44,9 +51,7 @@ fn predictions(run: &Path) -> Vec<f32> {
     let mut policy = load_policy(&checkpoint, &cpu_device()).unwrap();
     let dim = policy.config().state_dim();
     let states: Vec<f32> = (0..3 * dim).map(|i| (i as f32 * 7.3) % 40.0 - 20.0).collect();
-    policy
-        .act_batch(&ObsBatch::new(states, dim).unwrap())
-        .unwrap()
+    policy.act_batch(&ObsBatch::new(states, dim).unwrap()).unwrap()
 }
 
 #[test]
@@ -64,11 +69,18 @@ fn train_on_tch_matches_train_on_flex() {
     assert!(diff <= REL_TOL * scale, "flex {a:?}\ntch  {b:?}");
     // `--backend tch` on the command line does the same as the config key.
     let by_flag = train(dir.path(), "flag", "", &["--backend", "tch"]);
-    assert_eq!(predictions(&by_flag), b, "--backend tch trains as backend = \"tch\"");
+    assert_eq!(
+        predictions(&by_flag),
+        b,
+        "--backend tch trains as backend = \"tch\""
+    );
 
     // `so101 policy predict --backend tch` runs the checkpoint on LibTorch, as flex does.
     let checkpoint = on_tch.join("runs/bc/seed-0/checkpoint");
-    let dim = load_policy(&checkpoint, &cpu_device()).unwrap().config().state_dim();
+    let dim = load_policy(&checkpoint, &cpu_device())
+        .unwrap()
+        .config()
+        .state_dim();
     let state: Vec<u8> = (0..dim)
         .flat_map(|i| (i as f32 * 3.5 - 8.0).to_le_bytes())
         .collect();
@@ -89,15 +101,26 @@ fn train_on_tch_matches_train_on_flex() {
     };
     let (flex, tch) = (predict("flex"), predict("tch"));
     let scale = flex.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    let diff = flex.iter().zip(&tch).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-    assert!(!flex.is_empty() && diff <= REL_TOL * scale, "flex {flex:?}\ntch  {tch:?}");
+    let diff = flex
+        .iter()
+        .zip(&tch)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        !flex.is_empty() && diff <= REL_TOL * scale,
+        "flex {flex:?}\ntch  {tch:?}"
+    );
 }
 
 #[test]
 fn a_gpu_this_machine_lacks_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gpu.toml");
-    std::fs::write(&config, TINY.replace("BACKEND", "backend = \"tch\"\ndevice = \"cuda:1000\"")).unwrap();
+    std::fs::write(
+        &config,
+        TINY.replace("BACKEND", "backend = \"tch\"\ndevice = \"cuda:1000\""),
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_train"))
         .arg(&config)
         .arg("--check")
@@ -110,4 +133,22 @@ fn a_gpu_this_machine_lacks_is_a_clear_error() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// The log without its terminal colour codes (`ESC [ ... m`).
+fn without_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

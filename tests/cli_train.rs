@@ -425,7 +425,11 @@ fn backend_and_device_errors_name_the_field_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let with = |line: &str| TINY.replace("steps = 4", &format!("steps = 4\n{line}"));
     let mut cases = vec![
-        ("b1", with("backend = \"torch\""), vec!["backend", "`flex`", "`tch`"]),
+        (
+            "b1",
+            with("backend = \"torch\""),
+            vec!["backend", "`flex`", "`tch`"],
+        ),
         ("d1", with("device = \"gpu\""), vec!["device", "cuda:N"]),
         (
             "d2",
@@ -437,7 +441,11 @@ fn backend_and_device_errors_name_the_field_and_the_fix() {
         cases.push((
             "b2",
             with("backend = \"tch\""),
-            vec!["train.backend", "--features toprl-trainer/tch", "LibTorch and GPUs"],
+            vec![
+                "train.backend",
+                "--features toprl-trainer/tch",
+                "LibTorch and GPUs",
+            ],
         ));
     }
     for (name, text, wants) in cases {

@@ -13,7 +13,7 @@ use burn::tensor::Device;
 /// How to build toprl with the LibTorch backend; quoted by every error about a missing `tch` feature.
 pub const TCH_BUILD_HINT: &str = "rebuild with the LibTorch backend: `LIBTORCH_USE_PYTORCH=1 \
      LIBTORCH_BYPASS_VERSION_CHECK=1 PATH=$PWD/.venv-lerobot/bin:$PATH cargo build --release \
-     --features toprl-trainer/tch` (README, \"LibTorch and GPUs\")";
+     --features toprl-trainer/tch`, and run it with torch/lib on LD_LIBRARY_PATH (README, \"LibTorch and GPUs\")";
 
 /// The Burn backend that runs the policy networks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,13 +230,20 @@ mod tests {
             assert!(err.contains("cuda:N"), "{bad}: {err}");
         }
         assert_eq!("tch".parse::<Backend>(), Ok(Backend::Tch));
-        assert!("torch".parse::<Backend>().unwrap_err().contains("\"flex\" or \"tch\""));
+        assert!(
+            "torch"
+                .parse::<Backend>()
+                .unwrap_err()
+                .contains("\"flex\" or \"tch\"")
+        );
     }
 
     #[test]
     fn flex_is_cpu_only() {
         assert!(device(Backend::Flex, DeviceKind::Cpu).is_ok());
-        let err = device(Backend::Flex, DeviceKind::Cuda(0)).unwrap_err().to_string();
+        let err = device(Backend::Flex, DeviceKind::Cuda(0))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("backend \"tch\""), "{err}");
     }
 

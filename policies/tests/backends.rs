@@ -11,9 +11,10 @@ use toprl_policies::gaussian::GaussianLoss;
 use toprl_policies::{Backend, DeviceKind, PolicyConfig, TrainConfig, Trainer, cpu_device, device};
 
 /// Losses and predictions may differ by this much relative to their size: both backends compute in
-/// f32, but with different kernels (summation order in matmul and convolution, fused vs separate
-/// AdamW updates), so rounding differs by a few ulps per operation and grows over the steps.
-const REL_TOL: f32 = 2e-4;
+/// f32, but with different kernels (summation order in matmul and convolution), so rounding differs by
+/// a few ulps per operation and can grow over the steps. Measured: at most 2.5e-7 relative after 4
+/// steps of each policy (the test prints the differences).
+const REL_TOL: f32 = 1e-5;
 
 /// Losses of `steps` optimiser steps, then the trained policy's predictions on `probe`.
 fn train(cfg: &PolicyConfig, backend: Backend, steps: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -61,7 +62,10 @@ fn flex_and_tch_train_the_same_policy_alike() {
         assert_close(name, "losses", &flex_losses, &tch_losses);
         assert_close(name, "trained predictions", &flex_after, &tch_after);
         // Control: the steps changed the policy far beyond the tolerance, so agreement is not vacuous.
-        assert!(max_abs_diff(&flex_before, &flex_after) > 100.0 * REL_TOL, "{name}");
+        assert!(
+            max_abs_diff(&flex_before, &flex_after) > 100.0 * REL_TOL,
+            "{name}"
+        );
     }
 }
 
@@ -111,7 +115,9 @@ fn without_dropout(cfg: PolicyConfig) -> PolicyConfig {
 fn tch_cpu_is_available_and_a_missing_gpu_is_an_error() {
     assert!(device(Backend::Tch, DeviceKind::Cpu).is_ok());
     // No machine has 1000 GPUs: asking for one must be an error naming it, not burn-tch's panic.
-    let err = device(Backend::Tch, DeviceKind::Cuda(1000)).unwrap_err().to_string();
+    let err = device(Backend::Tch, DeviceKind::Cuda(1000))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cuda:1000"), "{err}");
     // The lane builds against .venv-lerobot's PyTorch, PyPI's CUDA wheel on Linux (scripts/setup.sh): its
     // CUDA library must load (what a GPU machine needs), leaving only the GPU missing here.

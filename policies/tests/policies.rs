@@ -314,7 +314,17 @@ fn policy_trait_acts_on_one_observation() {
         // The batch path gives the same first sample.
         let flat = p.act_batch(&batch.obs).unwrap();
         if name != "flow" {
-            assert_eq!(chunk.concat(), flat[..CHUNK * ACTION].to_vec(), "{name}");
+            let (one, first) = (chunk.concat(), flat[..CHUNK * ACTION].to_vec());
+            if cfg!(feature = "tch") {
+                // LibTorch picks its CPU kernels by batch size, and they round differently (1 ulp seen).
+                let scale = one.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                assert!(
+                    max_abs_diff(&one, &first) <= 1e-6 * scale,
+                    "{name}: {one:?} vs {first:?}"
+                );
+            } else {
+                assert_eq!(one, first, "{name}");
+            }
         }
         let bad = Observation {
             state: vec![0.0; STATE + 1],
@@ -575,7 +585,11 @@ fn resume_with_dropout_gives_bit_identical_weights() {
             "{name}: weights differ between the straight and the resumed run"
         );
         let state = |d: &std::path::Path| std::fs::read(d.join("trainer_state.json")).unwrap();
-        assert_eq!(state(&straight), state(&finished), "{name}: noise stream position");
+        assert_eq!(
+            state(&straight),
+            state(&finished),
+            "{name}: noise stream position"
+        );
         let one_more = |d: &std::path::Path| {
             let mut t = Trainer::resume(d, None, train.clone(), &test_device()).unwrap();
             let loss = t.step(&batch, &w).unwrap();

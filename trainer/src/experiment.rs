@@ -881,6 +881,13 @@ impl<'c> Run<'c> {
             .train
             .policy_device()
             .map_err(policy_err("[train] backend / device"))?;
+        tracing::debug!(
+            arm,
+            seed,
+            backend = %config.train.backend,
+            device = %config.train.device,
+            "policy device"
+        );
         let train = toprl_policies::TrainConfig {
             lr: config.train.lr,
             seed,
