@@ -5,7 +5,8 @@
 #      $TOPRL_CACHE (default ~/.cache/toprl): MuJoCo's library, the SO-101 MJCF and meshes, the Qwen3 tokenizer;
 #   3. a `.assets` link in the repository to that cache, which .cargo/config.toml points the build at;
 #   4. .venv-lerobot: Python 3.11 with lerobot[smolvla,feetech]==0.4.4 (torch, transformers 4.57), which the
-#      test suite runs as the reference: LeRobotDataset and SmolVLA round trips, the Feetech bus driver.
+#      test suite runs as the reference: LeRobotDataset and SmolVLA round trips, the Feetech bus driver. Its
+#      torch (pinned to 2.10.0) is also the LibTorch the `tch` backend builds and links against.
 #
 # Optional Python environment (large download, only needed to regenerate the Qwen3-VL fixtures):
 #   --python-ref   .venv-ref with torch + transformers 4.57.1 (reference Qwen3-VL, fixture generation)
@@ -154,7 +155,9 @@ if [[ $want_ref == 1 ]]; then
   say "reference environment ready: $repo/.venv-ref"
 fi
 if [[ $want_lerobot == 1 ]]; then
-  lerobot_spec="lerobot[smolvla,feetech]==0.4.4"
+  # torch is pinned because burn-tch compiles and links against this exact LibTorch (scripts/test.sh's tch
+  # lane, LIBTORCH_BYPASS_VERSION_CHECK): a drifting torch would change what CI builds.
+  lerobot_spec="lerobot[smolvla,feetech]==0.4.4 torch==2.10.0 torchvision==0.25.0"
   marker="$repo/.venv-lerobot/.toprl-installed"
   if [[ ! -f $marker || $(cat "$marker") != "$lerobot_spec" ]]; then
     py311=$(command -v python3.11 || true)
@@ -163,7 +166,8 @@ if [[ $want_lerobot == 1 ]]; then
       say "creating .venv-lerobot ($lerobot_spec with torch; several GB)"
       "$py311" -m venv "$repo/.venv-lerobot"
     fi
-    "$repo/.venv-lerobot/bin/pip" install -q "$lerobot_spec" || die "could not install $lerobot_spec"
+    # shellcheck disable=SC2086 # the spec is several requirements
+    "$repo/.venv-lerobot/bin/pip" install -q $lerobot_spec || die "could not install $lerobot_spec"
     echo "$lerobot_spec" >"$marker"
   fi
   say "LeRobot environment ready: $repo/.venv-lerobot ($(cat "$marker"))"

@@ -417,3 +417,56 @@ fn without_times(json: &str) -> serde_json::Value {
     strip(&mut v);
     v
 }
+
+/// `[train] backend` and `device` (issue 13): unknown values name the key and the accepted ones; a GPU
+/// on flex is refused; `tch` in a binary built without it says how to build it.
+#[test]
+fn backend_and_device_errors_name_the_field_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |line: &str| TINY.replace("steps = 4", &format!("steps = 4\n{line}"));
+    let mut cases = vec![
+        (
+            "b1",
+            with("backend = \"torch\""),
+            vec!["backend", "`flex`", "`tch`"],
+        ),
+        ("d1", with("device = \"gpu\""), vec!["device", "cuda:N"]),
+        (
+            "d2",
+            with("device = \"cuda:0\""),
+            vec!["train.device", "backend \"tch\""],
+        ),
+    ];
+    if cfg!(not(feature = "tch")) {
+        cases.push((
+            "b2",
+            with("backend = \"tch\""),
+            vec![
+                "train.backend",
+                "--features toprl-trainer/tch",
+                "LibTorch and GPUs",
+            ],
+        ));
+    }
+    for (name, text, wants) in cases {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = train().arg(&path).arg("--check").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {err}");
+        assert!(err.contains(&format!("{name}.toml")), "{name}: {err}");
+        for want in wants {
+            assert!(err.contains(want), "{name}: expected `{want}` in: {err}");
+        }
+    }
+    // The command-line flags are checked the same way, before anything runs.
+    let path = dir.path().join("ok.toml");
+    std::fs::write(&path, TINY).unwrap();
+    let out = train()
+        .arg(&path)
+        .args(["--check", "--device", "mps"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("train.device"), "{err}");
+}

@@ -1,7 +1,8 @@
 //! Policies that map an observation (joint state, camera images, instruction) to a chunk of actions,
 //! written in Burn 0.22 and independent of the backend: Burn 0.22 tensors carry their backend in their
 //! [`Device`], so every network here runs on [`cpu_device`] (the pure-Rust `flex` backend) or, behind the
-//! `tch` cargo feature, on LibTorch ([`libtorch_device`]).
+//! `tch` cargo feature, on LibTorch's CPU, CUDA or MPS devices; [`device`] picks one from a
+//! [`Backend`] and a [`DeviceKind`].
 //!
 //! Three policies share one training API ([`Trainer`]): a Gaussian MLP on the joint state, an ACT-style
 //! transformer over CNN image tokens, and a pi0-style flow-matching action-chunk policy (TOPReward Eq. 5).
@@ -13,6 +14,7 @@
 //! evaluation drive them the same way. This crate depends on no other toprl crate.
 
 pub mod act;
+pub mod backend;
 pub mod checkpoint;
 pub mod data;
 mod ema;
@@ -28,6 +30,7 @@ pub mod text;
 pub mod trainer;
 pub mod value;
 
+pub use backend::{Backend, DeviceKind, device};
 pub use burn::tensor::Device;
 pub use checkpoint::{LoadedPolicy, load_policy};
 pub use data::{Batch, ImageBatch, Normalizer, ObsBatch, ValueBatch};
@@ -42,7 +45,7 @@ pub fn cpu_device() -> Device {
 }
 
 /// The LibTorch CPU device (Burn's deprecated `tch` backend); needs the `tch` cargo feature and a torch
-/// install at build time (`LIBTORCH_USE_PYTORCH=1`).
+/// install at build time (`LIBTORCH_USE_PYTORCH=1`). Other LibTorch devices: [`device`].
 #[cfg(feature = "tch")]
 #[allow(deprecated)]
 pub fn libtorch_device() -> Device {

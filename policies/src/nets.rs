@@ -10,9 +10,10 @@ use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-/// Burn's CPU backends keep one process-wide RNG; holding this lock while seeding it and creating the
-/// parameters makes initialisation depend on the seed alone, even with tests running in parallel.
-static INIT_LOCK: Mutex<()> = Mutex::new(());
+/// Burn's backends keep one process-wide RNG each; holding this lock while seeding it and drawing from it
+/// (parameter initialisation here, dropout masks in [`crate::Trainer::step`]) makes the draws depend on
+/// the seed alone, even with several trainers (or tests) running in parallel.
+pub(crate) static RNG_LOCK: Mutex<()> = Mutex::new(());
 
 struct Materialize;
 
@@ -23,13 +24,24 @@ impl ModuleVisitor for Materialize {
 }
 
 /// Build a module with parameters drawn from `seed` (parameters are lazy in Burn 0.22, so they are
-/// materialised before the lock is released).
+/// materialised before the lock is released). They are always drawn by the `flex` backend's RNG and then
+/// forked onto `device`, so one seed gives the same initial weights on flex, LibTorch's CPU and a GPU.
 pub(crate) fn seeded_init<M: Module>(seed: u64, device: &Device, init: impl FnOnce(&Device) -> M) -> M {
-    let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    device.seed(seed);
-    let module = init(device);
+    let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let flex = if device.is_autodiff() {
+        Device::flex().autodiff()
+    } else {
+        Device::flex()
+    };
+    flex.seed(seed);
+    let module = init(&flex);
     module.visit(&mut Materialize);
-    module
+    if &flex == device {
+        module
+    } else {
+        // `fork` (not `to_device`) keeps the parameters trainable leaves on the new device.
+        module.fork(device)
+    }
 }
 
 /// A ReLU MLP.

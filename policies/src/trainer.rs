@@ -21,7 +21,7 @@ use crate::data::{
 use crate::ema::Ema;
 use crate::error::{PolicyError, Result, shape_err};
 use crate::model::{PolicyConfig, PolicyKind, PolicyNet};
-use crate::nets::seeded_init;
+use crate::nets::{RNG_LOCK, seeded_init};
 use crate::value::{ValueConfig, ValueMlp};
 
 /// Optimiser settings (AdamW).
@@ -34,7 +34,7 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     /// Clip the global gradient norm to this value; `None` disables. Default 1.0.
     pub grad_clip_norm: Option<f32>,
-    /// Seeds parameter initialisation, flow-matching noise and Burn's dropout RNG. Default 0.
+    /// Seeds parameter initialisation, flow-matching noise and the dropout masks. Default 0.
     pub seed: u64,
     /// Keep an exponential moving average of the weights with this decay (e.g. 0.999), used as the
     /// policy (evaluation, checkpoints) while training continues on the raw weights; see
@@ -104,6 +104,15 @@ impl TrainConfig {
     /// Seed of the flow-matching noise stream (distinct from the initialisation and dropout seeds).
     fn noise_seed(&self) -> u64 {
         self.seed.wrapping_add(2)
+    }
+
+    /// Seed of the backend RNG, which draws the dropout masks, for optimiser step `step` (counted over
+    /// the whole run, resumed steps included). Burn's RNG state cannot be saved, so instead of
+    /// continuing one stream it is re-seeded before every step from (seed, step): a resumed run draws
+    /// exactly the masks the uninterrupted run would have. Every arm of an experiment trains with the
+    /// experiment's seed, so arms see the same masks at the same step, as they share initial weights.
+    fn dropout_seed(&self, step: u64) -> u64 {
+        crate::backend::mix_seed(self.seed.wrapping_add(1), step)
     }
 }
 
@@ -194,8 +203,8 @@ impl Trainer {
 
     /// Continue an interrupted run from a checkpoint written by [`Trainer::save`]: as
     /// [`Trainer::from_checkpoint`], plus the AdamW moments and the position of the flow-matching noise
-    /// stream, so the next step is the one the interrupted run would have taken. Burn's dropout RNG
-    /// is process-wide and restarts from the seed.
+    /// stream, so the next step is the one the interrupted run would have taken; the dropout masks
+    /// follow from (seed, step) (see [`TrainConfig::dropout_seed`]), so they match too.
     pub fn resume(
         dir: impl AsRef<Path>,
         expected: Option<PolicyKind>,
@@ -262,8 +271,6 @@ impl Trainer {
     ) -> Result<Self> {
         let optim = train.optimizer()?;
         let ema = train.ema_decay.map(|decay| Ema::new(decay, net.valid(), 0));
-        // Dropout draws from Burn's process-wide RNG; seed it for single-threaded reproducibility.
-        device.seed(train.seed.wrapping_add(1));
         let rng = ChaCha8Rng::seed_from_u64(train.noise_seed());
         Ok(Self {
             net,
@@ -314,8 +321,14 @@ impl Trainer {
             &self.device,
         )?;
         let targets = to_targets(batch, &self.normalizer, &self.device)?;
-        let per_sample = self.net.per_sample_loss(&inputs, &targets, &mut self.rng);
-        let loss = weighted_mean(per_sample, w);
+        let loss = {
+            // The forward pass draws the dropout masks from the backend's process-wide RNG: seed it for
+            // this step and keep other threads from drawing from it meanwhile.
+            let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            self.device.seed(self.train.dropout_seed(self.steps));
+            let per_sample = self.net.per_sample_loss(&inputs, &targets, &mut self.rng);
+            weighted_mean(per_sample, w)
+        };
         let grads = GradientsParams::from_grads(loss.backward(), &self.net);
         let value = loss.into_scalar::<f32>();
         if !value.is_finite() {

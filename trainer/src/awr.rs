@@ -316,7 +316,11 @@ fn value_trainer<'c>(run: &mut impl AwrLearner<'c>) -> Result<ValueTrainer> {
         seed: run.seed().wrapping_add(0x7661_6c75),
         ..TrainConfig::default()
     };
-    let device = toprl_policies::cpu_device();
+    let device = run
+        .config()
+        .train
+        .policy_device()
+        .map_err(policy_err("[train] backend / device"))?;
     let dir = run.dir().join("checkpoint").join(VALUE_DIR);
     if run.progress().awr_iterations > 0 {
         return ValueTrainer::from_checkpoint(&dir, train, &device)

@@ -48,3 +48,23 @@ macro_rules! out {
         $crate::cli::write_stdout(format_args!($($arg)*))
     };
 }
+
+/// `--backend` / `--device`: where a command runs its policy (see [`toprl_policies::device`]).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct PolicyDeviceArgs {
+    /// Burn backend of the policy: `flex` (pure Rust, CPU) or `tch` (LibTorch; binaries built with
+    /// `--features toprl-trainer/tch`, README "LibTorch and GPUs").
+    #[arg(long, default_value = "flex")]
+    pub backend: toprl_policies::Backend,
+    /// Device of that backend: `cpu`, `cuda:N` or `mps` (the last two with `--backend tch`).
+    #[arg(long, default_value = "cpu")]
+    pub device: toprl_policies::DeviceKind,
+}
+
+impl PolicyDeviceArgs {
+    /// The Burn device, or an error naming the flag at fault and what to do.
+    pub fn device(&self) -> anyhow::Result<toprl_policies::Device> {
+        toprl_policies::device(self.backend, self.device)
+            .map_err(|e| anyhow::anyhow!("--backend {} --device {}: {e}", self.backend, self.device))
+    }
+}

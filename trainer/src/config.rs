@@ -620,6 +620,15 @@ pub struct TrainConfig {
     /// weights. `act`, `flow` and `gaussian` policies. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema_decay: Option<f64>,
+    /// Burn backend of the policy networks: `flex` (pure Rust, CPU) or `tch` (LibTorch, in binaries
+    /// built with `--features toprl-trainer/tch`; README "LibTorch and GPUs"). `train --backend`
+    /// overrides it. Default: flex.
+    #[serde(default)]
+    pub backend: toprl_policies::Backend,
+    /// Device of that backend: `cpu`, `cuda:N` or `mps` (the last two need backend `tch`).
+    /// `train --device` overrides it. Default: cpu.
+    #[serde(default)]
+    pub device: toprl_policies::DeviceKind,
 }
 
 fn default_kappa() -> f64 {
@@ -645,6 +654,13 @@ fn default_eval_every() -> u32 {
     500
 }
 
+impl TrainConfig {
+    /// The Burn device the policy networks train and run on (`backend` on `device`).
+    pub fn policy_device(&self) -> Result<toprl_policies::Device, toprl_policies::PolicyError> {
+        toprl_policies::device(self.backend, self.device)
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
@@ -664,6 +680,8 @@ impl Default for TrainConfig {
             min_lr: 0.0,
             last_k: default_last_k(),
             ema_decay: None,
+            backend: Default::default(),
+            device: Default::default(),
         }
     }
 }
@@ -828,12 +846,39 @@ impl ExperimentConfig {
         Self::parse(&text, path)
     }
 
+    /// [`ExperimentConfig::load`] with the backend and device of `train --backend/--device` put in
+    /// place of `[train] backend/device` before validation, so a config asking for a backend this
+    /// binary lacks can still run on one it has.
+    pub fn load_on(
+        path: &Path,
+        backend: Option<toprl_policies::Backend>,
+        device: Option<toprl_policies::DeviceKind>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_with(&text, path, |config| {
+            if let Some(backend) = backend {
+                config.train.backend = backend;
+            }
+            if let Some(device) = device {
+                config.train.device = device;
+            }
+        })
+    }
+
     /// Parse and validate config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with(text, path, |_| {})
+    }
+
+    fn parse_with(text: &str, path: &Path, edit: impl FnOnce(&mut Self)) -> Result<Self, ConfigError> {
         let mut config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source: Box::new(source),
         })?;
+        edit(&mut config);
         if config.name.is_none() {
             config.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
         }
@@ -1101,6 +1146,13 @@ impl ExperimentConfig {
             }
         }
         let tr = &self.train;
+        if let Err(e) = toprl_policies::device(tr.backend, tr.device) {
+            let field = match &e {
+                toprl_policies::PolicyError::Invalid { field, .. } => format!("train.{field}"),
+                _ => "train.backend".to_string(),
+            };
+            return bad(&field, e.to_string());
+        }
         if tr.steps == 0 {
             return bad(
                 "train.steps",

@@ -954,7 +954,17 @@ impl<'c> Run<'c> {
         let dir = run_dir(&opts.out, arm, seed);
         let checkpoint = dir.join("checkpoint");
         let progress_path = checkpoint.join(PROGRESS_FILE);
-        let device = toprl_policies::cpu_device();
+        let device = config
+            .train
+            .policy_device()
+            .map_err(policy_err("[train] backend / device"))?;
+        tracing::debug!(
+            arm,
+            seed,
+            backend = %config.train.backend,
+            device = %config.train.device,
+            "policy device"
+        );
         let train = toprl_policies::TrainConfig {
             lr: config.train.lr,
             seed,

@@ -528,7 +528,10 @@ impl<'c> SmolVlaRun<'c> {
         opts: &'c RunOptions,
         pretrained: &Path,
     ) -> Result<Self> {
-        let device = toprl_policies::cpu_device();
+        let device = config
+            .train
+            .policy_device()
+            .map_err(policy_err("[train] backend / device"))?;
         let dir = run_dir(&opts.out, &arm.name, seed);
         let checkpoint = dir.join("checkpoint");
         let progress_path = checkpoint.join(PROGRESS_FILE);

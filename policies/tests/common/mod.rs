@@ -5,7 +5,20 @@ use toprl_policies::act::ActConfig;
 use toprl_policies::flow::FlowConfig;
 use toprl_policies::gaussian::{GaussianLoss, GaussianMlpConfig};
 use toprl_policies::nets::CnnConfig;
-use toprl_policies::{Batch, Normalizer, ObsBatch, PolicyConfig};
+use toprl_policies::{Batch, Device, Normalizer, ObsBatch, PolicyConfig};
+
+/// The device the policy tests run on: flex, or LibTorch's CPU when built with `--features tch`
+/// (scripts/test.sh runs tests/policies.rs both ways).
+pub fn test_device() -> Device {
+    #[cfg(feature = "tch")]
+    {
+        toprl_policies::libtorch_device()
+    }
+    #[cfg(not(feature = "tch"))]
+    {
+        toprl_policies::cpu_device()
+    }
+}
 
 pub const STATE: usize = 4;
 pub const ACTION: usize = 3;

@@ -45,6 +45,13 @@ struct Args {
     /// Threads for simulated rollouts. Default: all cores.
     #[arg(long)]
     threads: Option<usize>,
+    /// Burn backend of the policies, in place of the config's `[train] backend`: `flex` (pure Rust,
+    /// CPU) or `tch` (LibTorch; binaries built with `--features toprl-trainer/tch`).
+    #[arg(long)]
+    backend: Option<toprl_policies::Backend>,
+    /// Device of that backend, in place of `[train] device`: `cpu`, `cuda:N` or `mps`.
+    #[arg(long)]
+    device: Option<toprl_policies::DeviceKind>,
     /// Log at debug level.
     #[arg(short, long)]
     verbose: bool,
@@ -63,7 +70,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let config = ExperimentConfig::load(&args.config)?;
+    let config = ExperimentConfig::load_on(&args.config, args.backend, args.device)?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(config.name.clone().unwrap_or_else(|| "experiment".into()))
     });

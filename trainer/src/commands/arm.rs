@@ -821,6 +821,8 @@ pub struct RunArgs {
     /// needs a build with `--features toprl-envs/v4l`.
     #[arg(long = "camera", value_parser = parse_camera)]
     pub cameras: Vec<CameraConfig>,
+    #[command(flatten)]
+    pub compute: crate::cli::PolicyDeviceArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -852,7 +854,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.policy.exists() {
         bail!("--policy {}: no such checkpoint folder", args.policy.display());
     }
-    let mut policy = toprl_policies::load_policy(&args.policy, &toprl_policies::cpu_device())
+    let device = args.compute.device()?;
+    let mut policy = toprl_policies::load_policy(&args.policy, &device)
         .with_context(|| format!("--policy {}: loading the checkpoint", args.policy.display()))?
         .with_seed(args.seed);
     let needed = policy.config().cameras();

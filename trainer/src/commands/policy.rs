@@ -13,7 +13,7 @@ use toprl_policies::lerobot_act::policy::resolve_policy_dir;
 use toprl_policies::smolvla::lerobot::{IMAGES_PREFIX, policy_type, read_f32_tensors};
 use toprl_policies::smolvla::processor::{ChwImage, RawSample};
 use toprl_policies::smolvla::{SmolVlaPolicy, is_lerobot_folder};
-use toprl_policies::{CameraImage, Observation, Policy, cpu_device, load_policy};
+use toprl_policies::{CameraImage, Observation, Policy, load_policy};
 
 use crate::driver::camera_key;
 
@@ -54,6 +54,8 @@ pub struct PredictArgs {
     /// Print `{"actions": [[...], ...]}` on stdout (the chunk in dataset units, first action first).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub compute: crate::cli::PolicyDeviceArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -170,7 +172,7 @@ fn predict_lerobot_act(args: &PredictArgs, dir: &Path, tensors: &Tensors) -> any
     }
     let file = &args.observation;
     let dir_text = dir.to_string_lossy();
-    let policy = LeRobotActPolicy::load(&dir_text, &cpu_device())
+    let policy = LeRobotActPolicy::load(&dir_text, &args.compute.device()?)
         .with_context(|| format!("--policy {}: loading the LeRobot ACT folder", dir.display()))?;
     let mut sample = RawSample {
         images: images(tensors, file)?,
@@ -198,7 +200,7 @@ fn predict_smolvla(args: &PredictArgs, dir: &Path, tensors: Tensors) -> anyhow::
             args.policy.display()
         )
     })?;
-    let mut policy = SmolVlaPolicy::load(dir, &cpu_device())
+    let mut policy = SmolVlaPolicy::load(dir, &args.compute.device()?)
         .with_context(|| format!("--policy {}: loading the SmolVLA folder", dir.display()))?;
     let mut sample = RawSample {
         images: images(&tensors, file)?,
@@ -240,7 +242,7 @@ fn predict_smolvla(args: &PredictArgs, dir: &Path, tensors: Tensors) -> anyhow::
 
 fn predict_native(args: &PredictArgs, tensors: &Tensors) -> anyhow::Result<Vec<Vec<f32>>> {
     let file = &args.observation;
-    let mut policy = load_policy(&args.policy, &cpu_device())
+    let mut policy = load_policy(&args.policy, &args.compute.device()?)
         .with_context(|| format!("--policy {}: loading the checkpoint", args.policy.display()))?
         .with_seed(args.seed);
     let mut state = Vec::new();

@@ -63,6 +63,8 @@ pub struct SimArgs {
     /// folder. Default: the folder's own `observation.images.<front|top|wrist>`.
     #[arg(long = "camera", value_name = "SIM=FEATURE")]
     pub camera_features: Vec<String>,
+    #[command(flatten)]
+    pub compute: crate::cli::PolicyDeviceArgs,
 }
 
 /// The `--json` summary.
@@ -91,6 +93,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     if args.threads == Some(0) {
         bail!("--threads must be at least 1 (omit it to use every core)");
     }
+    let device = args.compute.device()?;
     let mut smolvla = None;
     if !matches!(args.policy.as_str(), "scripted" | "random") {
         let path = args.policy.as_str();
@@ -118,11 +121,8 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                 );
             }
             if toprl_policies::smolvla::is_lerobot_folder(Path::new(path)) {
-                let mut loaded = toprl_policies::smolvla::SmolVlaPolicy::load(
-                    Path::new(path),
-                    &toprl_policies::cpu_device(),
-                )
-                .with_context(|| format!("--policy {path}: loading the SmolVLA folder"))?;
+                let mut loaded = toprl_policies::smolvla::SmolVlaPolicy::load(Path::new(path), &device)
+                    .with_context(|| format!("--policy {path}: loading the SmolVLA folder"))?;
                 loaded.set_seed(args.seed);
                 let cameras =
                     crate::smolvla_arm::sim_cameras(&loaded, Path::new(path), &args.camera_features)
@@ -140,7 +140,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         _ if smolvla.is_some() => (BuiltinPolicy::Random { step_deg: 0.0 }, None),
         _ if !args.camera_features.is_empty() => bail!("--camera applies to SmolVLA folders only"),
         path => {
-            let loaded = toprl_policies::load_policy(path, &toprl_policies::cpu_device())
+            let loaded = toprl_policies::load_policy(path, &device)
                 .with_context(|| format!("--policy {path}: loading the checkpoint"))?
                 .with_seed(args.seed);
             (BuiltinPolicy::Random { step_deg: 0.0 }, Some(loaded))
