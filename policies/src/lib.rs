@@ -4,11 +4,16 @@
 //! `tch` cargo feature, on LibTorch's CPU, CUDA or MPS devices; [`device`] picks one from a
 //! [`Backend`] and a [`DeviceKind`].
 //!
-//! Three policies share one training API ([`Trainer`]): a Gaussian MLP on the joint state, an ACT-style
-//! transformer over CNN image tokens, and a pi0-style flow-matching action-chunk policy (TOPReward Eq. 5).
-//! Every loss accepts per-sample weights (reward-aligned BC, Eq. 3, or AWR), and a small value MLP
-//! ([`ValueTrainer`]) provides the AWR baseline. Checkpoints are one directory: `policy.json`
-//! (config + normalisation statistics) and `model.bpk` (Burn record), written atomically.
+//! Three toprl-native policies share one training API ([`Trainer`]): a Gaussian MLP on the joint state, an
+//! ACT-style transformer over CNN image tokens, and a pi0-style flow-matching action-chunk policy
+//! (TOPReward Eq. 5). Every loss accepts per-sample weights (reward-aligned BC, Eq. 3, or AWR), and a small
+//! value MLP ([`ValueTrainer`]) provides the AWR baseline. Their checkpoints are one directory:
+//! `policy.json` (config + normalisation statistics) and `model.bpk` (Burn record), written atomically.
+//!
+//! Two LeRobot policies are ported weight for weight and read and write LeRobot's own folders
+//! (`config.json`, `model.safetensors`, pre/post-processors): [`smolvla`] (the VLA users fine-tune) and
+//! [`lerobot_act`] (LeRobot's ACT with its ResNet18 backbone and CVAE), each parity-tested against
+//! LeRobot 0.4.4.
 //!
 //! All policies implement one [`Policy`] trait so that simulation rollouts, real-robot control and
 //! evaluation drive them the same way. This crate depends on no other toprl crate.
