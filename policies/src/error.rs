@@ -54,3 +54,19 @@ pub(crate) fn shape_err(field: &'static str, expected: impl ToString, got: impl 
         got: got.to_string(),
     }
 }
+
+/// A LeRobot folder file (`config.json`, processor files) that cannot be used, naming it and why.
+pub(crate) fn config_err(path: &std::path::Path, reason: impl Into<String>) -> PolicyError {
+    PolicyError::Config {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// An observation a LeRobot policy cannot take (missing feature, wrong size).
+pub(crate) fn input_err(reason: impl Into<String>) -> PolicyError {
+    PolicyError::Invalid {
+        field: "observation",
+        reason: reason.into(),
+    }
+}

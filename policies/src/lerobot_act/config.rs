@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::error::{PolicyError, Result};
+use crate::error::{Result, config_err};
 use crate::smolvla::lerobot::{ACTION_KEY, Feature, FeatureType, Features, NormMode, STATE_KEY, read_json};
 
 /// LeRobot's `OBS_ENV_STATE`.
@@ -192,13 +192,6 @@ pub struct ActFolderConfig {
     pub raw: Value,
 }
 
-fn config_err(path: &Path, reason: impl Into<String>) -> PolicyError {
-    PolicyError::Config {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
 impl LeRobotActConfig {
     /// The `config.json` LeRobot 0.4.4 writes for this config: `"type": "act"`, every `ACTConfig` field,
     /// and `PreTrainedConfig`'s own fields (CPU device, no AMP / PEFT, no hub push).
@@ -235,16 +228,7 @@ impl ActFolderConfig {
 
     /// Parse and check an already-read `config.json` (`path` is only used to name errors).
     pub fn from_value(path: PathBuf, raw: Value) -> Result<Self> {
-        match raw.get("type").and_then(Value::as_str) {
-            Some("act") => {}
-            Some(other) => {
-                return Err(config_err(
-                    &path,
-                    format!("key `type` is \"{other}\", expected \"act\""),
-                ));
-            }
-            None => return Err(config_err(&path, "key `type` is missing, expected \"act\"")),
-        }
+        crate::smolvla::lerobot::expect_policy_type(&path, &raw, "act")?;
         let cfg: LeRobotActConfig =
             serde_json::from_value(raw.clone()).map_err(|e| config_err(&path, e.to_string()))?;
         let dims = derive_dims(&cfg).map_err(|r| config_err(&path, r))?;

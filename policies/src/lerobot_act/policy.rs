@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::config::{ActFolderConfig, ENV_STATE_KEY, LeRobotActConfig, derive_dims};
 use super::model::{Act, ActBatch, ActOutput, VaeTarget};
 use crate::data::read_vec;
-use crate::error::{PolicyError, Result};
+use crate::error::{PolicyError, Result, config_err, input_err};
 use crate::nets::seeded_init;
 use crate::smolvla::lerobot::{
     self, ACTION_KEY, Feature, FeatureType, NormMode, NormalizerStep, Pipeline, STATE_KEY, Stats,
@@ -25,20 +25,6 @@ use crate::{Observation, Policy};
 /// One raw sample in LeRobot feature names (`observation.state`, `observation.images.<camera>`, ...),
 /// in dataset units and images in `[0, 1]`; the task text is ignored by ACT.
 pub type ActSample = RawSample;
-
-fn config_err(path: &Path, reason: impl Into<String>) -> PolicyError {
-    PolicyError::Config {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
-fn input_err(reason: impl Into<String>) -> PolicyError {
-    PolicyError::Invalid {
-        field: "observation",
-        reason: reason.into(),
-    }
-}
 
 /// `ACTTemporalEnsembler` (Algorithm 2 of the ACT paper, LeRobot's online form): every step a new chunk
 /// is averaged into the running per-timestep means with weights `w_i = exp(-coeff * i)`, `w_0` for the
@@ -558,16 +544,11 @@ impl LeRobotActPolicy {
 
     /// Replace the normalisation statistics of both pipelines (training on a new dataset).
     pub fn replace_stats(&mut self, stats: &Stats) {
-        if let Some(n) = self.preprocessor.normalizer_mut() {
-            n.stats = stats.clone();
-        }
-        if let Some(n) = self.postprocessor.normalizer_mut() {
-            n.stats = stats
-                .iter()
-                .filter(|(k, _)| n.features.get(k).is_some())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-        }
+        crate::smolvla::lerobot::replace_pipeline_stats(
+            &mut self.preprocessor,
+            &mut self.postprocessor,
+            stats,
+        );
     }
 
     /// Write this policy as a LeRobot folder at `dir` (config, pipelines and statistics as read,

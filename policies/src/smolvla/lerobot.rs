@@ -16,7 +16,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::error::{PolicyError, Result};
+use crate::error::{PolicyError, Result, config_err};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -26,13 +26,6 @@ pub const POSTPROCESSOR_FILE: &str = "policy_postprocessor.json";
 pub const STATE_KEY: &str = "observation.state";
 pub const ACTION_KEY: &str = "action";
 pub const IMAGES_PREFIX: &str = "observation.images.";
-
-fn config_err(path: &Path, reason: impl Into<String>) -> PolicyError {
-    PolicyError::Config {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PolicyError + '_ {
     move |source| PolicyError::Io {
@@ -245,21 +238,27 @@ pub fn policy_type(dir: &Path) -> Result<String> {
     }
 }
 
+/// Refuse a `config.json` whose `type` is not `expected` (LeRobot's registry key: `smolvla`, `act`).
+pub(crate) fn expect_policy_type(path: &Path, raw: &Value, expected: &str) -> Result<()> {
+    match raw.get("type").and_then(Value::as_str) {
+        Some(t) if t == expected => Ok(()),
+        Some(other) => Err(config_err(
+            path,
+            format!("key `type` is \"{other}\", expected \"{expected}\""),
+        )),
+        None => Err(config_err(
+            path,
+            format!("key `type` is missing, expected \"{expected}\""),
+        )),
+    }
+}
+
 impl LeRobotConfig {
     /// Read `dir/config.json`, refusing any policy type but `smolvla`.
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(CONFIG_FILE);
         let raw = read_json(&path)?;
-        match raw.get("type").and_then(Value::as_str) {
-            Some("smolvla") => {}
-            Some(other) => {
-                return Err(config_err(
-                    &path,
-                    format!("key `type` is \"{other}\", expected \"smolvla\""),
-                ));
-            }
-            None => return Err(config_err(&path, "key `type` is missing, expected \"smolvla\"")),
-        }
+        expect_policy_type(&path, &raw, "smolvla")?;
         let io: SmolVlaIoConfig =
             serde_json::from_value(raw.clone()).map_err(|e| config_err(&path, e.to_string()))?;
         let cfg = Self { path, io, raw };
@@ -511,6 +510,21 @@ pub enum Step {
     Device,
     Normalizer(NormalizerStep),
     Unnormalizer(NormalizerStep),
+}
+
+/// Give a policy's pre- and postprocessor the statistics of a new dataset: all of them to the
+/// preprocessor's normaliser, and to the postprocessor's unnormaliser those of the features it handles.
+pub(crate) fn replace_pipeline_stats(pre: &mut Pipeline, post: &mut Pipeline, stats: &Stats) {
+    if let Some(n) = pre.normalizer_mut() {
+        n.stats = stats.clone();
+    }
+    if let Some(n) = post.normalizer_mut() {
+        n.stats = stats
+            .iter()
+            .filter(|(k, _)| n.features.get(k).is_some())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
 }
 
 /// `policy_preprocessor.json` or `policy_postprocessor.json` with the statistics files it names.
@@ -845,16 +859,7 @@ impl LeRobotFolder {
     /// Replace the state and action statistics of both pipelines (what fine-tuning on a new dataset
     /// does): `stats` maps a feature name to its statistics (`mean`, `std`, ...).
     pub fn replace_stats(&mut self, stats: &Stats) {
-        if let Some(n) = self.preprocessor.normalizer_mut() {
-            n.stats = stats.clone();
-        }
-        if let Some(n) = self.postprocessor.normalizer_mut() {
-            n.stats = stats
-                .iter()
-                .filter(|(k, _)| n.features.get(k).is_some())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-        }
+        replace_pipeline_stats(&mut self.preprocessor, &mut self.postprocessor, stats);
     }
 
     /// Point the tokenizer step at another tokenizer (`tokenizer_name` in `policy_preprocessor.json`).

@@ -17,21 +17,7 @@ use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, Tr
 use super::lerobot::{
     ACTION_KEY, FeatureType, LeRobotFolder, NormMode, NormalizerStep, STATE_KEY, TokenizerStep, read_json,
 };
-use crate::error::{PolicyError, Result};
-
-fn config_err(path: &Path, reason: impl Into<String>) -> PolicyError {
-    PolicyError::Config {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
-fn input_err(reason: impl Into<String>) -> PolicyError {
-    PolicyError::Invalid {
-        field: "observation",
-        reason: reason.into(),
-    }
-}
+use crate::error::{PolicyError, Result, config_err, input_err};
 
 /// A camera frame as LeRobot features hold it: `[3, height, width]` floats in `[0, 1]`, channel-major.
 #[derive(Debug, Clone, PartialEq)]
