@@ -21,7 +21,7 @@
 //! of the last finished one, and the rollouts are regenerated from their seeds, so nothing but the
 //! checkpoints needs saving.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -52,16 +52,61 @@ pub(crate) type ExtraFiles<'a> = dyn Fn(&Path) -> std::result::Result<(), Policy
 
 /// One arm x seed in training, as AWR sees it whatever the policy: it can be rolled out, take a
 /// weighted step on a buffer of frames, and be evaluated and checkpointed with its progress.
-pub(crate) trait AwrLearner<'c> {
-    fn config(&self) -> &'c ExperimentConfig;
-    fn sim(&self) -> &'c SimConfig;
-    fn opts(&self) -> &'c RunOptions;
-    fn arm(&self) -> &str;
-    fn seed(&self) -> u64;
+/// What every arm x seed run carries, whichever policy it trains: the experiment, where the run writes,
+/// and how far it has got.
+pub(crate) struct RunContext<'c> {
+    pub config: &'c ExperimentConfig,
+    pub sim: &'c SimConfig,
+    pub opts: &'c RunOptions,
+    pub arm: String,
+    pub seed: u64,
     /// The run's folder (`runs/<arm>/seed-<s>`), holding `checkpoint/`.
-    fn dir(&self) -> &Path;
-    fn progress(&mut self) -> &mut RunProgress;
-    fn tb(&mut self) -> &mut EventWriter;
+    pub dir: PathBuf,
+    pub progress: RunProgress,
+    pub tb: EventWriter,
+}
+
+/// A run that AWR can improve: a [`RunContext`] and the policy-specific steps below.
+pub(crate) trait AwrLearner<'c> {
+    fn ctx(&self) -> &RunContext<'c>;
+    fn ctx_mut(&mut self) -> &mut RunContext<'c>;
+    fn config(&self) -> &'c ExperimentConfig {
+        self.ctx().config
+    }
+    fn sim(&self) -> &'c SimConfig {
+        self.ctx().sim
+    }
+    fn opts(&self) -> &'c RunOptions {
+        self.ctx().opts
+    }
+    fn arm<'s>(&'s self) -> &'s str
+    where
+        'c: 's,
+    {
+        &self.ctx().arm
+    }
+    fn seed(&self) -> u64 {
+        self.ctx().seed
+    }
+    /// The run's folder (`runs/<arm>/seed-<s>`), holding `checkpoint/`.
+    fn dir<'s>(&'s self) -> &'s Path
+    where
+        'c: 's,
+    {
+        &self.ctx().dir
+    }
+    fn progress<'s>(&'s mut self) -> &'s mut RunProgress
+    where
+        'c: 's,
+    {
+        &mut self.ctx_mut().progress
+    }
+    fn tb<'s>(&'s mut self) -> &'s mut EventWriter
+    where
+        'c: 's,
+    {
+        &mut self.ctx_mut().tb
+    }
     /// The state statistics the value baseline normalises with.
     fn state_normalizer(&self) -> Result<Normalizer>;
     /// One episode of the current policy from scene `seed`, each action chunk offset as
@@ -83,29 +128,11 @@ pub(crate) trait AwrLearner<'c> {
 }
 
 impl<'c> AwrLearner<'c> for Run<'c> {
-    fn config(&self) -> &'c ExperimentConfig {
-        self.config
+    fn ctx(&self) -> &RunContext<'c> {
+        &self.ctx
     }
-    fn sim(&self) -> &'c SimConfig {
-        self.sim
-    }
-    fn opts(&self) -> &'c RunOptions {
-        self.opts
-    }
-    fn arm(&self) -> &str {
-        &self.arm
-    }
-    fn seed(&self) -> u64 {
-        self.seed
-    }
-    fn dir(&self) -> &Path {
-        &self.dir
-    }
-    fn progress(&mut self) -> &mut RunProgress {
-        &mut self.progress
-    }
-    fn tb(&mut self) -> &mut EventWriter {
-        &mut self.tb
+    fn ctx_mut(&mut self) -> &mut RunContext<'c> {
+        &mut self.ctx
     }
     fn state_normalizer(&self) -> Result<Normalizer> {
         Ok(self.trainer.normalizer().clone())
@@ -119,7 +146,7 @@ impl<'c> AwrLearner<'c> for Run<'c> {
     ) -> std::result::Result<EpisodeRollout, DriveError> {
         let mut policy = self.trainer.policy();
         policy.set_seed(seed);
-        let cameras = camera_keys(&self.config.task.cameras);
+        let cameras = camera_keys(&self.ctx.config.task.cameras);
         policy_rollout(env, &mut policy, &cameras, seed, opts, exploration)
     }
     fn train_step(&mut self, data: &Samples<'_>, weights: &[Vec<f32>]) -> Result<f32> {

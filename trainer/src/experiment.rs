@@ -31,6 +31,7 @@ use toprl_rewards::score::EpisodeScore;
 
 use crate::arm_weights::{ArmLabels, LabelSettings, frame_weights};
 use crate::atomic::write_atomic;
+use crate::awr::RunContext;
 use crate::config::{Algorithm, ArmConfig, DataConfig, ExperimentConfig, RewardSource};
 use crate::driver::{
     DriveError, ENVIRONMENT_STATE_FEATURE, STATE_FEATURE, camera_key, policy_rollout, policy_state,
@@ -879,12 +880,12 @@ fn train_one(
     let steps = arm.steps.unwrap_or(config.train.steps);
     let bar = bar(opts, u64::from(steps), "training");
     bar.set_message(format!("{} seed {seed}", arm.name));
-    bar.set_position(u64::from(run.progress.step.min(steps)));
-    while run.progress.step < steps {
+    bar.set_position(u64::from(run.ctx.progress.step.min(steps)));
+    while run.ctx.progress.step < steps {
         run.train_step(data, weights)?;
         bar.inc(1);
-        if run.progress.step % config.train.eval_every == 0 || run.progress.step == steps {
-            bar.suspend(|| tracing::debug!(arm = arm.name, seed, step = run.progress.step, "evaluating"));
+        if run.ctx.progress.step % config.train.eval_every == 0 || run.ctx.progress.step == steps {
+            bar.suspend(|| tracing::debug!(arm = arm.name, seed, step = run.ctx.progress.step, "evaluating"));
             run.evaluate_and_save(|_| Ok(()))?;
         }
     }
@@ -906,9 +907,9 @@ fn train_one(
         success: eval.success.unwrap_or(f64::NAN),
         episodes: config.eval.episodes,
         mean_return: eval.mean_return.unwrap_or(f64::NAN),
-        wall_time_s: run.progress.wall_time_s,
-        last_k_mean: crate::stats::last_k_mean(&run.progress.curve, config.train.last_k as usize),
-        curve: run.progress.curve,
+        wall_time_s: run.ctx.progress.wall_time_s,
+        last_k_mean: crate::stats::last_k_mean(&run.ctx.progress.curve, config.train.last_k as usize),
+        curve: run.ctx.progress.curve,
         weights: None,
         reward_voc: None,
         noise_sigma: None,
@@ -926,16 +927,9 @@ pub(crate) struct AwrInputs<'e, 's, 'f> {
 
 /// One arm x seed in progress: its trainer, what it has done, where it writes.
 pub(crate) struct Run<'c> {
-    pub config: &'c ExperimentConfig,
-    pub sim: &'c SimConfig,
-    pub arm: String,
-    pub seed: u64,
-    pub dir: PathBuf,
+    pub ctx: RunContext<'c>,
     pub trainer: Trainer,
-    pub progress: RunProgress,
-    pub tb: EventWriter,
     pub images: bool,
-    pub opts: &'c RunOptions,
     /// Policy steps of the whole run, the length of the learning-rate schedule.
     pub total_steps: u32,
     last_eval: Option<Evaluation>,
@@ -1033,16 +1027,18 @@ impl<'c> Run<'c> {
                 .join(format!("seed-{seed}")),
         )?;
         Ok(Self {
-            config,
-            sim,
-            arm: arm.to_string(),
-            seed,
-            dir,
+            ctx: RunContext {
+                config,
+                sim,
+                opts,
+                arm: arm.to_string(),
+                seed,
+                dir,
+                progress,
+                tb,
+            },
             trainer,
-            progress,
-            tb,
             images,
-            opts,
             total_steps: config.train.steps,
             last_eval: None,
             clock: Instant::now(),
@@ -1054,10 +1050,11 @@ impl<'c> Run<'c> {
     /// step's scheduled learning rate. The batch of step k depends only on (seed, k), so a resumed run
     /// draws the same batches.
     pub(crate) fn train_step(&mut self, data: &Samples<'_>, weights: &[Vec<f32>]) -> Result<f32> {
-        let step = self.progress.step;
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (u64::from(step) << 20) ^ 0x6261_7463_6800_0000);
-        let (batch, w) = data.batch(&mut rng, self.config.train.batch_size, weights, self.images)?;
-        let t = &self.config.train;
+        let step = self.ctx.progress.step;
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.ctx.seed ^ (u64::from(step) << 20) ^ 0x6261_7463_6800_0000);
+        let (batch, w) = data.batch(&mut rng, self.ctx.config.train.batch_size, weights, self.images)?;
+        let t = &self.ctx.config.train;
         let lr = learning_rate(t.lr, t.min_lr, t.warmup_steps, t.cosine, step, self.total_steps);
         self.trainer.set_lr(lr);
         let loss = self
@@ -1067,15 +1064,15 @@ impl<'c> Run<'c> {
         if !loss.is_finite() {
             return Err(ExperimentError::Invalid(format!(
                 "arm `{}` seed {}: the training loss became {loss} at step {step}; lower train.lr",
-                self.arm, self.seed
+                self.ctx.arm, self.ctx.seed
             )));
         }
-        self.progress.step += 1;
+        self.ctx.progress.step += 1;
         if step.is_multiple_of(10) {
             let mean_w = w.iter().sum::<f32>() / w.len() as f32;
-            self.tb.scalar("train/loss", u64::from(step), loss)?;
-            self.tb.scalar("train/weight_mean", u64::from(step), mean_w)?;
-            self.tb.scalar("train/lr", u64::from(step), lr as f32)?;
+            self.ctx.tb.scalar("train/loss", u64::from(step), loss)?;
+            self.ctx.tb.scalar("train/weight_mean", u64::from(step), mean_w)?;
+            self.ctx.tb.scalar("train/lr", u64::from(step), lr as f32)?;
         }
         Ok(loss)
     }
@@ -1087,33 +1084,39 @@ impl<'c> Run<'c> {
         &mut self,
         extra: impl FnOnce(&Path) -> std::result::Result<(), toprl_policies::PolicyError>,
     ) -> Result<&Evaluation> {
-        let step = u64::from(self.progress.step);
-        let mut policy = self.trainer.policy().with_seed(self.seed);
-        let eval = evaluate(&mut policy, self.sim, self.config, self.seed, self.opts)?;
+        let step = u64::from(self.ctx.progress.step);
+        let mut policy = self.trainer.policy().with_seed(self.ctx.seed);
+        let eval = evaluate(
+            &mut policy,
+            self.ctx.sim,
+            self.ctx.config,
+            self.ctx.seed,
+            self.ctx.opts,
+        )?;
         if let Some(success) = eval.success {
-            self.tb.scalar("eval/success", step, success as f32)?;
+            self.ctx.tb.scalar("eval/success", step, success as f32)?;
         }
         if let Some(mean_return) = eval.mean_return {
-            self.tb.scalar("eval/return", step, mean_return as f32)?;
+            self.ctx.tb.scalar("eval/return", step, mean_return as f32)?;
         }
-        self.tb.scalar("eval/steps", step, eval.mean_steps as f32)?;
+        self.ctx.tb.scalar("eval/steps", step, eval.mean_steps as f32)?;
         if let Some(episode) = &eval.example {
-            self.tb.image(
+            self.ctx.tb.image(
                 "eval/rollout",
                 step,
-                &rollout_strip(episode, &self.config.task.cameras),
+                &rollout_strip(episode, &self.ctx.config.task.cameras),
             )?;
         }
-        self.tb.flush()?;
+        self.ctx.tb.flush()?;
         if let Some(success) = eval.success {
-            self.progress.curve.push((self.progress.step, success));
+            self.ctx.progress.curve.push((self.ctx.progress.step, success));
         }
-        self.progress.wall_time_s += self.clock.elapsed().as_secs_f64();
+        self.ctx.progress.wall_time_s += self.clock.elapsed().as_secs_f64();
         self.clock = Instant::now();
-        let checkpoint = self.dir.join("checkpoint");
-        let json =
-            serde_json::to_vec_pretty(&self.progress).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
-        let task_json = serde_json::json!({ "task": self.config.task.name }).to_string();
+        let checkpoint = self.ctx.dir.join("checkpoint");
+        let json = serde_json::to_vec_pretty(&self.ctx.progress)
+            .map_err(|e| ExperimentError::Invalid(e.to_string()))?;
+        let task_json = serde_json::json!({ "task": self.ctx.config.task.name }).to_string();
         self.trainer
             .save_with(&checkpoint, |tmp| {
                 let path = tmp.join(PROGRESS_FILE);

@@ -33,7 +33,7 @@ use toprl_policies::smolvla::train::CosineDecayWithWarmup;
 use toprl_policies::smolvla::{ContextCache, SmolVlaConfig};
 use toprl_policies::{Normalizer, Observation, Policy, PolicyError};
 
-use crate::awr::{AwrLearner, ExtraFiles};
+use crate::awr::{AwrLearner, ExtraFiles, RunContext};
 use crate::config::{Algorithm, ArmConfig, ExperimentConfig};
 use crate::driver::{ChunkDriver, DriveError, STATE_FEATURE, camera_key};
 use crate::experiment::{
@@ -495,12 +495,7 @@ fn evaluate(
 /// One SmolVLA arm x seed in training: the fine-tuner, LeRobot's learning-rate schedule, the frozen-VLM
 /// context cache, and what the run has done (the same [`RunProgress`] the native arms keep).
 pub(crate) struct SmolVlaRun<'c> {
-    config: &'c ExperimentConfig,
-    sim: &'c SimConfig,
-    opts: &'c RunOptions,
-    arm: String,
-    seed: u64,
-    dir: PathBuf,
+    ctx: RunContext<'c>,
     tuner: SmolVlaFinetuner,
     schedule: CosineDecayWithWarmup,
     cameras: CameraMap,
@@ -508,8 +503,6 @@ pub(crate) struct SmolVlaRun<'c> {
     cache: Option<HashMap<u64, ContextCache>>,
     /// State statistics of the demonstrations, for the AWR value baseline.
     state_norm: Normalizer,
-    progress: RunProgress,
-    tb: EventWriter,
     last_eval: Option<(f64, f64)>,
     clock: Instant,
 }
@@ -628,12 +621,16 @@ impl<'c> SmolVlaRun<'c> {
                 .join(format!("seed-{seed}")),
         )?;
         Ok(Self {
-            config,
-            sim,
-            opts,
-            arm: arm.name.clone(),
-            seed,
-            dir,
+            ctx: RunContext {
+                config,
+                sim,
+                opts,
+                arm: arm.name.clone(),
+                seed,
+                dir,
+                progress,
+                tb,
+            },
             tuner,
             schedule,
             cameras: camera_map(config),
@@ -641,8 +638,6 @@ impl<'c> SmolVlaRun<'c> {
             // and train the state token and the expert only (`step_cached`).
             cache: cfg.train_expert_only.then(HashMap::new),
             state_norm: data.normalizer()?,
-            progress,
-            tb,
             last_eval: None,
             clock: Instant::now(),
         })
@@ -650,29 +645,11 @@ impl<'c> SmolVlaRun<'c> {
 }
 
 impl<'c> AwrLearner<'c> for SmolVlaRun<'c> {
-    fn config(&self) -> &'c ExperimentConfig {
-        self.config
+    fn ctx(&self) -> &RunContext<'c> {
+        &self.ctx
     }
-    fn sim(&self) -> &'c SimConfig {
-        self.sim
-    }
-    fn opts(&self) -> &'c RunOptions {
-        self.opts
-    }
-    fn arm(&self) -> &str {
-        &self.arm
-    }
-    fn seed(&self) -> u64 {
-        self.seed
-    }
-    fn dir(&self) -> &Path {
-        &self.dir
-    }
-    fn progress(&mut self) -> &mut RunProgress {
-        &mut self.progress
-    }
-    fn tb(&mut self) -> &mut EventWriter {
-        &mut self.tb
+    fn ctx_mut(&mut self) -> &mut RunContext<'c> {
+        &mut self.ctx
     }
     fn state_normalizer(&self) -> Result<Normalizer> {
         Ok(self.state_norm.clone())
@@ -705,10 +682,11 @@ impl<'c> AwrLearner<'c> for SmolVlaRun<'c> {
     /// One weighted flow-matching step (`E[w * loss]`) on frames drawn uniformly from `data` (the batch
     /// of step k depends only on (seed, k)) at LeRobot's scheduled learning rate.
     fn train_step(&mut self, data: &Samples<'_>, weights: &[Vec<f32>]) -> Result<f32> {
-        let step = self.progress.step;
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (u64::from(step) << 20) ^ 0x736d_6f6c_7600_0000);
+        let step = self.ctx.progress.step;
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.ctx.seed ^ (u64::from(step) << 20) ^ 0x736d_6f6c_7600_0000);
         let (positions, episodes) = (data.positions(), data.episodes());
-        let size = self.config.train.batch_size;
+        let size = self.ctx.config.train.batch_size;
         let chunk = self.tuner.policy.chunk_size();
         let (mut samples, mut w, mut keys) = (
             Vec::with_capacity(size),
@@ -735,12 +713,12 @@ impl<'c> AwrLearner<'c> for SmolVlaRun<'c> {
             None => self.tuner.step(&samples, &w),
         }
         .map_err(policy_err(format!("training step {step}")))?;
-        self.progress.step += 1;
+        self.ctx.progress.step += 1;
         if step.is_multiple_of(10) {
-            self.tb.scalar("train/loss", u64::from(step), loss)?;
+            self.ctx.tb.scalar("train/loss", u64::from(step), loss)?;
             let mean_w = w.iter().sum::<f32>() / w.len() as f32;
-            self.tb.scalar("train/weight_mean", u64::from(step), mean_w)?;
-            self.tb.scalar("train/lr", u64::from(step), lr as f32)?;
+            self.ctx.tb.scalar("train/weight_mean", u64::from(step), mean_w)?;
+            self.ctx.tb.scalar("train/lr", u64::from(step), lr as f32)?;
         }
         Ok(loss)
     }
@@ -750,27 +728,27 @@ impl<'c> AwrLearner<'c> for SmolVlaRun<'c> {
     fn evaluate_and_save(&mut self, extra: &ExtraFiles<'_>) -> Result<f64> {
         let (success, mean_return) = evaluate(
             &mut self.tuner.policy,
-            self.sim,
-            self.config,
-            self.seed,
-            self.opts,
+            self.ctx.sim,
+            self.ctx.config,
+            self.ctx.seed,
+            self.ctx.opts,
         )?;
-        let done = u64::from(self.progress.step);
+        let done = u64::from(self.ctx.progress.step);
         // Unknown on the arm without a success judge: neither logged nor put on the curve.
         if !success.is_nan() {
-            self.tb.scalar("eval/success", done, success as f32)?;
-            self.progress.curve.push((self.progress.step, success));
+            self.ctx.tb.scalar("eval/success", done, success as f32)?;
+            self.ctx.progress.curve.push((self.ctx.progress.step, success));
         }
         if !mean_return.is_nan() {
-            self.tb.scalar("eval/return", done, mean_return as f32)?;
+            self.ctx.tb.scalar("eval/return", done, mean_return as f32)?;
         }
-        self.tb.flush()?;
-        self.progress.wall_time_s += self.clock.elapsed().as_secs_f64();
+        self.ctx.tb.flush()?;
+        self.ctx.progress.wall_time_s += self.clock.elapsed().as_secs_f64();
         self.clock = Instant::now();
-        let progress =
-            serde_json::to_vec_pretty(&self.progress).map_err(|e| ExperimentError::Invalid(e.to_string()))?;
-        let task = serde_json::json!({ "task": self.config.task.name }).to_string();
-        let checkpoint = self.dir.join("checkpoint");
+        let progress = serde_json::to_vec_pretty(&self.ctx.progress)
+            .map_err(|e| ExperimentError::Invalid(e.to_string()))?;
+        let task = serde_json::json!({ "task": self.ctx.config.task.name }).to_string();
+        let checkpoint = self.ctx.dir.join("checkpoint");
         self.tuner
             .save_training(&checkpoint, |tmp| {
                 for (file, bytes) in [(PROGRESS_FILE, progress.as_slice()), (TASK_FILE, task.as_bytes())] {
@@ -804,11 +782,11 @@ pub(crate) fn train_one(
     let steps = arm.steps.unwrap_or(config.train.steps);
     let progress = bar(opts, u64::from(steps), "training");
     progress.set_message(format!("{} seed {seed}", arm.name));
-    progress.set_position(u64::from(run.progress.step.min(steps)));
-    while run.progress.step < steps {
+    progress.set_position(u64::from(run.ctx.progress.step.min(steps)));
+    while run.ctx.progress.step < steps {
         run.train_step(data, weights)?;
         progress.inc(1);
-        let done = run.progress.step;
+        let done = run.ctx.progress.step;
         if done % config.train.eval_every == 0 || done == steps {
             run.evaluate_and_save(&|_| Ok(()))?;
         }
@@ -830,9 +808,9 @@ pub(crate) fn train_one(
         success,
         episodes: config.eval.episodes,
         mean_return,
-        wall_time_s: run.progress.wall_time_s + run.clock.elapsed().as_secs_f64(),
-        last_k_mean: crate::stats::last_k_mean(&run.progress.curve, config.train.last_k as usize),
-        curve: run.progress.curve,
+        wall_time_s: run.ctx.progress.wall_time_s + run.clock.elapsed().as_secs_f64(),
+        last_k_mean: crate::stats::last_k_mean(&run.ctx.progress.curve, config.train.last_k as usize),
+        curve: run.ctx.progress.curve,
         weights: None,
         reward_voc: None,
         noise_sigma: None,
