@@ -33,6 +33,21 @@ fn so101(args: &[&str]) -> Output {
         .expect("so101 runs")
 }
 
+/// `so101 policy predict --policy CKPT --observation OBS --json EXTRA...`.
+fn predict(ckpt: &Path, obs: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "policy",
+        "predict",
+        "--policy",
+        ckpt.to_str().expect("utf8"),
+        "--observation",
+        obs.to_str().expect("utf8"),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    so101(&args)
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -321,19 +336,7 @@ fn predicts_the_smolvla_fixture_as_lerobot_does() {
     let bad = tmp.path().join("bad.safetensors");
     let img = |h: usize, w: usize| vec![0.5; 3 * h * w];
     let state = vec![0.1; 6];
-    let run = |obs: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "policy",
-            "predict",
-            "--policy",
-            ckpt.to_str().expect("utf8"),
-            "--observation",
-            obs.to_str().expect("utf8"),
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        so101(&args)
-    };
+    let run = |obs: &Path, extra: &[&str]| predict(&ckpt, obs, extra);
     let out = run(&obs, &[]);
     assert!(
         !out.status.success() && stderr(&out).contains("--task"),
@@ -439,19 +442,7 @@ fn predicts_a_lerobot_act_folder_as_lerobot_does() {
     assert_eq!(step0.len(), 3, "state and two cameras");
     let obs = tmp.path().join("obs.safetensors");
     write_tensors(&obs, &step0);
-    let run = |obs: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "policy",
-            "predict",
-            "--policy",
-            ckpt.to_str().expect("utf8"),
-            "--observation",
-            obs.to_str().expect("utf8"),
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        so101(&args)
-    };
+    let run = |obs: &Path, extra: &[&str]| predict(&ckpt, obs, extra);
     let got = actions_of(&run(&obs, &[]));
     let expected =
         toprl_policies::smolvla::lerobot::read_f32_tensors(&tmp.path().join("expected.safetensors"))
