@@ -247,16 +247,17 @@ struct Sampled {
 
 fn sample_episode(ds: &LeRobotDataset, opts: &LabelOptions, episode: usize) -> Result<Sampled, LabelError> {
     // Only the sampled frames are decoded to RGB and kept (a long episode at 30 fps is scored at 2).
-    let n = ds.episode_rows(episode)?.timestamp.len();
+    let rows = ds.episode_rows(episode)?;
+    let n = rows.timestamp.len();
     let (positions, fps) = opts.sampling.positions(n, ds.fps());
-    let frames = ds.camera_frames_at(episode, &opts.camera, &positions)?;
+    let frames = ds.camera_frames_at(episode, &rows, &opts.camera, &positions)?;
     Ok(Sampled {
         episode,
         frames,
         positions,
         n,
         fps,
-        instruction: ds.episode_instruction(episode)?,
+        instruction: ds.instruction_of(episode, &rows)?,
     })
 }
 

@@ -367,10 +367,16 @@ impl LeRobotDataset {
         video::decode_frames(&path, &times, self.tolerance_s())
     }
 
-    /// The frames at `frames` (indices within the episode, increasing) of one camera: only these are
-    /// converted and kept, so sampling a few frames of a long episode holds only those.
-    pub fn camera_frames_at(&self, episode: usize, camera: &str, frames: &[usize]) -> Result<Vec<RgbImage>> {
-        let rows = self.episode_rows(episode)?;
+    /// The frames at `frames` (indices within the episode, increasing) of one camera, given the
+    /// episode's `rows` ([`Self::episode_rows`]): only these are converted and kept, so sampling a few
+    /// frames of a long episode holds only those.
+    pub fn camera_frames_at(
+        &self,
+        episode: usize,
+        rows: &EpisodeRows,
+        camera: &str,
+        frames: &[usize],
+    ) -> Result<Vec<RgbImage>> {
         let len = rows.timestamp.len();
         if let Some(&frame) = frames.iter().find(|&&f| f >= len) {
             return Err(DatasetError::FrameOutOfRange { episode, frame, len });
@@ -380,14 +386,9 @@ impl LeRobotDataset {
         video::decode_frames(&path, &times, self.tolerance_s())
     }
 
-    /// The instruction of `episode`: the task of its first frame (the episode's first listed task when it
-    /// has no rows).
-    pub fn episode_instruction(&self, episode: usize) -> Result<String> {
-        let rows = self.episode_rows(episode)?;
-        self.instruction_of(episode, &rows)
-    }
-
-    fn instruction_of(&self, episode: usize, rows: &EpisodeRows) -> Result<String> {
+    /// The instruction of `episode` from its `rows` ([`Self::episode_rows`]): the task of its first frame
+    /// (the episode's first listed task when it has no rows).
+    pub fn instruction_of(&self, episode: usize, rows: &EpisodeRows) -> Result<String> {
         Ok(match rows.task_index.first() {
             Some(&t) => self.task(t)?.to_string(),
             None => self
