@@ -112,6 +112,20 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// An untrained state-only policy (6 joints in, 6 out) saved as a toprl checkpoint at `dir`.
+fn save_state_policy(dir: &Path, cfg: toprl_policies::gaussian::GaussianMlpConfig) {
+    use toprl_policies::{Normalizer, PolicyConfig, TrainConfig, Trainer, cpu_device};
+    Trainer::new(
+        PolicyConfig::Gaussian(cfg),
+        Normalizer::identity(6, 6),
+        TrainConfig::default(),
+        &cpu_device(),
+    )
+    .expect("a valid policy config")
+    .save(dir)
+    .expect("checkpoint written");
+}
+
 #[test]
 fn calibrate_writes_lerobots_file_in_lerobots_folder() {
     let _serial = serial();
@@ -267,7 +281,6 @@ fn record_writes_and_resumes_a_lerobot_dataset() {
 #[test]
 fn cameras_are_checked_before_the_arm_moves_or_a_dataset_is_written() {
     use toprl_policies::gaussian::GaussianMlpConfig;
-    use toprl_policies::{Normalizer, PolicyConfig, TrainConfig, Trainer, cpu_device};
     let tmp = tempfile::tempdir().unwrap();
     let dataset = tmp.path().join("ds");
     let out = so101()
@@ -328,16 +341,7 @@ fn cameras_are_checked_before_the_arm_moves_or_a_dataset_is_written() {
         assert!(!err.contains("panicked"), "{err}");
     }
     let policy = tmp.path().join("policy");
-    let cfg = PolicyConfig::Gaussian(GaussianMlpConfig::new(6, 6).with_hidden(vec![8]));
-    Trainer::new(
-        cfg,
-        Normalizer::identity(6, 6),
-        TrainConfig::default(),
-        &cpu_device(),
-    )
-    .unwrap()
-    .save(&policy)
-    .unwrap();
+    save_state_policy(&policy, GaussianMlpConfig::new(6, 6).with_hidden(vec![8]));
     let out = so101()
         .args([
             "run",
@@ -365,23 +369,14 @@ fn cameras_are_checked_before_the_arm_moves_or_a_dataset_is_written() {
 fn run_drives_the_follower_with_a_policy() {
     let _serial = serial();
     use toprl_policies::gaussian::GaussianMlpConfig;
-    use toprl_policies::{Normalizer, PolicyConfig, TrainConfig, Trainer, cpu_device};
     let tmp = tempfile::tempdir().unwrap();
     let policy = tmp.path().join("policy");
-    let cfg = PolicyConfig::Gaussian(
+    save_state_policy(
+        &policy,
         GaussianMlpConfig::new(6, 6)
             .with_chunk_size(3)
             .with_hidden(vec![16]),
     );
-    Trainer::new(
-        cfg,
-        Normalizer::identity(6, 6),
-        TrainConfig::default(),
-        &cpu_device(),
-    )
-    .unwrap()
-    .save(&policy)
-    .unwrap();
     let fdir = tmp.path().join("f");
     let file = calibration_file(&fdir, "follower");
     let follower = SimBus::start(&["--calibration", file.to_str().unwrap()]);

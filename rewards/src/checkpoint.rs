@@ -70,8 +70,7 @@ pub fn resolve_processor_files(model: &str) -> Result<Option<std::path::PathBuf>
     if path.is_dir() {
         return Ok(path.join("tokenizer.json").is_file().then(|| path.to_path_buf()));
     }
-    let looks_like_hub = model.split('/').count() == 2 && !model.starts_with('.') && !model.starts_with('/');
-    if !looks_like_hub {
+    if !crate::qwen3_vl::looks_like_hub_id(model) {
         return Ok(None);
     }
     let hub_err = |file: &str, e: hf_hub::api::sync::ApiError| ModelError::Hub {

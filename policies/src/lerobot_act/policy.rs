@@ -121,8 +121,7 @@ pub fn resolve_policy_dir(name: &str) -> Result<PathBuf> {
     if as_given.is_dir() {
         return Ok(as_given);
     }
-    let looks_like_repo = name.split('/').count() == 2 && !name.starts_with('.') && !name.starts_with('/');
-    if !looks_like_repo {
+    if !crate::smolvla::lerobot::looks_like_hub_id(name) {
         return Err(PolicyError::Io {
             path: as_given,
             source: std::io::Error::new(

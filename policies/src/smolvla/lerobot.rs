@@ -238,6 +238,11 @@ pub fn policy_type(dir: &Path) -> Result<String> {
     }
 }
 
+/// Whether `name`, not an existing folder, names a Hugging Face Hub repository (`owner/name`).
+pub(crate) fn looks_like_hub_id(name: &str) -> bool {
+    name.split('/').count() == 2 && !name.starts_with('.') && !name.starts_with('/')
+}
+
 /// Refuse a `config.json` whose `type` is not `expected` (LeRobot's registry key: `smolvla`, `act`).
 pub(crate) fn expect_policy_type(path: &Path, raw: &Value, expected: &str) -> Result<()> {
     match raw.get("type").and_then(Value::as_str) {

@@ -168,8 +168,7 @@ pub fn resolve_vlm_dir(name: &str, checkpoint_dir: &Path) -> Result<PathBuf> {
     {
         return Ok(sibling);
     }
-    let looks_like_repo = name.split('/').count() == 2 && !name.starts_with('.') && !name.starts_with('/');
-    if !looks_like_repo {
+    if !crate::smolvla::lerobot::looks_like_hub_id(name) {
         return Err(PolicyError::Io {
             path: as_given,
             source: std::io::Error::new(

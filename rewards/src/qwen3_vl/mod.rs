@@ -69,6 +69,11 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
 }
 
+/// Whether `model`, not an existing path, names a Hugging Face Hub repository (`owner/name`).
+pub fn looks_like_hub_id(model: &str) -> bool {
+    model.split('/').count() == 2 && !model.starts_with('.') && !model.starts_with('/')
+}
+
 /// Files of a checkpoint on local disk.
 #[derive(Debug, Clone)]
 pub struct CheckpointFiles {
@@ -87,9 +92,7 @@ impl CheckpointFiles {
         if path.is_dir() {
             return Self::from_dir(path);
         }
-        let looks_like_hub =
-            model.split('/').count() == 2 && !model.starts_with('.') && !model.starts_with('/');
-        if !looks_like_hub {
+        if !looks_like_hub_id(model) {
             return Err(ModelError::MissingDir(path.to_path_buf()));
         }
         Self::from_hub(model)
@@ -102,9 +105,7 @@ impl CheckpointFiles {
         if path.is_dir() {
             return Self::from_dir(path).map(|_| ());
         }
-        let looks_like_hub =
-            model.split('/').count() == 2 && !model.starts_with('.') && !model.starts_with('/');
-        if looks_like_hub {
+        if looks_like_hub_id(model) {
             Ok(())
         } else {
             Err(ModelError::MissingDir(path.to_path_buf()))
