@@ -12,6 +12,7 @@ use candle_core::{DType, Device};
 use image::RgbImage;
 use toprl_rewards::qwen3_vl::{CheckpointFiles, GridThw, Qwen3VL};
 use toprl_rewards::score::ProgressModel;
+use toprl_rewards::topreward::tree::DEFAULT_PASS_TOKENS;
 use toprl_rewards::topreward::{
     EpisodeRequest, Mode, PrefixEncoder, PrefixInput, ScorerConfig, TopReward, TopRewardError, TopRewardModel,
 };
@@ -180,6 +181,86 @@ fn incremental_session_reuses_the_cache() {
         "{} of {total}",
         session.computed_tokens()
     );
+}
+
+/// The packed prefix tree (what incremental mode runs) gives the session's scores, in one pass or one pass per
+/// prefix, and computes no more tokens than the session.
+#[test]
+fn prefix_tree_equals_scoring_prefix_by_prefix() {
+    let r = common::reference();
+    let ep = &r.episodes["square256"];
+    let m = model();
+    let enc = ReplayEncoder::new("square256");
+    let frames = common::episode_frames("square256", ep.num_frames);
+    let inputs: Vec<PrefixInput> = ep
+        .prefixes
+        .iter()
+        .map(|p| {
+            enc.encode(&frames, &p.frame_indices, r.fps, &ep.instruction, None)
+                .unwrap()
+        })
+        .collect();
+    let mut session = m.session();
+    let one_by_one: Vec<f64> = inputs
+        .iter()
+        .map(|i| session.score(i).unwrap().log_prob)
+        .collect();
+    let total: usize = inputs.iter().map(|i| i.score_position + 1).sum();
+    for pass_tokens in [1, 40, DEFAULT_PASS_TOKENS] {
+        let (last, rest) = inputs.split_last().unwrap();
+        let mut tree = m.prefix_tree(last).unwrap().with_pass_tokens(pass_tokens);
+        for (i, input) in rest.iter().enumerate() {
+            assert_eq!(tree.add(input).unwrap(), i + 1);
+        }
+        let computed = tree.computed_tokens();
+        let scores = tree.finish().unwrap();
+        assert_eq!(scores.len(), inputs.len());
+        // The trunk (the longest prefix) comes first.
+        let tree_order: Vec<f64> = scores[1..]
+            .iter()
+            .chain(&scores[..1])
+            .map(|s| s.log_prob)
+            .collect();
+        for ((a, b), p) in tree_order.iter().zip(&one_by_one).zip(&ep.prefixes) {
+            assert!(
+                (a - b).abs() < 2e-5,
+                "pass of {pass_tokens} tokens, prefix {}: tree {a} vs one by one {b}",
+                p.prefix_length
+            );
+        }
+        for (s, i) in scores[1..].iter().zip(rest) {
+            assert_eq!(s.num_tokens, i.input_ids.len());
+        }
+        // As little as the session recomputes (which shares with the previous prefix, the tree with the
+        // longest one): well under the tokens the prefixes hold.
+        assert!(
+            computed <= session.computed_tokens() && computed * 5 < total * 3,
+            "{computed} of {total} tokens computed, the session {}",
+            session.computed_tokens()
+        );
+    }
+}
+
+/// A prefix that does not fit the model fails the tree with the same typed error as exact scoring.
+#[test]
+fn prefix_tree_refuses_what_exact_scoring_refuses() {
+    let r = common::reference();
+    let ep = &r.episodes["square256"];
+    let enc = ReplayEncoder::new("square256");
+    let frames = common::episode_frames("square256", ep.num_frames);
+    let longest = ep.prefixes.last().unwrap();
+    let input = enc
+        .encode(&frames, &longest.frame_indices, r.fps, &ep.instruction, None)
+        .unwrap();
+    let short = model().with_max_tokens(input.input_ids.len() - 1);
+    let e = short.prefix_tree(&input).unwrap_err();
+    assert!(matches!(e, TopRewardError::TooLong { .. }), "{e}");
+    let m = model();
+    let mut tree = m.prefix_tree(&input).unwrap();
+    let mut bad = input.clone();
+    bad.target_token_id = u32::MAX;
+    let e = tree.add(&bad).unwrap_err();
+    assert!(matches!(e, TopRewardError::ScorePosition { .. }), "{e}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! candle-transformers' own `qwen3_vl` is not used: it builds no causal mask in prefill and applies 1-D RoPE.
 //! The video preprocessor (frames to patches, grid, timestamps) is [`processor`].
 
+pub mod activation;
 pub mod attention;
 pub mod config;
 pub mod device;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use candle_nn::VarBuilder;
 
+pub use attention::TreeRow;
 pub use candle_core::{DType, Device, Tensor};
 pub use config::{Config, TextConfig, VisionConfig};
 pub use device::{DeviceSpec, Precision};
@@ -537,19 +539,49 @@ impl Qwen3VL {
         vis: Option<&VisionOutput>,
         cache: &mut KvCache,
     ) -> Result<Tensor, ModelError> {
+        self.forward_chunk(ids, positions, vis, cache, None)
+    }
+
+    /// Decode a packed prefix tree on top of the trunk in `cache` ([`TextModel::forward_tree`]): `ids` are
+    /// branches laid end to end, `rows[i]` says which keys token `i` sees. The branches stay in `cache`.
+    pub fn forward_tree_tokens(
+        &self,
+        ids: &[u32],
+        positions: &[Position3],
+        vis: Option<&VisionOutput>,
+        rows: &[TreeRow],
+        cache: &mut KvCache,
+    ) -> Result<Tensor, ModelError> {
+        self.forward_chunk(ids, positions, vis, cache, Some(rows))
+    }
+
+    fn forward_chunk(
+        &self,
+        ids: &[u32],
+        positions: &[Position3],
+        vis: Option<&VisionOutput>,
+        cache: &mut KvCache,
+        tree: Option<&[TreeRow]>,
+    ) -> Result<Tensor, ModelError> {
         let embeds = self.input_embeds(ids, vis.map(|v| &v.embeds))?;
         let pos = self.visual_positions(ids);
-        let hidden = match vis {
+        let positions_t;
+        let deepstack = match vis {
             Some(v) if !pos.is_empty() && !v.deepstack.is_empty() => {
                 let n = pos.len();
-                let positions_t = Tensor::from_vec(pos, n, &self.device)?;
-                let ds = DeepStack {
+                positions_t = Tensor::from_vec(pos, n, &self.device)?;
+                Some(DeepStack {
                     positions: &positions_t,
                     features: &v.deepstack,
-                };
-                self.text.forward_embeds(&embeds, positions, Some(ds), cache)?
+                })
             }
-            _ => self.text.forward_embeds(&embeds, positions, None, cache)?,
+            _ => None,
+        };
+        let hidden = match tree {
+            Some(rows) => self
+                .text
+                .forward_tree(&embeds, positions, deepstack, rows, cache)?,
+            None => self.text.forward_embeds(&embeds, positions, deepstack, cache)?,
         };
         Ok(hidden)
     }

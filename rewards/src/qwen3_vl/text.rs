@@ -5,7 +5,8 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
-use super::attention::{DEFAULT_CHUNK_BYTES, chunked_attention};
+use super::activation;
+use super::attention::{DEFAULT_CHUNK_BYTES, TreeRow, Visibility, chunked_attention};
 use super::config::TextConfig;
 
 /// `Qwen3VLTextRMSNorm`: in f32 the fused kernel; in bf16/f16 transformers' upcast (normalise in f32, round to
@@ -120,6 +121,7 @@ impl Attention {
         sin: &Tensor,
         chunk_bytes: usize,
         cache: &mut Option<(Tensor, Tensor)>,
+        tree: Option<&[TreeRow]>,
     ) -> Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -149,12 +151,17 @@ impl Attention {
         let rep = h / kvh;
         // GQA without copying K/V: query heads sharing a KV head are adjacent (repeat_kv order), so
         // (b, h, l, hd) views as (b * kvh, rep, l, hd) against the (b * kvh, s, hd) keys. Causal: query i is
-        // absolute position s - l + i. Chunked over queries so the (h, l, s) scores never exist at once.
+        // key s - l + i (or, in a packed tree, its branch and its part of the trunk). Chunked over queries so
+        // the (h, l, s) scores never exist at once.
         let q = q.reshape((b * kvh, rep, l, hd))?;
         let k = k.reshape((b * kvh, s, hd))?;
         let v = v.reshape((b * kvh, s, hd))?;
         let scale = (hd as f64).powf(-0.5);
-        let out = chunked_attention(&q, &k, &v, scale, Some(s - l), chunk_bytes)?
+        let visibility = match tree {
+            Some(rows) => Visibility::Tree { offset: s - l, rows },
+            None => Visibility::Causal { offset: s - l },
+        };
+        let out = chunked_attention(&q, &k, &v, scale, visibility, chunk_bytes)?
             .reshape((b, h, l, hd))?
             .transpose(1, 2)?
             .reshape((b, l, h * hd))?;
@@ -171,7 +178,7 @@ struct Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        (candle_nn::ops::silu(&xs.apply(&self.gate)?)? * xs.apply(&self.up)?)?.apply(&self.down)
+        (activation::silu(&xs.apply(&self.gate)?)? * xs.apply(&self.up)?)?.apply(&self.down)
     }
 }
 
@@ -205,10 +212,11 @@ impl DecoderLayer {
         sin: &Tensor,
         chunk_bytes: usize,
         cache: &mut Option<(Tensor, Tensor)>,
+        tree: Option<&[TreeRow]>,
     ) -> Result<Tensor> {
         let h = self
             .attn
-            .forward(&xs.apply(&self.input_norm)?, cos, sin, chunk_bytes, cache)?;
+            .forward(&xs.apply(&self.input_norm)?, cos, sin, chunk_bytes, cache, tree)?;
         let xs = (xs + h)?;
         let h = xs.apply(&self.post_norm)?.apply(&self.mlp)?;
         xs + h
@@ -341,6 +349,32 @@ impl TextModel {
         deepstack: Option<DeepStack<'_>>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
+        self.forward_rows(embeds, positions, deepstack, cache, None)
+    }
+
+    /// Run a packed prefix tree on top of the trunk held in `cache`: `embeds` `(len, hidden)` are branches laid
+    /// end to end, and token `i` (cache key `cache.len() + i`) sees what `rows[i]` says (its branch's part of the
+    /// trunk, then its own branch). Each branch's hidden states equal those of running its own sequence
+    /// causally, in one pass for all branches. The branches stay in `cache`: truncate it back to the trunk.
+    pub fn forward_tree(
+        &self,
+        embeds: &Tensor,
+        positions: &[Position3],
+        deepstack: Option<DeepStack<'_>>,
+        rows: &[TreeRow],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        self.forward_rows(embeds, positions, deepstack, cache, Some(rows))
+    }
+
+    fn forward_rows(
+        &self,
+        embeds: &Tensor,
+        positions: &[Position3],
+        deepstack: Option<DeepStack<'_>>,
+        cache: &mut KvCache,
+        tree: Option<&[TreeRow]>,
+    ) -> Result<Tensor> {
         let l = embeds.dim(0)?;
         if positions.len() != l {
             candle_core::bail!("{} positions for {l} tokens", positions.len());
@@ -351,7 +385,14 @@ impl TextModel {
         let (cos, sin) = self.rope_tables(positions)?;
         let mut xs = embeds.unsqueeze(0)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, &cos, &sin, self.attention_chunk_bytes, &mut cache.layers[i])?;
+            xs = layer.forward(
+                &xs,
+                &cos,
+                &sin,
+                self.attention_chunk_bytes,
+                &mut cache.layers[i],
+                tree,
+            )?;
             if let Some(ds) = deepstack.as_ref()
                 && let Some(feat) = ds.features.get(i)
             {
@@ -364,6 +405,13 @@ impl TextModel {
 
     /// Logits `(rows, vocab)` of the given hidden states `(rows, hidden)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        hidden.apply(&self.lm_head)?.to_dtype(DType::F32)
+        // `W h^T` rather than `h W^T` (the lm_head has no bias): the same products, but with the
+        // (vocab, hidden) weight as the row-major left operand gemm streams it about 3x faster on the CPU
+        // when there are few rows (measured: 15 rows of the 151936-token vocabulary, 33 vs 93 ms).
+        let w = self.lm_head.weight();
+        w.matmul(&hidden.to_dtype(w.dtype())?.t()?)?
+            .t()?
+            .to_dtype(DType::F32)?
+            .contiguous()
     }
 }

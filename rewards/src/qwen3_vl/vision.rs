@@ -5,7 +5,8 @@
 use candle_core::{DType, Device, IndexOp, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-use super::attention::{DEFAULT_CHUNK_BYTES, chunked_attention};
+use super::activation;
+use super::attention::{DEFAULT_CHUNK_BYTES, Visibility, chunked_attention};
 use super::config::VisionConfig;
 
 /// The grid of one video (or one image): temporal groups, patch rows, patch columns.
@@ -122,14 +123,18 @@ impl VisionBlock {
             &k.reshape((g * heads, n, hd))?,
             &v.reshape((g * heads, n, hd))?,
             scale,
-            None,
+            Visibility::All,
             chunk_bytes,
         )?
         .reshape((g, heads, n, hd))?;
         let out = out.transpose(1, 2)?.reshape((g, n, d))?.apply(&self.proj)?;
         let xs = (xs + out)?;
         let h = xs.apply(&self.norm2)?.apply(&self.fc1)?;
-        let h = if self.tanh_gelu { h.gelu()? } else { h.gelu_erf()? };
+        let h = if self.tanh_gelu {
+            activation::gelu_tanh(&h)?
+        } else {
+            h.gelu_erf()?
+        };
         xs + h.apply(&self.fc2)?
     }
 }

@@ -8,7 +8,9 @@ use image::RgbImage;
 
 use super::prompt::{PromptBuilder, PromptConfig};
 use super::scorer::{PrefixEncoder, PrefixInput, TopRewardError};
-use crate::qwen3_vl::processor::{ConfigSource, VIDEO_PROCESSOR_CONFIG_FILES, VideoMetadata, VideoProcessor};
+use crate::qwen3_vl::processor::{
+    ConfigSource, VIDEO_PROCESSOR_CONFIG_FILES, VideoMetadata, VideoProcessor, resize_bicubic_aa,
+};
 use crate::qwen3_vl::{CheckpointFiles, GridThw};
 
 /// Frames + instruction to model inputs with the checkpoint's video processor config and tokenizer.
@@ -100,6 +102,27 @@ impl PrefixEncoder for QwenPrefixEncoder {
             grid: GridThw::new(t, h, w),
             group_frames: indices.chunks(tp).map(|c| (c[0], c[c.len() - 1])).collect(),
         })
+    }
+
+    fn resize(
+        &self,
+        frames: &[RgbImage],
+        (out_h, out_w): (usize, usize),
+    ) -> Result<Vec<RgbImage>, TopRewardError> {
+        frames
+            .iter()
+            .map(|f| {
+                let (w, h) = (f.width() as usize, f.height() as usize);
+                if (h, w) == (out_h, out_w) {
+                    return Ok(f.clone());
+                }
+                // The processor's own resize, so `preprocess_at` then finds frames already at its size.
+                let raw = resize_bicubic_aa(f.as_raw(), h, w, out_h, out_w);
+                RgbImage::from_raw(out_w as u32, out_h as u32, raw).ok_or_else(|| {
+                    TopRewardError::Encode(format!("resize to {out_w}x{out_h} gave a short buffer"))
+                })
+            })
+            .collect()
     }
 
     fn resolution(

@@ -8,11 +8,13 @@
 //!   its length through `smart_resize`; odd prefixes repeat their last frame). Consecutive prefixes that
 //!   come out at the same resolution share the KV cache of their common tokens and the vision features of
 //!   their common frame groups, for the reasons below: the same computation, done once.
-//! - [`Mode::Incremental`] fixes one resolution per episode (that of the whole episode) and reuses the KV cache
-//!   of everything the previous prefix shares with the next one (the text header and the temporal groups
-//!   already seen), recomputing only the new groups and the prompt suffix. This is exact for a fixed
-//!   resolution because the vision tower attends only within a temporal group and a group's text positions
-//!   (`get_rope_index`) do not depend on later frames.
+//! - [`Mode::Incremental`] fixes one resolution per episode (that of the whole episode) and scores all prefixes
+//!   as one packed prefix tree ([`tree`]): the longest prefix runs once, and every other prefix computes only
+//!   what it does not share with it (its padded last group, `<|vision_end|>` and the question), all of them
+//!   in one batched pass over the shared KV cache. This is exact for a fixed resolution because the vision
+//!   tower attends only within a temporal group and a group's text positions (`get_rope_index`) do not
+//!   depend on later frames. [`IncrementalSession`] does the same one prefix at a time (for callers that see
+//!   frames arrive).
 //!
 //! The model consumes token ids and video patches produced by a [`PrefixEncoder`]; [`QwenPrefixEncoder`] is the
 //! real one (the Qwen3-VL video processor and the TOPReward prompt of [`prompt`]).
@@ -21,6 +23,7 @@ pub mod cache;
 pub mod encoder;
 pub mod prompt;
 pub mod scorer;
+pub mod tree;
 
 pub use cache::{EpisodeKey, ScoreCache};
 pub use encoder::QwenPrefixEncoder;
@@ -29,6 +32,7 @@ pub use scorer::{
     EpisodeRequest, IncrementalSession, PrefixEncoder, PrefixInput, PrefixScore, ScorerConfig, TopReward,
     TopRewardError, TopRewardModel,
 };
+pub use tree::PrefixTree;
 
 use serde::{Deserialize, Serialize};
 

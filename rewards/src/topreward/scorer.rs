@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use indicatif::ProgressBar;
 
@@ -14,7 +14,8 @@ use super::TRUE_TOKEN_ID;
 use super::cache::{EpisodeKey, ScoreCache};
 use super::{Mode, prefix_frame_indices, prefix_lengths};
 use crate::metrics;
-use crate::qwen3_vl::{CheckpointFiles, GridThw, KvCache, ModelError, Qwen3VL, VisionOutput};
+use crate::qwen3_vl::activation::exp_f32;
+use crate::qwen3_vl::{CheckpointFiles, GridThw, KvCache, ModelError, Position3, Qwen3VL, VisionOutput};
 use crate::score::{EpisodeScore, ProgressModel};
 
 /// Errors of TOPReward scoring. Each names what was wrong with the input.
@@ -97,6 +98,17 @@ pub trait PrefixEncoder {
         resolution: Option<(usize, usize)>,
     ) -> Result<PrefixInput, TopRewardError>;
 
+    /// `frames` resized to `resolution` exactly as `encode` would resize them, so that encoding many prefixes
+    /// of one episode at a fixed resolution resizes each frame once. The default leaves them to `encode`.
+    fn resize(
+        &self,
+        frames: &[RgbImage],
+        resolution: (usize, usize),
+    ) -> Result<Vec<RgbImage>, TopRewardError> {
+        let _ = resolution;
+        Ok(frames.to_vec())
+    }
+
     /// The (height, width) `smart_resize` picks for a clip of `num_frames` frames of `height` x `width`.
     fn resolution(
         &self,
@@ -148,7 +160,7 @@ impl TopRewardModel {
         &mut self.model
     }
 
-    fn check(&self, input: &PrefixInput) -> Result<(), TopRewardError> {
+    pub(crate) fn check(&self, input: &PrefixInput) -> Result<(), TopRewardError> {
         let len = input.input_ids.len();
         let vocab = self.model.config().text_config.vocab_size;
         if input.score_position >= len || input.target_token_id as usize >= vocab {
@@ -169,9 +181,37 @@ impl TopRewardModel {
 
     /// Full-vocabulary log-softmax of one hidden row, at `target`.
     fn log_prob(&self, hidden_row: &Tensor, target: u32) -> Result<f64, TopRewardError> {
-        let logits = self.model.text.logits(&hidden_row.unsqueeze(0)?)?;
-        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        Ok(lp.squeeze(0)?.get(target as usize)?.to_scalar::<f32>()? as f64)
+        let lp = self.log_probs(&hidden_row.unsqueeze(0)?, &[target])?;
+        Ok(lp[0])
+    }
+
+    /// Full-vocabulary log-softmax of each hidden row `(rows, hidden)` at its target: `x[t] - logsumexp(x)`
+    /// over the f32 logits, accumulated in f64 (transformers: `log_softmax(logits.float())`). Only the targets
+    /// are needed, so no `(rows, vocab)` log-softmax tensor is built; rows run in parallel.
+    pub(crate) fn log_probs(&self, hidden: &Tensor, targets: &[u32]) -> Result<Vec<f64>, TopRewardError> {
+        use rayon::prelude::*;
+        let logits = self.model.text.logits(hidden)?.to_vec2::<f32>()?;
+        if logits.len() != targets.len() {
+            return Err(TopRewardError::Encode(format!(
+                "{} hidden rows for {} targets",
+                logits.len(),
+                targets.len()
+            )));
+        }
+        Ok(logits
+            .par_iter()
+            .zip(targets)
+            .map(|(row, &t)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                // exp(x - max) in f32 as torch computes it (vectorised), summed in f64 in blocks.
+                let sum: f64 = row
+                    .chunks(256)
+                    .map(|c| c.iter().map(|&x| exp_f32(x - max)).sum::<f32>() as f64)
+                    .sum();
+                row.get(t as usize)
+                    .map_or(f64::NAN, |&x| (x - max) as f64 - sum.ln())
+            })
+            .collect())
     }
 
     /// Score one prefix as the reference does: the whole prompt through the model, log-softmax at the
@@ -209,7 +249,7 @@ impl TopRewardModel {
 /// What a cached position holds: a text token, or visual token `index` of the group of frames `frames` at
 /// grid `h` x `w`. Two sequences share their KV cache up to the first differing key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum TokenKey {
+pub(crate) enum TokenKey {
     Text(u32),
     Visual {
         frames: (usize, usize),
@@ -217,6 +257,70 @@ enum TokenKey {
         w: usize,
         index: usize,
     },
+}
+
+/// What each token of a prefix (up to its score position) is: its cache key, its MRoPE position, and for a
+/// visual token its (group, offset within the group). Shared by the KV-cache session and the prefix tree.
+pub(crate) struct TokenLayout {
+    /// Merged `(h, w)` of each temporal group.
+    pub groups: Vec<(usize, usize)>,
+    pub positions: Vec<Position3>,
+    pub keys: Vec<TokenKey>,
+    pub visual_of: Vec<Option<(usize, usize)>>,
+}
+
+impl TokenLayout {
+    pub fn new(model: &Qwen3VL, input: &PrefixInput, ids: &[u32]) -> Result<Self, TopRewardError> {
+        let groups = model.groups_of(&[input.grid]);
+        if groups.len() != input.group_frames.len() {
+            return Err(TopRewardError::Encode(format!(
+                "{} temporal groups but {} group frame pairs",
+                groups.len(),
+                input.group_frames.len()
+            )));
+        }
+        let positions = model.rope_positions(ids, &groups)?;
+        let video = model.config().video_token_id;
+        let image = model.config().image_token_id;
+        let mut keys = Vec::with_capacity(ids.len());
+        let mut visual_of = Vec::with_capacity(ids.len());
+        let (mut g, mut in_run, mut prev_vis) = (0usize, 0usize, false);
+        for &t in ids {
+            if t == video || t == image {
+                if !prev_vis {
+                    in_run = 0;
+                } else if in_run == groups[g].0 * groups[g].1 {
+                    g += 1;
+                    in_run = 0;
+                }
+                let (gh, gw) = *groups.get(g).ok_or_else(|| {
+                    TopRewardError::Encode(format!("more visual tokens than {} groups hold", groups.len()))
+                })?;
+                keys.push(TokenKey::Visual {
+                    frames: input.group_frames[g],
+                    h: gh,
+                    w: gw,
+                    index: in_run,
+                });
+                visual_of.push(Some((g, in_run)));
+                in_run += 1;
+                prev_vis = true;
+            } else {
+                if prev_vis {
+                    g += 1;
+                }
+                keys.push(TokenKey::Text(t));
+                visual_of.push(None);
+                prev_vis = false;
+            }
+        }
+        Ok(Self {
+            groups,
+            positions,
+            keys,
+            visual_of,
+        })
+    }
 }
 
 /// Incremental scoring of growing prefixes: reuses the KV cache of the longest shared token prefix and the
@@ -255,48 +359,12 @@ impl IncrementalSession<'_> {
         let model = &m.model;
         // Tokens after the score position (the answer " True") cannot change its logits: stop there.
         let ids = &input.input_ids[..input.score_position + 1];
-        let groups = model.groups_of(&[input.grid]);
-        if groups.len() != input.group_frames.len() {
-            return Err(TopRewardError::Encode(format!(
-                "{} temporal groups but {} group frame pairs",
-                groups.len(),
-                input.group_frames.len()
-            )));
-        }
-        let positions = model.rope_positions(ids, &groups)?;
-        // Keys and the (group, offset) of each visual token.
-        let video = model.config().video_token_id;
-        let image = model.config().image_token_id;
-        let mut keys = Vec::with_capacity(ids.len());
-        let mut visual_of = Vec::with_capacity(ids.len());
-        let (mut g, mut in_run, mut prev_vis) = (0usize, 0usize, false);
-        for &t in ids {
-            if t == video || t == image {
-                if !prev_vis {
-                    in_run = 0;
-                } else if in_run == groups[g].0 * groups[g].1 {
-                    g += 1;
-                    in_run = 0;
-                }
-                let (gh, gw) = groups[g];
-                keys.push(TokenKey::Visual {
-                    frames: input.group_frames[g],
-                    h: gh,
-                    w: gw,
-                    index: in_run,
-                });
-                visual_of.push(Some((g, in_run)));
-                in_run += 1;
-                prev_vis = true;
-            } else {
-                if prev_vis {
-                    g += 1;
-                }
-                keys.push(TokenKey::Text(t));
-                visual_of.push(None);
-                prev_vis = false;
-            }
-        }
+        let TokenLayout {
+            groups,
+            positions,
+            keys,
+            visual_of,
+        } = TokenLayout::new(model, input, ids)?;
         let mut common = self
             .keys
             .iter()
@@ -550,20 +618,33 @@ impl<E: PrefixEncoder> TopReward<E> {
                 }
             }
             Mode::Incremental => {
-                // One resolution for the episode: the one the whole (padded) episode gets.
+                // One resolution for the episode: the one the whole (padded) episode gets. Every frame is
+                // resized once, and all prefixes run as one packed prefix tree on the longest one.
                 let n = frames.len() + frames.len() % 2;
                 let res = self.encoder.resolution(n, h as usize, w as usize)?;
-                let mut session = self.model.session();
-                for &k in &lengths {
-                    let input =
-                        self.encoder
-                            .encode(frames, &prefix_frame_indices(k), fps, instruction, Some(res))?;
-                    let s = finite(session.score(&input)?, k)?;
-                    log_probs.push(s.log_prob);
-                    num_tokens.push(s.num_tokens);
+                let frames = self.encoder.resize(frames, res)?;
+                let (&longest, shorter) = lengths.split_last().ok_or(TopRewardError::EmptyEpisode)?;
+                let encode = |k: usize| {
+                    self.encoder
+                        .encode(&frames, &prefix_frame_indices(k), fps, instruction, Some(res))
+                };
+                let mut tree = self.model.prefix_tree(&encode(longest)?)?;
+                for &k in shorter {
+                    tree.add(&encode(k)?)?;
                     if let Some(pb) = &self.progress {
                         pb.inc(1);
                     }
+                }
+                let mut scores = tree.finish()?;
+                // The trunk (the longest prefix) came first.
+                scores.rotate_left(1);
+                for (s, &k) in scores.into_iter().zip(&lengths) {
+                    let s = finite(s, k)?;
+                    log_probs.push(s.log_prob);
+                    num_tokens.push(s.num_tokens);
+                }
+                if let Some(pb) = &self.progress {
+                    pb.inc(1);
                 }
             }
         }

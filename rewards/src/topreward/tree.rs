@@ -1,0 +1,299 @@
+//! Incremental TOPReward as a packed prefix tree: all prefixes of an episode at one resolution scored in a few
+//! large passes instead of one small forward per prefix.
+//!
+//! The prompts of an episode's prefixes share their beginning: the system text and the frame groups before the
+//! point where a prefix ends (its closing `<|vision_end|>`, or a padded last group for an odd frame count). The
+//! longest prefix is the *trunk*: its vision groups are encoded in one batch and its tokens run once, filling
+//! the KV cache. Every other prefix is a *branch*: the tokens after the trunk position where it leaves the trunk
+//! (its own last group, `<|vision_end|>` and the question). Branches are laid end to end and run in one pass over
+//! the trunk's cache; each branch token sees the trunk up to its branch point and the earlier tokens of its own
+//! branch ([`TreeRow`]), which is exactly the causal attention of the prefix's own prompt. New vision groups are
+//! encoded in one batch per pass and the answer log-probabilities of all prefixes come from one product with the
+//! language-model head.
+//!
+//! The scores equal those of [`super::IncrementalSession`] (the same computation, batched), up to float
+//! summation order.
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+
+use super::scorer::{PrefixInput, PrefixScore, TokenKey, TokenLayout, TopRewardError, TopRewardModel};
+use crate::qwen3_vl::{GridThw, KvCache, Position3, TreeRow, VisionOutput};
+
+/// Branch tokens per decoder pass (the default of [`PrefixTree::with_pass_tokens`]): large enough that the
+/// matrix products run at full speed, small enough that a pass's activations stay well below the weights.
+pub const DEFAULT_PASS_TOKENS: usize = 2048;
+
+/// Identity of an encoded frame group: its source frames and merged grid (as [`TokenKey::Visual`]).
+type GroupKey = ((usize, usize), usize, usize);
+
+/// A prefix waiting for the next pass: its tokens after the branch point.
+struct Branch {
+    /// Index of the prefix in the order it was added (the trunk is 0).
+    index: usize,
+    ids: Vec<u32>,
+    positions: Vec<Position3>,
+    /// Trunk tokens it shares (its branch point).
+    shared: usize,
+    /// Visual runs in token order: (group, offset within the group, tokens).
+    visual: Vec<(GroupKey, usize, usize)>,
+    target: u32,
+    num_tokens: usize,
+}
+
+/// Scores prefixes of one episode at one resolution as a packed prefix tree (see the module docs).
+pub struct PrefixTree<'a> {
+    m: &'a TopRewardModel,
+    cache: KvCache,
+    trunk_keys: Vec<TokenKey>,
+    groups: HashMap<GroupKey, VisionOutput>,
+    /// Pixel rows and grid of groups the pending branches need but no pass has encoded yet.
+    new_groups: Vec<(GroupKey, Tensor, GridThw)>,
+    pending: Vec<Branch>,
+    pending_tokens: usize,
+    pass_tokens: usize,
+    /// Final hidden row and target of each prefix scored so far, by index.
+    rows: Vec<Option<(Tensor, u32, usize)>>,
+    computed_tokens: usize,
+}
+
+impl std::fmt::Debug for PrefixTree<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefixTree")
+            .field("trunk_tokens", &self.trunk_keys.len())
+            .field("prefixes", &self.rows.len())
+            .field("computed_tokens", &self.computed_tokens)
+            .finish()
+    }
+}
+
+impl TopRewardModel {
+    /// Start a prefix tree on `trunk`, the longest prefix of the episode (its groups are encoded and its
+    /// tokens run now). Add the other prefixes with [`PrefixTree::add`], then [`PrefixTree::finish`].
+    pub fn prefix_tree(&self, trunk: &PrefixInput) -> Result<PrefixTree<'_>, TopRewardError> {
+        PrefixTree::new(self, trunk)
+    }
+}
+
+impl<'a> PrefixTree<'a> {
+    fn new(m: &'a TopRewardModel, trunk: &PrefixInput) -> Result<Self, TopRewardError> {
+        m.check(trunk)?;
+        let model = m.model();
+        let ids = &trunk.input_ids[..trunk.score_position + 1];
+        let layout = TokenLayout::new(model, trunk, ids)?;
+        // All trunk groups in one batch: a temporal grid of t groups attends within each group only.
+        let vis = model.visual.forward(&trunk.pixel_values, &[trunk.grid])?;
+        let per_group = layout.groups.first().map_or(0, |(h, w)| h * w);
+        let mut groups = HashMap::new();
+        for (g, &frames) in trunk.group_frames.iter().enumerate() {
+            let (h, w) = layout.groups[g];
+            groups.entry((frames, h, w)).or_insert(VisionOutput {
+                embeds: vis.embeds.narrow(0, g * per_group, per_group)?,
+                deepstack: vis
+                    .deepstack
+                    .iter()
+                    .map(|d| d.narrow(0, g * per_group, per_group))
+                    .collect::<candle_core::Result<_>>()?,
+            });
+        }
+        let mut cache = KvCache::new(model.text.num_layers());
+        let hidden = model.forward_tokens(ids, &layout.positions, Some(&vis), &mut cache)?;
+        let last = hidden.get(ids.len() - 1)?;
+        Ok(Self {
+            m,
+            cache,
+            trunk_keys: layout.keys,
+            groups,
+            new_groups: Vec::new(),
+            pending: Vec::new(),
+            pending_tokens: 0,
+            pass_tokens: DEFAULT_PASS_TOKENS,
+            rows: vec![Some((last, trunk.target_token_id, trunk.input_ids.len()))],
+            computed_tokens: ids.len(),
+        })
+    }
+
+    /// Branch tokens run per decoder pass (at least 1); more uses more memory per pass.
+    pub fn with_pass_tokens(mut self, tokens: usize) -> Self {
+        self.pass_tokens = tokens.max(1);
+        self
+    }
+
+    /// Tokens run through the decoder so far (trunk and branches).
+    pub fn computed_tokens(&self) -> usize {
+        self.computed_tokens
+    }
+
+    /// Add a prefix; its score comes out of [`Self::finish`] at the returned index (the trunk is 0). Runs a
+    /// pass when the pending branches reach the pass size.
+    pub fn add(&mut self, input: &PrefixInput) -> Result<usize, TopRewardError> {
+        self.m.check(input)?;
+        let model = self.m.model();
+        let ids = &input.input_ids[..input.score_position + 1];
+        let layout = TokenLayout::new(model, input, ids)?;
+        let mut shared = self
+            .trunk_keys
+            .iter()
+            .zip(&layout.keys)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if shared == ids.len() {
+            shared -= 1; // the score position must run to give its logits
+        }
+        let hw = input.grid.h * input.grid.w;
+        let mut visual = Vec::new();
+        let mut i = shared;
+        while i < ids.len() {
+            let Some((g, off)) = layout.visual_of[i] else {
+                i += 1;
+                continue;
+            };
+            let (gh, gw) = layout.groups[g];
+            let n = (gh * gw - off).min(ids.len() - i);
+            let key = (input.group_frames[g], gh, gw);
+            if !self.groups.contains_key(&key) && !self.new_groups.iter().any(|(k, ..)| *k == key) {
+                // A group's features depend on its own patches only: keep just its pixel rows.
+                let rows = input.pixel_values.narrow(0, g * hw, hw)?.contiguous()?;
+                self.new_groups
+                    .push((key, rows, GridThw::new(1, input.grid.h, input.grid.w)));
+            }
+            visual.push((key, off, n));
+            i += n;
+        }
+        let index = self.rows.len();
+        self.rows.push(None);
+        self.pending_tokens += ids.len() - shared;
+        self.pending.push(Branch {
+            index,
+            ids: ids[shared..].to_vec(),
+            positions: layout.positions[shared..].to_vec(),
+            shared,
+            visual,
+            target: input.target_token_id,
+            num_tokens: input.input_ids.len(),
+        });
+        if self.pending_tokens >= self.pass_tokens {
+            self.run_pass()?;
+        }
+        Ok(index)
+    }
+
+    /// Encode the new groups (one batch per grid size) and run the pending branches in one decoder pass.
+    fn run_pass(&mut self) -> Result<(), TopRewardError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let model = self.m.model();
+        let new_groups = std::mem::take(&mut self.new_groups);
+        let mut sizes: Vec<GridThw> = Vec::new();
+        for (_, _, grid) in &new_groups {
+            if !sizes.iter().any(|s| (s.h, s.w) == (grid.h, grid.w)) {
+                sizes.push(*grid);
+            }
+        }
+        for size in sizes {
+            let batch: Vec<&(GroupKey, Tensor, GridThw)> = new_groups
+                .iter()
+                .filter(|(_, _, g)| (g.h, g.w) == (size.h, size.w))
+                .collect();
+            let pixels = Tensor::cat(&batch.iter().map(|(_, p, _)| p).collect::<Vec<_>>(), 0)?;
+            let out = model
+                .visual
+                .forward(&pixels, &[GridThw::new(batch.len(), size.h, size.w)])?;
+            let per_group = out.embeds.dim(0)? / batch.len();
+            for (j, (key, ..)) in batch.iter().enumerate() {
+                self.groups.insert(
+                    *key,
+                    VisionOutput {
+                        embeds: out.embeds.narrow(0, j * per_group, per_group)?,
+                        deepstack: out
+                            .deepstack
+                            .iter()
+                            .map(|d| d.narrow(0, j * per_group, per_group))
+                            .collect::<candle_core::Result<_>>()?,
+                    },
+                );
+            }
+        }
+        // The branches end to end, each token seeing its part of the trunk and its own branch.
+        let trunk = self.cache.len();
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_tokens = 0;
+        let (mut ids, mut positions, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut embeds, mut deep): (Vec<Tensor>, Vec<Vec<Tensor>>) = (Vec::new(), Vec::new());
+        let mut last_rows = Vec::with_capacity(pending.len());
+        for b in &pending {
+            let start = trunk + ids.len();
+            ids.extend_from_slice(&b.ids);
+            positions.extend_from_slice(&b.positions);
+            rows.extend(std::iter::repeat_n(
+                TreeRow {
+                    shared: b.shared,
+                    start,
+                },
+                b.ids.len(),
+            ));
+            last_rows.push(ids.len() - 1);
+            for (key, off, n) in &b.visual {
+                let out = self
+                    .groups
+                    .get(key)
+                    .ok_or_else(|| TopRewardError::Encode(format!("frame group {key:?} was not encoded")))?;
+                embeds.push(out.embeds.narrow(0, *off, *n)?);
+                deep.resize(out.deepstack.len(), Vec::new());
+                for (acc, d) in deep.iter_mut().zip(&out.deepstack) {
+                    acc.push(d.narrow(0, *off, *n)?);
+                }
+            }
+        }
+        let vis = if embeds.is_empty() {
+            None
+        } else {
+            Some(VisionOutput {
+                embeds: Tensor::cat(&embeds, 0)?,
+                deepstack: deep
+                    .iter()
+                    .map(|d| Tensor::cat(d, 0))
+                    .collect::<candle_core::Result<_>>()?,
+            })
+        };
+        let result = model.forward_tree_tokens(&ids, &positions, vis.as_ref(), &rows, &mut self.cache);
+        // Back to the trunk whatever happened: the next pass starts from it.
+        self.cache.truncate(trunk)?;
+        let hidden = result?;
+        self.computed_tokens += ids.len();
+        for (b, &r) in pending.iter().zip(&last_rows) {
+            self.rows[b.index] = Some((hidden.get(r)?, b.target, b.num_tokens));
+        }
+        Ok(())
+    }
+
+    /// Run what is pending and return the scores of all prefixes in the order they were added (trunk first).
+    /// The log-probabilities come from the language-model head in a few large products.
+    pub fn finish(mut self) -> Result<Vec<PrefixScore>, TopRewardError> {
+        self.run_pass()?;
+        let rows: Vec<(Tensor, u32, usize)> = self
+            .rows
+            .into_iter()
+            .map(|r| r.ok_or_else(|| TopRewardError::Encode("a prefix was never run".into())))
+            .collect::<Result<_, _>>()?;
+        let mut scores = Vec::with_capacity(rows.len());
+        // Bounded batches: each is a (rows, vocab) f32 matrix.
+        for chunk in rows.chunks(64) {
+            let hidden = Tensor::stack(&chunk.iter().map(|(h, ..)| h).collect::<Vec<_>>(), 0)?;
+            let targets: Vec<u32> = chunk.iter().map(|(_, t, _)| *t).collect();
+            let lps = self.m.log_probs(&hidden, &targets)?;
+            scores.extend(
+                chunk
+                    .iter()
+                    .zip(lps)
+                    .map(|((.., num_tokens), log_prob)| PrefixScore {
+                        log_prob,
+                        num_tokens: *num_tokens,
+                    }),
+            );
+        }
+        Ok(scores)
+    }
+}
