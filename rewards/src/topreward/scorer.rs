@@ -217,6 +217,10 @@ impl TopRewardModel {
     /// Score one prefix as the reference does: the whole prompt through the model, log-softmax at the
     /// score position (the one before the final " True").
     pub fn score_exact(&self, input: &PrefixInput) -> Result<PrefixScore, TopRewardError> {
+        self.model.device().with_context(|| self.score_exact_inner(input))
+    }
+
+    fn score_exact_inner(&self, input: &PrefixInput) -> Result<PrefixScore, TopRewardError> {
         self.check(input)?;
         let ids = &input.input_ids;
         let vis = self.model.visual.forward(&input.pixel_values, &[input.grid])?;
@@ -354,6 +358,12 @@ impl IncrementalSession<'_> {
 
     /// Score a prefix, computing only what differs from the previously scored one.
     pub fn score(&mut self, input: &PrefixInput) -> Result<PrefixScore, TopRewardError> {
+        // On the CPU, candle's own thread pool, kept warm across the many short parallel sections.
+        let device = self.m.model.device().clone();
+        device.with_context(|| self.score_inner(input))
+    }
+
+    fn score_inner(&mut self, input: &PrefixInput) -> Result<PrefixScore, TopRewardError> {
         let m = self.m;
         m.check(input)?;
         let model = &m.model;

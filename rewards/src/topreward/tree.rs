@@ -3,13 +3,13 @@
 //!
 //! The prompts of an episode's prefixes share their beginning: the system text and the frame groups before the
 //! point where a prefix ends (its closing `<|vision_end|>`, or a padded last group for an odd frame count). The
-//! longest prefix is the *trunk*: its vision groups are encoded in one batch and its tokens run once, filling
-//! the KV cache. Every other prefix is a *branch*: the tokens after the trunk position where it leaves the trunk
-//! (its own last group, `<|vision_end|>` and the question). Branches are laid end to end and run in one pass over
-//! the trunk's cache; each branch token sees the trunk up to its branch point and the earlier tokens of its own
-//! branch ([`TreeRow`]), which is exactly the causal attention of the prefix's own prompt. New vision groups are
-//! encoded in one batch per pass and the answer log-probabilities of all prefixes come from one product with the
-//! language-model head.
+//! longest prefix is the *trunk*. Every other prefix is a *branch*: the tokens after the trunk position where it
+//! leaves the trunk (its own last group, `<|vision_end|>` and the question). The trunk and the branches are laid
+//! end to end and run in one decoder pass (more when they exceed the pass size; later passes run over the
+//! trunk's cached keys); each token sees the trunk up to its branch's branch point and the earlier tokens of its
+//! own branch ([`TreeRow`]), which is exactly the causal attention of the prefix's own prompt. The frame groups
+//! of a pass are encoded in one vision batch, and the answer log-probabilities of all prefixes come from one
+//! product with the language-model head.
 //!
 //! The scores equal those of [`super::IncrementalSession`] (the same computation, batched), up to float
 //! summation order.
@@ -46,6 +46,8 @@ struct Branch {
 pub struct PrefixTree<'a> {
     m: &'a TopRewardModel,
     cache: KvCache,
+    /// Tokens of the trunk, which the cache holds after the first pass.
+    trunk_len: usize,
     trunk_keys: Vec<TokenKey>,
     groups: HashMap<GroupKey, VisionOutput>,
     /// Pixel rows and grid of groups the pending branches need but no pass has encoded yet.
@@ -69,8 +71,9 @@ impl std::fmt::Debug for PrefixTree<'_> {
 }
 
 impl TopRewardModel {
-    /// Start a prefix tree on `trunk`, the longest prefix of the episode (its groups are encoded and its
-    /// tokens run now). Add the other prefixes with [`PrefixTree::add`], then [`PrefixTree::finish`].
+    /// Start a prefix tree on `trunk`, the longest prefix of the episode (it runs in the first pass, with the
+    /// prefixes added before it). Add the other prefixes with [`PrefixTree::add`], then
+    /// [`PrefixTree::finish`].
     pub fn prefix_tree(&self, trunk: &PrefixInput) -> Result<PrefixTree<'_>, TopRewardError> {
         PrefixTree::new(self, trunk)
     }
@@ -79,39 +82,26 @@ impl TopRewardModel {
 impl<'a> PrefixTree<'a> {
     fn new(m: &'a TopRewardModel, trunk: &PrefixInput) -> Result<Self, TopRewardError> {
         m.check(trunk)?;
-        let model = m.model();
         let ids = &trunk.input_ids[..trunk.score_position + 1];
-        let layout = TokenLayout::new(model, trunk, ids)?;
-        // All trunk groups in one batch: a temporal grid of t groups attends within each group only.
-        let vis = model.visual.forward(&trunk.pixel_values, &[trunk.grid])?;
-        let per_group = layout.groups.first().map_or(0, |(h, w)| h * w);
-        let mut groups = HashMap::new();
-        for (g, &frames) in trunk.group_frames.iter().enumerate() {
-            let (h, w) = layout.groups[g];
-            groups.entry((frames, h, w)).or_insert(VisionOutput {
-                embeds: vis.embeds.narrow(0, g * per_group, per_group)?,
-                deepstack: vis
-                    .deepstack
-                    .iter()
-                    .map(|d| d.narrow(0, g * per_group, per_group))
-                    .collect::<candle_core::Result<_>>()?,
-            });
-        }
-        let mut cache = KvCache::new(model.text.num_layers());
-        let hidden = model.forward_tokens(ids, &layout.positions, Some(&vis), &mut cache)?;
-        let last = hidden.get(ids.len() - 1)?;
-        Ok(Self {
+        let layout = TokenLayout::new(m.model(), trunk, ids)?;
+        let mut tree = Self {
             m,
-            cache,
-            trunk_keys: layout.keys,
-            groups,
+            cache: KvCache::new(m.model().text.num_layers()),
+            trunk_len: ids.len(),
+            trunk_keys: Vec::new(),
+            groups: HashMap::new(),
             new_groups: Vec::new(),
             pending: Vec::new(),
             pending_tokens: 0,
             pass_tokens: DEFAULT_PASS_TOKENS,
-            rows: vec![Some((last, trunk.target_token_id, trunk.input_ids.len()))],
-            computed_tokens: ids.len(),
-        })
+            rows: Vec::new(),
+            computed_tokens: 0,
+        };
+        // The trunk is the first branch, of an empty trunk: it runs in the first pass, together with the
+        // branches added before that pass (they see its keys, computed in the same pass, through their rows).
+        tree.push(trunk, &layout, 0)?;
+        tree.trunk_keys = layout.keys;
+        Ok(tree)
     }
 
     /// Branch tokens run per decoder pass (at least 1); more uses more memory per pass.
@@ -129,9 +119,8 @@ impl<'a> PrefixTree<'a> {
     /// pass when the pending branches reach the pass size.
     pub fn add(&mut self, input: &PrefixInput) -> Result<usize, TopRewardError> {
         self.m.check(input)?;
-        let model = self.m.model();
         let ids = &input.input_ids[..input.score_position + 1];
-        let layout = TokenLayout::new(model, input, ids)?;
+        let layout = TokenLayout::new(self.m.model(), input, ids)?;
         let mut shared = self
             .trunk_keys
             .iter()
@@ -141,6 +130,22 @@ impl<'a> PrefixTree<'a> {
         if shared == ids.len() {
             shared -= 1; // the score position must run to give its logits
         }
+        let index = self.push(input, &layout, shared)?;
+        if self.pending_tokens >= self.pass_tokens {
+            self.run_pass()?;
+        }
+        Ok(index)
+    }
+
+    /// Queue the tokens of `input` after its first `shared` (the trunk's) for the next pass, and the pixel
+    /// rows of frame groups no pass has encoded yet.
+    fn push(
+        &mut self,
+        input: &PrefixInput,
+        layout: &TokenLayout,
+        shared: usize,
+    ) -> Result<usize, TopRewardError> {
+        let ids = &input.input_ids[..input.score_position + 1];
         let hw = input.grid.h * input.grid.w;
         let mut visual = Vec::new();
         let mut i = shared;
@@ -173,14 +178,17 @@ impl<'a> PrefixTree<'a> {
             target: input.target_token_id,
             num_tokens: input.input_ids.len(),
         });
-        if self.pending_tokens >= self.pass_tokens {
-            self.run_pass()?;
-        }
         Ok(index)
     }
 
     /// Encode the new groups (one batch per grid size) and run the pending branches in one decoder pass.
     fn run_pass(&mut self) -> Result<(), TopRewardError> {
+        // On the CPU, candle's own thread pool, kept warm across the many short parallel sections.
+        let device = self.m.model().device().clone();
+        device.with_context(|| self.run_pass_inner())
+    }
+
+    fn run_pass_inner(&mut self) -> Result<(), TopRewardError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -216,15 +224,17 @@ impl<'a> PrefixTree<'a> {
                 );
             }
         }
-        // The branches end to end, each token seeing its part of the trunk and its own branch.
-        let trunk = self.cache.len();
+        // The branches end to end after what the cache holds (nothing before the first pass, which starts
+        // with the trunk itself; the trunk after it), each token seeing its part of the trunk and its own
+        // branch.
+        let cached = self.cache.len();
         let pending = std::mem::take(&mut self.pending);
         self.pending_tokens = 0;
         let (mut ids, mut positions, mut rows) = (Vec::new(), Vec::new(), Vec::new());
         let (mut embeds, mut deep): (Vec<Tensor>, Vec<Vec<Tensor>>) = (Vec::new(), Vec::new());
         let mut last_rows = Vec::with_capacity(pending.len());
         for b in &pending {
-            let start = trunk + ids.len();
+            let start = cached + ids.len();
             ids.extend_from_slice(&b.ids);
             positions.extend_from_slice(&b.positions);
             rows.extend(std::iter::repeat_n(
@@ -260,7 +270,7 @@ impl<'a> PrefixTree<'a> {
         };
         let result = model.forward_tree_tokens(&ids, &positions, vis.as_ref(), &rows, &mut self.cache);
         // Back to the trunk whatever happened: the next pass starts from it.
-        self.cache.truncate(trunk)?;
+        self.cache.truncate(self.trunk_len)?;
         let hidden = result?;
         self.computed_tokens += ids.len();
         for (b, &r) in pending.iter().zip(&last_rows) {
