@@ -22,7 +22,7 @@ use tokenizers::Tokenizer;
 use crate::qwen3_vl::processor::{
     SizeConfig, VideoMetadata, VideoProcessor, calculate_timestamps, check_frames, smart_resize,
 };
-use crate::qwen3_vl::{GridThw, KvCache, ModelError, Position3, Qwen3VL};
+use crate::qwen3_vl::{GridThw, KvCache, ModelError, Position3, Qwen3VL, TreeRow, VisionOutput};
 
 /// `<|endoftext|>`.
 pub const ENDOFTEXT_TOKEN_ID: u32 = 151643;
@@ -433,6 +433,134 @@ impl<'a> Session<'a> {
         let lp = s.log_probs(&hidden.get(last)?)?;
         s.len = input.input_ids.len();
         Ok((s, lp))
+    }
+
+    /// Prefill several prompts in as few passes as `pass_tokens` allows: their tokens laid end to end, each
+    /// attending only to itself (a packed batch, [`crate::qwen3_vl::TreeRow`] with nothing shared), their media
+    /// encoded in shared vision batches, their next-token log-probs from one language-model-head product. Each
+    /// result equals [`Self::prefill`] of that prompt (up to float summation order) and its session decodes on
+    /// from its own slice of the packed cache. A prompt over `max_tokens` fails alone; if a packed pass fails,
+    /// its prompts are retried one by one so that a bad one fails alone.
+    pub fn prefill_many(
+        model: &'a Qwen3VL,
+        inputs: &[&MultimodalInput],
+        max_tokens: usize,
+        pass_tokens: usize,
+    ) -> Vec<Result<(Self, StepLogProbs), MultimodalError>> {
+        let mut results: Vec<Option<Result<(Self, StepLogProbs), MultimodalError>>> = inputs
+            .iter()
+            .map(|i| {
+                (i.input_ids.len() > max_tokens).then(|| {
+                    Err(MultimodalError::TooLong {
+                        tokens: i.input_ids.len(),
+                        limit: max_tokens,
+                    })
+                })
+            })
+            .collect();
+        // Passes: consecutive prompts up to `pass_tokens` tokens (at least one prompt each).
+        let mut pass: Vec<usize> = Vec::new();
+        let mut tokens = 0;
+        let mut passes = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            if !pass.is_empty() && tokens + input.input_ids.len() > pass_tokens {
+                passes.push(std::mem::take(&mut pass));
+                tokens = 0;
+            }
+            pass.push(i);
+            tokens += input.input_ids.len();
+        }
+        if !pass.is_empty() {
+            passes.push(pass);
+        }
+        for pass in passes {
+            let members: Vec<&MultimodalInput> = pass.iter().map(|&i| inputs[i]).collect();
+            match model
+                .device()
+                .with_context(|| Self::prefill_packed(model, &members))
+            {
+                Ok(sessions) => {
+                    for (&i, s) in pass.iter().zip(sessions) {
+                        results[i] = Some(Ok(s));
+                    }
+                }
+                Err(_) if pass.len() > 1 => {
+                    for &i in &pass {
+                        results[i] = Some(Self::prefill(model, inputs[i], max_tokens));
+                    }
+                }
+                Err(e) => results[pass[0]] = Some(Err(e)),
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(MultimodalError::Encode("a prompt was never run".into()))))
+            .collect()
+    }
+
+    fn prefill_packed(
+        model: &'a Qwen3VL,
+        inputs: &[&MultimodalInput],
+    ) -> Result<Vec<(Self, StepLogProbs)>, MultimodalError> {
+        let media: Vec<(&Tensor, &[GridThw])> = inputs
+            .iter()
+            .filter_map(|i| i.pixel_values.as_ref().map(|pv| (pv, i.grids.as_slice())))
+            .collect();
+        let vis = model.visual.forward_many(&media)?;
+        let (mut ids, mut positions, mut rows, mut spans) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for input in inputs {
+            let start = ids.len();
+            let p = model.rope_positions(&input.input_ids, &model.groups_of(&input.grids))?;
+            ids.extend_from_slice(&input.input_ids);
+            positions.extend_from_slice(&p);
+            rows.extend(std::iter::repeat_n(
+                TreeRow { shared: 0, start },
+                input.input_ids.len(),
+            ));
+            spans.push((
+                start,
+                input.input_ids.len(),
+                p.last().map_or(0, |p: &Position3| p[0] + 1),
+            ));
+        }
+        let vis = if vis.is_empty() {
+            None
+        } else {
+            let layers = vis[0].deepstack.len();
+            Some(VisionOutput {
+                embeds: Tensor::cat(&vis.iter().map(|v| &v.embeds).collect::<Vec<_>>(), 0)?,
+                deepstack: (0..layers)
+                    .map(|l| Tensor::cat(&vis.iter().map(|v| &v.deepstack[l]).collect::<Vec<_>>(), 0))
+                    .collect::<candle_core::Result<_>>()?,
+            })
+        };
+        let mut cache = KvCache::new(model.text.num_layers());
+        let hidden = model.forward_tree_tokens(&ids, &positions, vis.as_ref(), &rows, &mut cache)?;
+        let last: Vec<u32> = spans
+            .iter()
+            .map(|&(start, len, _)| (start + len - 1) as u32)
+            .collect();
+        let n = last.len();
+        let last = hidden.index_select(&Tensor::from_vec(last, n, hidden.device())?, 0)?;
+        let lps = candle_nn::ops::log_softmax(&model.text.logits(&last)?, D::Minus1)?.to_vec2::<f32>()?;
+        spans
+            .iter()
+            .zip(lps)
+            .map(|(&(start, len, next_position), lp)| {
+                Ok((
+                    Self {
+                        model,
+                        cache: cache.slice(start, len)?,
+                        next_position,
+                        len,
+                    },
+                    StepLogProbs(lp),
+                ))
+            })
+            .collect()
     }
 
     fn log_probs(&self, row: &Tensor) -> Result<StepLogProbs, MultimodalError> {

@@ -60,6 +60,20 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Positions `start..start + len` of every layer as a cache of their own: one sequence of a packed batch,
+    /// which then decodes on alone.
+    pub fn slice(&self, start: usize, len: usize) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((k.narrow(2, start, len)?, v.narrow(2, start, len)?))),
+                None => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
     /// Keep only the first `len` positions.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         if len >= self.len() {

@@ -237,6 +237,78 @@ impl VisionModel {
         })
     }
 
+    /// Encode the media of several inputs at once: each element is one input's `pixel_values` and grids, as
+    /// [`Self::forward`] takes them. Temporal groups of the same size are encoded in one batch whichever input
+    /// and grid they come from (a group attends only within itself), so many small requests cost about what
+    /// one large one does. Returns one output per input, each as `forward` would return it.
+    pub fn forward_many(&self, inputs: &[(&Tensor, &[GridThw])]) -> Result<Vec<VisionOutput>> {
+        let m2 = self.cfg.spatial_merge_size * self.cfg.spatial_merge_size;
+        // Every temporal group: (input, patch row offset, h, w), in input order.
+        let mut groups = Vec::new();
+        for (i, (pixels, grids)) in inputs.iter().enumerate() {
+            let mut offset = 0;
+            for g in *grids {
+                for _ in 0..g.t {
+                    groups.push((i, offset, g.h, g.w));
+                    offset += g.h * g.w;
+                }
+            }
+            if offset != pixels.dim(0)? {
+                candle_core::bail!(
+                    "input {i}: pixel_values has {} rows, its grids need {offset}",
+                    pixels.dim(0)?
+                );
+            }
+        }
+        // One batch per group size; each group's output rows, by group index.
+        let mut sizes: Vec<(usize, usize)> = groups.iter().map(|&(_, _, h, w)| (h, w)).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut outputs: Vec<Option<VisionOutput>> = vec![None; groups.len()];
+        for (h, w) in sizes {
+            let members: Vec<usize> = (0..groups.len())
+                .filter(|&j| (groups[j].2, groups[j].3) == (h, w))
+                .collect();
+            let rows = members
+                .iter()
+                .map(|&j| inputs[groups[j].0].0.narrow(0, groups[j].1, h * w))
+                .collect::<Result<Vec<_>>>()?;
+            let out = self.forward_one(&Tensor::cat(&rows, 0)?, GridThw::new(members.len(), h, w))?;
+            let per = h * w / m2;
+            for (k, &j) in members.iter().enumerate() {
+                outputs[j] = Some(VisionOutput {
+                    embeds: out.embeds.narrow(0, k * per, per)?,
+                    deepstack: out
+                        .deepstack
+                        .iter()
+                        .map(|d| d.narrow(0, k * per, per))
+                        .collect::<Result<_>>()?,
+                });
+            }
+        }
+        // Back to inputs, groups in order.
+        let mut per_input: Vec<Vec<VisionOutput>> = vec![Vec::new(); inputs.len()];
+        for ((i, ..), out) in groups.iter().zip(outputs) {
+            per_input[*i].push(out.ok_or_else(|| candle_core::Error::Msg("a group was not encoded".into()))?);
+        }
+        per_input
+            .into_iter()
+            .enumerate()
+            .map(|(i, outs)| {
+                if outs.is_empty() {
+                    candle_core::bail!("input {i} has no image or video");
+                }
+                let layers = outs.first().map_or(0, |o| o.deepstack.len());
+                Ok(VisionOutput {
+                    embeds: Tensor::cat(&outs.iter().map(|o| &o.embeds).collect::<Vec<_>>(), 0)?,
+                    deepstack: (0..layers)
+                        .map(|l| Tensor::cat(&outs.iter().map(|o| &o.deepstack[l]).collect::<Vec<_>>(), 0))
+                        .collect::<Result<_>>()?,
+                })
+            })
+            .collect()
+    }
+
     fn forward_one(&self, pixel_values: &Tensor, grid: GridThw) -> Result<VisionOutput> {
         let dev = self.pos_embed.device();
         let xs = pixel_values

@@ -15,8 +15,14 @@
 //!   each video expanded as transformers 4.57 expands it (see [`crate::multimodal`]).
 //!
 //! Handler threads parse and validate requests (bodies over `max_body_bytes` get 413) and hand them to a
-//! bounded queue (full: 503, the client retries); one worker runs the model, one request at a time, in
-//! arrival order. There is no batching across requests: the CPU model gains nothing from it.
+//! bounded queue (full: 503, the client retries); one worker runs the model. It takes the requests waiting
+//! in the queue together, up to `max_batch` (after waiting up to `batch_wait` for more to arrive, like
+//! Triton's dynamic batcher): their chat prompts are prefilled in shared packed passes of up to
+//! `batch_tokens` tokens ([`Session::prefill_many`]: one vision batch, one decoder pass, one language-model
+//! head product), then each decodes on alone.
+//! Native score requests are whole episodes, already batched inside ([`crate::topreward::tree`]), and run one
+//! after another. `/health` counts the requests that shared a pass (`batched`). As with vLLM, a prompt's
+//! log-probs then depend on what else was waiting by float rounding (about 1e-6), not more.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -32,7 +38,8 @@ use tiny_http::{Header, Method, Request, Response};
 
 use super::{CHAT_PATH, SCORE_PATH, ScoreRequest, episode_json};
 use crate::multimodal::{
-    ENDOFTEXT_TOKEN_ID, IM_END_TOKEN_ID, Message, MultimodalEncoder, Part, Session, TemplateOptions,
+    ENDOFTEXT_TOKEN_ID, IM_END_TOKEN_ID, Message, MultimodalEncoder, MultimodalError, MultimodalInput, Part,
+    Session, StepLogProbs, TemplateOptions,
 };
 use crate::qwen3_vl::Qwen3VL;
 use crate::qwen3_vl::processor::VideoMetadata;
@@ -55,6 +62,12 @@ pub struct ServerConfig {
     pub default_mode: Mode,
     /// Largest `max_tokens` of a chat request.
     pub max_new_tokens: usize,
+    /// Most requests the worker takes at once.
+    pub max_batch: usize,
+    /// How long the worker waits for more requests once one arrived, when fewer than `max_batch` wait.
+    pub batch_wait: std::time::Duration,
+    /// Most prompt tokens prefilled in one packed pass.
+    pub batch_tokens: usize,
 }
 
 /// The model side: TOPReward scorers in both modes over one set of weights, and the chat engine.
@@ -158,25 +171,68 @@ impl RewardServer {
     /// Serve until the process ends: handler threads feed the model worker (this thread).
     pub fn run(self, mut engine: Engine) {
         let (tx, rx) = mpsc::sync_channel::<Job>(self.config.queue.max(1));
-        let queued = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(Stats::default());
         let config = Arc::new(self.config.clone());
         for _ in 0..self.config.threads.max(1) {
-            let (http, tx, queued, config) = (self.http.clone(), tx.clone(), queued.clone(), config.clone());
+            let (http, tx, stats, config) = (self.http.clone(), tx.clone(), stats.clone(), config.clone());
             std::thread::spawn(move || {
                 while let Ok(request) = http.recv() {
-                    handle(request, &tx, &queued, &config);
+                    handle(request, &tx, &stats, &config);
                 }
             });
         }
         drop(tx);
-        for job in rx {
-            queued.fetch_sub(1, Ordering::SeqCst);
-            let result = match job.work {
-                Work::Score { frames, request } => run_score(&mut engine, &frames, &request, &self.config),
-                Work::Chat(chat) => run_chat(&engine, &chat),
-            };
-            let _ = job.reply.send(result);
+        while let Some(batch) = next_batch(&rx, &self.config) {
+            stats.queued.fetch_sub(batch.len(), Ordering::SeqCst);
+            run_batch(&mut engine, batch, &self.config, &stats);
         }
+    }
+}
+
+/// What `/health` reports besides the model: requests waiting, and requests that shared a pass with others.
+#[derive(Debug, Default)]
+struct Stats {
+    queued: AtomicUsize,
+    batched: AtomicUsize,
+}
+
+/// Block for the next request, then take those waiting (waiting up to `batch_wait` for more) up to
+/// `max_batch`. `None` once every handler has gone.
+fn next_batch(rx: &mpsc::Receiver<Job>, config: &ServerConfig) -> Option<Vec<Job>> {
+    let first = rx.recv().ok()?;
+    let mut batch = vec![first];
+    let deadline = std::time::Instant::now() + config.batch_wait;
+    while batch.len() < config.max_batch.max(1) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let next = if left.is_zero() {
+            rx.try_recv().ok()
+        } else {
+            rx.recv_timeout(left).ok()
+        };
+        match next {
+            Some(job) => batch.push(job),
+            None => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Run a batch: chat prompts prefilled together, score requests in turn; every job gets its reply.
+fn run_batch(engine: &mut Engine, batch: Vec<Job>, config: &ServerConfig, stats: &Stats) {
+    let mut chats = Vec::new();
+    for job in batch {
+        match job.work {
+            Work::Score { frames, request } => {
+                let _ = job.reply.send(run_score(engine, &frames, &request, config));
+            }
+            Work::Chat(chat) => chats.push((chat, job.reply)),
+        }
+    }
+    let jobs: Vec<&ChatJob> = chats.iter().map(|(c, _)| c.as_ref()).collect();
+    let (answers, shared) = run_chats(engine, &jobs, config.batch_tokens);
+    stats.batched.fetch_add(shared, Ordering::SeqCst);
+    for ((_, reply), answer) in chats.iter().zip(answers) {
+        let _ = reply.send(answer);
     }
 }
 
@@ -193,14 +249,16 @@ fn error_body(e: &HttpError) -> Value {
     json!({"error": {"message": e.message, "type": "invalid_request_error", "code": e.status}})
 }
 
-fn handle(mut request: Request, tx: &mpsc::SyncSender<Job>, queued: &AtomicUsize, config: &ServerConfig) {
+fn handle(mut request: Request, tx: &mpsc::SyncSender<Job>, stats: &Stats, config: &ServerConfig) {
     let url = request.url().split('?').next().unwrap_or("").to_string();
     let method = request.method().clone();
     let result: Result<Value, HttpError> = match (&method, url.as_str()) {
         (Method::Get, "/health") => Ok(json!({
             "status": "ok",
             "model": config.served_model_name,
-            "queued": queued.load(Ordering::SeqCst),
+            "queued": stats.queued.load(Ordering::SeqCst),
+            "batched": stats.batched.load(Ordering::SeqCst),
+            "max_batch": config.max_batch,
         })),
         (Method::Get, "/v1/models") => Ok(json!({
             "object": "list",
@@ -215,7 +273,7 @@ fn handle(mut request: Request, tx: &mpsc::SyncSender<Job>, queued: &AtomicUsize
                         parse_chat(&body, config).map(|c| Work::Chat(Box::new(c)))
                     }
                 })
-                .and_then(|work| submit(work, tx, queued))
+                .and_then(|work| submit(work, tx, &stats.queued))
         }
         (_, "/health" | "/v1/models" | SCORE_PATH | CHAT_PATH) => {
             Err(HttpError::new(405, format!("{method} is not allowed on {url}")))
@@ -526,8 +584,52 @@ fn token_entry(engine: &Engine, id: u32, logprob: f32) -> Value {
     json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()})
 }
 
-/// Run a chat job: prefill, then greedy tokens with their log-probs.
+/// Run one chat job: prefill, then greedy tokens with their log-probs.
 pub fn run_chat(engine: &Engine, job: &ChatJob) -> Result<Value, HttpError> {
+    let (mut answers, _) = run_chats(engine, &[job], usize::MAX);
+    answers
+        .pop()
+        .unwrap_or_else(|| Err(HttpError::new(500, "no answer")))
+}
+
+/// Run chat jobs: their prompts prefilled in shared packed passes of up to `batch_tokens` tokens, then each
+/// decoded greedily. Returns the answers in order and how many prompts shared a pass with another (a job whose
+/// request is bad fails alone).
+pub fn run_chats(
+    engine: &Engine,
+    jobs: &[&ChatJob],
+    batch_tokens: usize,
+) -> (Vec<Result<Value, HttpError>>, usize) {
+    let inputs: Vec<Result<MultimodalInput, HttpError>> =
+        jobs.iter().map(|job| chat_input(engine, job)).collect();
+    let ready: Vec<&MultimodalInput> = inputs.iter().filter_map(|i| i.as_ref().ok()).collect();
+    let shared = if ready.len() > 1 { ready.len() } else { 0 };
+    let mut prefills =
+        Session::prefill_many(&engine.model, &ready, engine.max_tokens, batch_tokens).into_iter();
+    let answers = jobs
+        .iter()
+        .zip(&inputs)
+        .map(|(job, input)| {
+            let input = input.as_ref().map_err(Clone::clone)?;
+            let (session, lp) = prefills
+                .next()
+                .unwrap_or_else(|| Err(MultimodalError::Encode("no prefill for a prompt".into())))
+                .map_err(chat_error)?;
+            decode_chat(engine, job, input, session, lp)
+        })
+        .collect();
+    (answers, shared)
+}
+
+fn chat_error(e: MultimodalError) -> HttpError {
+    match e {
+        MultimodalError::Model(_) | MultimodalError::Candle(_) => HttpError::new(500, e.to_string()),
+        other => HttpError::new(400, other.to_string()),
+    }
+}
+
+/// Check a chat job against the model and build its prompt.
+fn chat_input(engine: &Engine, job: &ChatJob) -> Result<MultimodalInput, HttpError> {
     let vocab = engine.model.config().text_config.vocab_size;
     if let Some(bad) = job
         .allowed_token_ids
@@ -539,14 +641,17 @@ pub fn run_chat(engine: &Engine, job: &ChatJob) -> Result<Value, HttpError> {
             format!("allowed_token_ids: {bad} is outside the vocabulary of {vocab}"),
         ));
     }
-    let err = |e: crate::multimodal::MultimodalError| match e {
-        crate::multimodal::MultimodalError::Model(_) | crate::multimodal::MultimodalError::Candle(_) => {
-            HttpError::new(500, e.to_string())
-        }
-        other => HttpError::new(400, other.to_string()),
-    };
-    let input = engine.chat.encode(&job.messages, job.options).map_err(err)?;
-    let (mut session, mut lp) = Session::prefill(&engine.model, &input, engine.max_tokens).map_err(err)?;
+    engine.chat.encode(&job.messages, job.options).map_err(chat_error)
+}
+
+/// Greedy tokens with their log-probs after a prefill, and the OpenAI answer.
+fn decode_chat(
+    engine: &Engine,
+    job: &ChatJob,
+    input: &MultimodalInput,
+    mut session: Session<'_>,
+    mut lp: StepLogProbs,
+) -> Result<Value, HttpError> {
     let mut tokens = Vec::new();
     let mut entries = Vec::new();
     let mut finish = "length";
@@ -570,9 +675,9 @@ pub fn run_chat(engine: &Engine, job: &ChatJob) -> Result<Value, HttpError> {
         if tokens.len() >= job.max_tokens || session.len + 1 > engine.max_tokens {
             break;
         }
-        lp = session.step(id).map_err(err)?;
+        lp = session.step(id).map_err(chat_error)?;
     }
-    let text = engine.chat.decode(&tokens).map_err(err)?;
+    let text = engine.chat.decode(&tokens).map_err(chat_error)?;
     let prompt_tokens = input.input_ids.len();
     let mut answer = json!({
         "id": format!("chatcmpl-toprl-{prompt_tokens}-{}", tokens.len()),
@@ -612,6 +717,9 @@ mod tests {
             served_model_name: "tiny".into(),
             default_mode: Mode::Exact,
             max_new_tokens: 8,
+            max_batch: 4,
+            batch_wait: std::time::Duration::ZERO,
+            batch_tokens: 4096,
         }
     }
 

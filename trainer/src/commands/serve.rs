@@ -50,6 +50,16 @@ pub struct ServeArgs {
     /// Largest max_tokens of a chat request.
     #[arg(long, default_value_t = 1024)]
     pub max_new_tokens: usize,
+    /// Most waiting chat requests whose prompts are prefilled together in one packed pass.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// Milliseconds the model waits for more requests once one arrived, to fill a batch (0: take only
+    /// those already waiting).
+    #[arg(long, default_value_t = 0)]
+    pub batch_wait_ms: u64,
+    /// Most prompt tokens in one packed prefill pass (bounds the memory of a batch).
+    #[arg(long, default_value_t = 8192)]
+    pub batch_tokens: usize,
     /// tokenizer.json (default: the checkpoint's, else the Qwen3 tokenizer of scripts/setup.sh).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -59,8 +69,13 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    if args.max_body_mib == 0 || args.queue == 0 || args.threads == 0 {
-        bail!("--max-body-mib, --queue and --threads must be at least 1");
+    if args.max_body_mib == 0
+        || args.queue == 0
+        || args.threads == 0
+        || args.max_batch == 0
+        || args.batch_tokens == 0
+    {
+        bail!("--max-body-mib, --queue, --threads, --max-batch and --batch-tokens must be at least 1");
     }
     let files = toprl_rewards::checkpoint::resolve_checkpoint(&args.model, args.revision.as_deref())
         .with_context(|| format!("resolving model {}", args.model))?;
@@ -114,6 +129,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .unwrap_or_else(|| args.model.clone()),
         default_mode: args.mode,
         max_new_tokens: args.max_new_tokens,
+        max_batch: args.max_batch,
+        batch_wait: std::time::Duration::from_millis(args.batch_wait_ms),
+        batch_tokens: args.batch_tokens,
     })?;
     let addr = server.local_addr().context("the server has no IP address")?;
     println!("listening on http://{addr}");
