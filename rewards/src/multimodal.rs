@@ -409,6 +409,17 @@ impl<'a> Session<'a> {
         input: &MultimodalInput,
         max_tokens: usize,
     ) -> Result<(Self, StepLogProbs), MultimodalError> {
+        // On the CPU, candle's own thread pool, kept warm across the many short parallel sections.
+        model
+            .device()
+            .with_context(|| Self::prefill_alone(model, input, max_tokens))
+    }
+
+    fn prefill_alone(
+        model: &'a Qwen3VL,
+        input: &MultimodalInput,
+        max_tokens: usize,
+    ) -> Result<(Self, StepLogProbs), MultimodalError> {
         if input.input_ids.len() > max_tokens {
             return Err(MultimodalError::TooLong {
                 tokens: input.input_ids.len(),
@@ -571,6 +582,11 @@ impl<'a> Session<'a> {
 
     /// Feed one token (text position after the last); returns the log-probs of the next.
     pub fn step(&mut self, token: u32) -> Result<StepLogProbs, MultimodalError> {
+        let device = self.model.device().clone();
+        device.with_context(|| self.step_alone(token))
+    }
+
+    fn step_alone(&mut self, token: u32) -> Result<StepLogProbs, MultimodalError> {
         let p = self.next_position;
         let hidden = self
             .model
