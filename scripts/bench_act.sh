@@ -33,6 +33,8 @@ py=${PYTHON:-.venv-lerobot/bin/python}
 target=${CARGO_TARGET_DIR:-target}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# Before anything is written into OUT (its files are tracked: rewriting them is not a code change).
+toprl_version="$(git rev-parse --short HEAD)$(git diff --quiet -- . ":(exclude)$out" || echo ' (uncommitted changes)')"
 mkdir -p "$out"
 
 # One binary per backend: the tch one is built in its own target dir so the flex build stays as it is.
@@ -60,7 +62,7 @@ done
   echo "cpu: $(lscpu | awk -F': +' '/Model name/ {print $2}'), $(nproc) online, $threads used"
   echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "toprl: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (uncommitted changes)'), $(rustc --version)"
+  echo "toprl: $toprl_version, $(rustc --version)"
   echo "python: $("$py" -c 'import sys, torch, lerobot; print(sys.version.split()[0], "torch", torch.__version__, "lerobot", lerobot.__version__)' 2>/dev/null)"
   echo "batch $batch, images 1x3x${size}x${size}, steps $steps after $warmup warm-up, reps $reps, backends $backends"
 } | tee "$out/machine.txt"

@@ -42,6 +42,8 @@ fi
 ref=rewards/benches/topreward_reference.py
 model=$work/model-$size
 episode=$work/frames-$frames
+# Before anything is written into OUT (its files are tracked: rewriting them is not a code change).
+toprl_version="$(git rev-parse --short HEAD)$(git diff --quiet -- . ":(exclude)$out" || echo ' (uncommitted changes)')"
 mkdir -p "$work" "$out"
 [[ -f $model/config.json ]] || "$PYTHON" $ref make-model "$model" "$size"
 [[ -d $episode ]] || "$PYTHON" $ref make-frames "$episode" "$frames"
@@ -57,7 +59,7 @@ bin=${CARGO_TARGET_DIR:-target}/release/topreward
   echo "kernel: $(uname -srm)"
   echo "CPUs: $(nproc); server model threads: 2"
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "toprl: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (uncommitted changes)'), $(rustc --version)"
+  echo "toprl: $toprl_version, $(rustc --version)"
   echo "model: $size; episode: $frames frames of 244x244 at 2 fps; client concurrency $concurrency"
   echo "--- lscpu"
   lscpu | grep -E 'Model name|^CPU\(s\)|Flags' | cut -c1-200

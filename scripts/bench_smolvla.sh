@@ -19,6 +19,8 @@ out=${6:-scripts/bench_smolvla_results}
 py=${PYTHON:-.venv-lerobot/bin/python}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# Before anything is written into OUT (its files are tracked: rewriting them is not a code change).
+toprl_version="$(git rev-parse --short HEAD)$(git diff --quiet -- . ":(exclude)$out" || echo ' (uncommitted changes)')"
 mkdir -p "$out"
 cargo build --release -p toprl-policies --example bench_smolvla >&2
 target=${CARGO_TARGET_DIR:-target}
@@ -27,7 +29,7 @@ target=${CARGO_TARGET_DIR:-target}
   echo "cpu: $(lscpu | awk -F': +' '/Model name/ {print $2}'), $(nproc) online, $threads used"
   echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "toprl: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (uncommitted changes)'), $(rustc --version)"
+  echo "toprl: $toprl_version, $(rustc --version)"
   echo "python: $("$py" -c 'import sys, torch, lerobot; print(sys.version.split()[0], "torch", torch.__version__, "lerobot", lerobot.__version__)' 2>/dev/null)"
   echo "batch $batch, steps $steps, warmup $warmup, reps $reps"
 } | tee "$out/machine.txt"

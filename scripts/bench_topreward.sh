@@ -50,6 +50,8 @@ ref=rewards/benches/topreward_reference.py
 instr="push the red square to the right"
 model=$work/model-$size
 episode=$work/frames-$frames
+# Before anything is written into OUT (its files are tracked: rewriting them is not a code change).
+toprl_version="$(git rev-parse --short HEAD)$(git diff --quiet -- . ":(exclude)$out" || echo ' (uncommitted changes)')"
 mkdir -p "$work" "$out"
 
 [[ -f $model/config.json ]] || "$PYTHON" $ref make-model "$model" "$size"
@@ -73,7 +75,7 @@ fi
   echo "threads used: $threads of $(nproc) online CPUs"
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
-  echo "toprl: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (uncommitted changes)'), $(rustc --version)"
+  echo "toprl: $toprl_version, $(rustc --version)"
   echo "python: $("$PYTHON" -c 'import sys, torch, transformers; print(sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__)')"
   echo "model: $size ($("$PYTHON" -c "import json; c = json.load(open('$model/config.json')); t = c['text_config']; v = c['vision_config']; print(f\"text {t['num_hidden_layers']}x{t['hidden_size']} head_dim {t['head_dim']}, vision {v['depth']}x{v['hidden_size']}\")"))"
   echo "episode: $frames frames of 244x244 at 2 fps"
