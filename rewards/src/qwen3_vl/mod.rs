@@ -11,6 +11,7 @@ pub mod device;
 pub mod processor;
 pub mod text;
 pub mod vision;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 
@@ -358,8 +359,8 @@ impl Qwen3VL {
         Ok((Self::load(files, &dev, dtype)?, dtype))
     }
 
-    /// Load a checkpoint (local directory or hub id) in `dtype`. The safetensors are memory-mapped; a tensor
-    /// stored in `dtype` is used as stored, others are converted on load.
+    /// Load a checkpoint (local directory or hub id) in `dtype`. The safetensors are read tensor by tensor
+    /// ([`weights::SafetensorsReader`]); a tensor stored in another dtype is converted on load.
     pub fn load(files: &CheckpointFiles, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         let cfg = read_config(&files.config)?;
         for w in &files.weights {
@@ -371,9 +372,10 @@ impl Qwen3VL {
             dir: files.dir.clone(),
             source: e,
         };
-        // SAFETY: the weight files are memory-mapped read-only; they must not be modified while loaded.
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }.map_err(werr)?;
+        // Tensor by tensor with positioned reads: the peak is the model plus its largest tensor, not the
+        // model twice as with a memory map (see `weights`).
+        let reader = weights::SafetensorsReader::open(&files.weights).map_err(werr)?;
+        let vb = VarBuilder::from_backend(Box::new(reader), dtype, device.clone());
         Self::new(&cfg, vb).map_err(werr)
     }
 
