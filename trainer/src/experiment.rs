@@ -150,9 +150,10 @@ pub struct RunOptions {
     pub threads: usize,
     /// Show progress bars.
     pub progress: bool,
-    /// The reward model's success score, for `[robot] success = "topreward"` (the binary shares the
-    /// loaded reward model). `None` elsewhere.
-    pub arm_success: Option<crate::operated_env::SuccessScorer>,
+    /// The reward model's success score and its threshold, for `[robot] success = "topreward"` (the binary
+    /// shares the loaded reward model and reads `success_calibration` once, before the run). `None`
+    /// elsewhere.
+    pub arm_success: Option<crate::operated_env::ArmDetector>,
 }
 
 /// What a run has done so far, saved beside its checkpoint.
@@ -1210,17 +1211,19 @@ pub(crate) fn open_env(
         return Ok(Box::new(So101Env::new(sim).map_err(sim_err("evaluation env"))?));
     };
     let detector = match (robot.success, &config.reward_model) {
-        (crate::config::ArmSuccess::Topreward, Some(rm)) => Some(crate::operated_env::DetectorSettings {
-            scorer: opts.arm_success.clone().ok_or_else(|| {
-                ExperimentError::Reward("robot.success = \"topreward\" but no reward model was loaded".into())
-            })?,
-            threshold: config
-                .arm_success_threshold()
-                .map_err(|e| ExperimentError::Invalid(format!("robot.success_calibration: {e:#}")))?
-                .ok_or_else(|| ExperimentError::Invalid("robot.success_threshold: missing".into()))?,
-            camera: rm.camera.clone(),
-            fps: rm.fps,
-        }),
+        (crate::config::ArmSuccess::Topreward, Some(rm)) => {
+            let detector = opts.arm_success.clone().ok_or_else(|| {
+                ExperimentError::Reward(
+                    "robot.success = \"topreward\" but no reward model or threshold was loaded".into(),
+                )
+            })?;
+            Some(crate::operated_env::DetectorSettings {
+                scorer: detector.scorer,
+                threshold: detector.threshold,
+                camera: rm.camera.clone(),
+                fps: rm.fps,
+            })
+        }
         _ => None,
     };
     let arm = robot_env(config, robot, images)?;

@@ -34,6 +34,14 @@ impl std::fmt::Debug for SuccessScorer {
     }
 }
 
+/// The success detector of a run on the arm: the shared scorer and the threshold, resolved once when the run
+/// starts (`success_threshold`, or the `success_calibration` file read then).
+#[derive(Debug, Clone)]
+pub struct ArmDetector {
+    pub scorer: SuccessScorer,
+    pub threshold: f64,
+}
+
 /// How [`OperatedEnv`] judges success when `success = "topreward"`.
 #[derive(Debug, Clone)]
 pub struct DetectorSettings {

@@ -14,7 +14,7 @@ use toprl_rewards::score::EpisodeScore;
 use toprl_trainer::commands::remote::reward_model_scorer;
 use toprl_trainer::config::ExperimentConfig;
 use toprl_trainer::experiment::RunOptions;
-use toprl_trainer::operated_env::{SuccessScoreFn, SuccessScorer};
+use toprl_trainer::operated_env::{ArmDetector, SuccessScoreFn, SuccessScorer};
 use toprl_trainer::run_folder::StartMode;
 
 /// Train SO-101 policies and compare reward sources (sparse, TOPReward, oracle, plain BC).
@@ -117,15 +117,25 @@ fn run(args: &Args) -> anyhow::Result<()> {
         ))),
         _ => None,
     };
-    let arm_success = scorer.as_ref().map(|scorer| {
-        let scorer = Rc::clone(scorer);
-        let detect: Box<SuccessScoreFn> = Box::new(move |frames, fps, instruction| {
-            let score = (scorer.borrow_mut())(frames, fps, instruction).map_err(|e| format!("{e:#}"))?;
-            success_score(&score.log_probs, SUCCESS_PREFIXES)
-                .ok_or_else(|| "the episode has no scored prefix".to_string())
-        });
-        SuccessScorer(Rc::new(RefCell::new(detect)))
-    });
+    // The threshold is read once, here: a calibration file changed mid-run does not change the detector.
+    let arm_threshold = config
+        .arm_success_threshold()
+        .context("reading [robot] success_calibration")?;
+    let arm_success = match (scorer.as_ref(), arm_threshold) {
+        (Some(scorer), Some(threshold)) => {
+            let scorer = Rc::clone(scorer);
+            let detect: Box<SuccessScoreFn> = Box::new(move |frames, fps, instruction| {
+                let score = (scorer.borrow_mut())(frames, fps, instruction).map_err(|e| format!("{e:#}"))?;
+                success_score(&score.log_probs, SUCCESS_PREFIXES)
+                    .ok_or_else(|| "the episode has no scored prefix".to_string())
+            });
+            Some(ArmDetector {
+                scorer: SuccessScorer(Rc::new(RefCell::new(detect))),
+                threshold,
+            })
+        }
+        _ => None,
+    };
     let opts = RunOptions {
         out: out.clone(),
         resume: args.resume,
