@@ -181,7 +181,7 @@ impl<'a> PrefixTree<'a> {
         Ok(index)
     }
 
-    /// Encode the new groups (one batch per grid size) and run the pending branches in one decoder pass.
+    /// Encode the new groups and run the pending branches in one decoder pass.
     fn run_pass(&mut self) -> Result<(), TopRewardError> {
         // On the CPU, candle's own thread pool, kept warm across the many short parallel sections.
         let device = self.m.model().device().clone();
@@ -193,36 +193,15 @@ impl<'a> PrefixTree<'a> {
             return Ok(());
         }
         let model = self.m.model();
+        // New groups in shared vision batches (one per group size).
         let new_groups = std::mem::take(&mut self.new_groups);
-        let mut sizes: Vec<GridThw> = Vec::new();
-        for (_, _, grid) in &new_groups {
-            if !sizes.iter().any(|s| (s.h, s.w) == (grid.h, grid.w)) {
-                sizes.push(*grid);
-            }
-        }
-        for size in sizes {
-            let batch: Vec<&(GroupKey, Tensor, GridThw)> = new_groups
-                .iter()
-                .filter(|(_, _, g)| (g.h, g.w) == (size.h, size.w))
-                .collect();
-            let pixels = Tensor::cat(&batch.iter().map(|(_, p, _)| p).collect::<Vec<_>>(), 0)?;
-            let out = model
-                .visual
-                .forward(&pixels, &[GridThw::new(batch.len(), size.h, size.w)])?;
-            let per_group = out.embeds.dim(0)? / batch.len();
-            for (j, (key, ..)) in batch.iter().enumerate() {
-                self.groups.insert(
-                    *key,
-                    VisionOutput {
-                        embeds: out.embeds.narrow(0, j * per_group, per_group)?,
-                        deepstack: out
-                            .deepstack
-                            .iter()
-                            .map(|d| d.narrow(0, j * per_group, per_group))
-                            .collect::<candle_core::Result<_>>()?,
-                    },
-                );
-            }
+        let media: Vec<(&Tensor, &[GridThw])> = new_groups
+            .iter()
+            .map(|(_, pixels, grid)| (pixels, std::slice::from_ref(grid)))
+            .collect();
+        let encoded = model.visual.forward_many(&media)?;
+        for ((key, ..), out) in new_groups.iter().zip(encoded) {
+            self.groups.insert(*key, out);
         }
         // The branches end to end after what the cache holds (nothing before the first pass, which starts
         // with the trunk itself; the trunk after it), each token seeing its part of the trunk and its own
