@@ -41,24 +41,8 @@ done
 [[ $size == 117m || $size == 2b ]] || { echo "--size must be 117m or 2b" >&2; exit 2; }
 (( reps >= 1 )) || { echo "--reps must be at least 1" >&2; exit 2; }
 out=${out:-scripts/bench_topreward_results/$size}
-work=${WORK:-/tmp/toprl-bench}
-if [[ -z ${PYTHON:-} ]]; then
-  if [[ -x .venv-ref/bin/python ]]; then PYTHON=.venv-ref/bin/python; else PYTHON=.venv-lerobot/bin/python; fi
-fi
-[[ -x $PYTHON ]] || { echo "no Python at $PYTHON: run scripts/setup.sh --python-ref or set PYTHON" >&2; exit 1; }
-ref=rewards/benches/topreward_reference.py
 instr="push the red square to the right"
-model=$work/model-$size
-episode=$work/frames-$frames
-# Before anything is written into OUT (its files are tracked: rewriting them is not a code change).
-toprl_version="$(git rev-parse --short HEAD)$(git diff --quiet -- . ":(exclude)$out" || echo ' (uncommitted changes)')"
-mkdir -p "$work" "$out"
-
-[[ -f $model/config.json ]] || "$PYTHON" $ref make-model "$model" "$size"
-[[ -d $episode ]] || "$PYTHON" $ref make-frames "$episode" "$frames"
-tok=${TOPRL_TOKENIZER_DIR:-$HOME/.cache/toprl/tokenizer-qwen3-3.7.2}/tokenizer.json
-[[ -f $tok ]] || { echo "no Qwen3 tokenizer at $tok: run scripts/setup.sh" >&2; exit 1; }
-cp -f "$tok" "$model/tokenizer.json"
+source scripts/bench_topreward_setup.sh
 
 # TOPREWARD_BIN=path skips the build (e.g. a --features cuda build, or a smoke test of this script).
 if [[ -n ${TOPREWARD_BIN:-} ]]; then

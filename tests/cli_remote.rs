@@ -67,6 +67,18 @@ impl Drop for Server {
     }
 }
 
+/// `topreward score --json` on a folder of frames with the tests' instruction (more arguments follow).
+fn score_args(frames: &str) -> [&str; 6] {
+    [
+        "score",
+        "--frames",
+        frames,
+        "--instruction",
+        "push the cube",
+        "--json",
+    ]
+}
+
 fn json_of(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
@@ -88,14 +100,7 @@ fn serve_scores_like_local_through_both_apis() {
     let server = Server::start(model, &["--max-body-mib", "1", "--max-new-tokens", "4"]);
     let frames = frames_dir("square100x80", tmp.path());
     let frames = frames.to_str().expect("utf8");
-    let base = [
-        "score",
-        "--frames",
-        frames,
-        "--instruction",
-        "push the cube",
-        "--json",
-    ];
+    let base = score_args(frames);
     let run = |extra: &[&str]| json_of(&topreward(&[&base[..], extra].concat()));
 
     for mode in ["exact", "incremental"] {
@@ -284,14 +289,7 @@ fn concurrent_chat_requests_share_passes_and_score_like_local() {
     let server = Server::start(model, &["--max-batch", "8", "--batch-wait-ms", "300"]);
     let frames = frames_dir("square100x80", tmp.path());
     let frames = frames.to_str().expect("utf8");
-    let base = [
-        "score",
-        "--frames",
-        frames,
-        "--instruction",
-        "push the cube",
-        "--json",
-    ];
+    let base = score_args(frames);
     let local = json_of(&topreward(
         &[&base[..], &["--model", model, "--mode", "exact"]].concat(),
     ));

@@ -537,17 +537,7 @@ impl<'a> Session<'a> {
                 p.last().map_or(0, |p: &Position3| p[0] + 1),
             ));
         }
-        let vis = if vis.is_empty() {
-            None
-        } else {
-            let layers = vis[0].deepstack.len();
-            Some(VisionOutput {
-                embeds: Tensor::cat(&vis.iter().map(|v| &v.embeds).collect::<Vec<_>>(), 0)?,
-                deepstack: (0..layers)
-                    .map(|l| Tensor::cat(&vis.iter().map(|v| &v.deepstack[l]).collect::<Vec<_>>(), 0))
-                    .collect::<candle_core::Result<_>>()?,
-            })
-        };
+        let vis = VisionOutput::cat(&vis)?;
         let mut cache = KvCache::new(model.text.num_layers());
         let hidden = model.forward_tree_tokens(&ids, &positions, vis.as_ref(), &rows, &mut cache)?;
         let last: Vec<u32> = spans

@@ -36,6 +36,32 @@ pub struct VisionOutput {
     pub deepstack: Vec<Tensor>,
 }
 
+impl VisionOutput {
+    /// Tokens `start..start + len` of the embeddings and of every DeepStack feature.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(Self {
+            embeds: self.embeds.narrow(0, start, len)?,
+            deepstack: self
+                .deepstack
+                .iter()
+                .map(|d| d.narrow(0, start, len))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// The tokens of `parts` one after another; `None` when there are none.
+    pub fn cat(parts: &[Self]) -> Result<Option<Self>> {
+        let Some(first) = parts.first() else {
+            return Ok(None);
+        };
+        let layer = |l: usize| Tensor::cat(&parts.iter().map(|p| &p.deepstack[l]).collect::<Vec<_>>(), 0);
+        Ok(Some(Self {
+            embeds: Tensor::cat(&parts.iter().map(|p| &p.embeds).collect::<Vec<_>>(), 0)?,
+            deepstack: (0..first.deepstack.len()).map(layer).collect::<Result<_>>()?,
+        }))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct PatchMerger {
     norm: LayerNorm,
@@ -213,17 +239,12 @@ impl VisionModel {
 
     /// Encode one or more videos: `pixel_values` is `(sum of patches, patch_dim)` in the processor's order.
     pub fn forward(&self, pixel_values: &Tensor, grids: &[GridThw]) -> Result<VisionOutput> {
-        let mut embeds = Vec::with_capacity(grids.len());
-        let mut deep: Vec<Vec<Tensor>> = vec![Vec::new(); self.deepstack_mergers.len()];
+        let mut parts = Vec::with_capacity(grids.len());
         let mut offset = 0;
         for g in grids {
             let n = g.num_patches();
-            let out = self.forward_one(&pixel_values.narrow(0, offset, n)?, *g)?;
+            parts.push(self.forward_one(&pixel_values.narrow(0, offset, n)?, *g)?);
             offset += n;
-            embeds.push(out.embeds);
-            for (acc, d) in deep.iter_mut().zip(out.deepstack) {
-                acc.push(d);
-            }
         }
         if offset != pixel_values.dim(0)? {
             candle_core::bail!(
@@ -231,10 +252,7 @@ impl VisionModel {
                 pixel_values.dim(0)?
             );
         }
-        Ok(VisionOutput {
-            embeds: Tensor::cat(&embeds, 0)?,
-            deepstack: deep.iter().map(|d| Tensor::cat(d, 0)).collect::<Result<_>>()?,
-        })
+        VisionOutput::cat(&parts)?.ok_or_else(|| candle_core::Error::Msg("no grids to encode".into()))
     }
 
     /// Encode the media of several inputs at once: each element is one input's `pixel_values` and grids, as
@@ -276,14 +294,7 @@ impl VisionModel {
             let out = self.forward_one(&Tensor::cat(&rows, 0)?, GridThw::new(members.len(), h, w))?;
             let per = h * w / m2;
             for (k, &j) in members.iter().enumerate() {
-                outputs[j] = Some(VisionOutput {
-                    embeds: out.embeds.narrow(0, k * per, per)?,
-                    deepstack: out
-                        .deepstack
-                        .iter()
-                        .map(|d| d.narrow(0, k * per, per))
-                        .collect::<Result<_>>()?,
-                });
+                outputs[j] = Some(out.narrow(k * per, per)?);
             }
         }
         // Back to inputs, groups in order.
@@ -295,16 +306,8 @@ impl VisionModel {
             .into_iter()
             .enumerate()
             .map(|(i, outs)| {
-                if outs.is_empty() {
-                    candle_core::bail!("input {i} has no image or video");
-                }
-                let layers = outs.first().map_or(0, |o| o.deepstack.len());
-                Ok(VisionOutput {
-                    embeds: Tensor::cat(&outs.iter().map(|o| &o.embeds).collect::<Vec<_>>(), 0)?,
-                    deepstack: (0..layers)
-                        .map(|l| Tensor::cat(&outs.iter().map(|o| &o.deepstack[l]).collect::<Vec<_>>(), 0))
-                        .collect::<Result<_>>()?,
-                })
+                VisionOutput::cat(&outs)?
+                    .ok_or_else(|| candle_core::Error::Msg(format!("input {i} has no image or video")))
             })
             .collect()
     }

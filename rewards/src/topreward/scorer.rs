@@ -388,8 +388,7 @@ impl IncrementalSession<'_> {
         self.cache.truncate(common)?;
         // Vision features of the visual tokens in the new chunk, from cached or newly encoded groups.
         let hw = input.grid.h * input.grid.w;
-        let mut embeds = Vec::new();
-        let mut deep: Vec<Vec<Tensor>> = Vec::new();
+        let mut parts = Vec::new();
         let mut i = common;
         while i < ids.len() {
             let Some((g, off)) = visual_of[i] else {
@@ -411,24 +410,10 @@ impl IncrementalSession<'_> {
                     )
                 }
             };
-            embeds.push(out.embeds.narrow(0, off, n)?);
-            deep.resize(out.deepstack.len(), Vec::new());
-            for (acc, d) in deep.iter_mut().zip(&out.deepstack) {
-                acc.push(d.narrow(0, off, n)?);
-            }
+            parts.push(out.narrow(off, n)?);
             i += n;
         }
-        let vis = if embeds.is_empty() {
-            None
-        } else {
-            Some(VisionOutput {
-                embeds: Tensor::cat(&embeds, 0)?,
-                deepstack: deep
-                    .iter()
-                    .map(|d| Tensor::cat(d, 0))
-                    .collect::<candle_core::Result<_>>()?,
-            })
-        };
+        let vis = VisionOutput::cat(&parts)?;
         let hidden = match model.forward_tokens(
             &ids[common..],
             &positions[common..],

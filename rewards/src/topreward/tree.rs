@@ -210,7 +210,7 @@ impl<'a> PrefixTree<'a> {
         let pending = std::mem::take(&mut self.pending);
         self.pending_tokens = 0;
         let (mut ids, mut positions, mut rows) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut embeds, mut deep): (Vec<Tensor>, Vec<Vec<Tensor>>) = (Vec::new(), Vec::new());
+        let mut parts = Vec::new();
         let mut last_rows = Vec::with_capacity(pending.len());
         for b in &pending {
             let start = cached + ids.len();
@@ -229,24 +229,10 @@ impl<'a> PrefixTree<'a> {
                     .groups
                     .get(key)
                     .ok_or_else(|| TopRewardError::Encode(format!("frame group {key:?} was not encoded")))?;
-                embeds.push(out.embeds.narrow(0, *off, *n)?);
-                deep.resize(out.deepstack.len(), Vec::new());
-                for (acc, d) in deep.iter_mut().zip(&out.deepstack) {
-                    acc.push(d.narrow(0, *off, *n)?);
-                }
+                parts.push(out.narrow(*off, *n)?);
             }
         }
-        let vis = if embeds.is_empty() {
-            None
-        } else {
-            Some(VisionOutput {
-                embeds: Tensor::cat(&embeds, 0)?,
-                deepstack: deep
-                    .iter()
-                    .map(|d| Tensor::cat(d, 0))
-                    .collect::<candle_core::Result<_>>()?,
-            })
-        };
+        let vis = VisionOutput::cat(&parts)?;
         let result = model.forward_tree_tokens(&ids, &positions, vis.as_ref(), &rows, &mut self.cache);
         // Back to the trunk whatever happened: the next pass starts from it.
         self.cache.truncate(self.trunk_len)?;
