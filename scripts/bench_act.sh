@@ -34,7 +34,7 @@ target=${CARGO_TARGET_DIR:-target}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Before anything is written into OUT (its files are tracked: rewriting them is not a code change).
-toprl_version="$(git rev-parse --short HEAD)$(git diff --quiet -- . ":(exclude)$out" || echo ' (uncommitted changes)')"
+toprl_version="$(git rev-parse --short HEAD)$(git diff --quiet || echo ' (uncommitted changes)')"
 mkdir -p "$out"
 
 # One binary per backend: the tch one is built in its own target dir so the flex build stays as it is.

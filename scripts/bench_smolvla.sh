@@ -20,7 +20,7 @@ py=${PYTHON:-.venv-lerobot/bin/python}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Before anything is written into OUT (its files are tracked: rewriting them is not a code change).
-toprl_version="$(git rev-parse --short HEAD)$(git diff --quiet -- . ":(exclude)$out" || echo ' (uncommitted changes)')"
+toprl_version="$(git rev-parse --short HEAD)$(git diff --quiet || echo ' (uncommitted changes)')"
 mkdir -p "$out"
 cargo build --release -p toprl-policies --example bench_smolvla >&2
 target=${CARGO_TARGET_DIR:-target}

@@ -12,7 +12,7 @@ ref=rewards/benches/topreward_reference.py
 model=$work/model-$size
 episode=$work/frames-$frames
 # Before anything is written into OUT (its files are tracked: rewriting them is not a code change).
-toprl_version="$(git rev-parse --short HEAD)$(git diff --quiet -- . ":(exclude)$out" || echo ' (uncommitted changes)')"
+toprl_version="$(git rev-parse --short HEAD)$(git diff --quiet || echo ' (uncommitted changes)')"
 mkdir -p "$work" "$out"
 [[ -f $model/config.json ]] || "$PYTHON" $ref make-model "$model" "$size"
 [[ -d $episode ]] || "$PYTHON" $ref make-frames "$episode" "$frames"
