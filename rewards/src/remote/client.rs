@@ -1,5 +1,5 @@
-//! Scoring on remote servers: toprl's native endpoint or an OpenAI-compatible server (vLLM, SGLang's
-//! OpenAI API) with the exact TOPReward prompt.
+//! Scoring on remote servers: toprl's native endpoint or an OpenAI-compatible server (vLLM; SGLang's OpenAI
+//! API untested) with the exact TOPReward prompt.
 //!
 //! - Native ([`Api::Toprl`]): one request per episode with lossless PNG frames; the server runs the same
 //!   scorer as local scoring.
@@ -52,7 +52,7 @@ pub enum Api {
     /// toprl's `POST /v1/topreward/score`.
     #[default]
     Toprl,
-    /// OpenAI chat completions with log-probs (vLLM, SGLang, toprl).
+    /// OpenAI chat completions with log-probs (vLLM, toprl; SGLang's OpenAI API untested).
     OpenAi,
 }
 

@@ -1,5 +1,5 @@
 //! TOPReward beyond one process: the wire format of toprl's reward server ([`server`]) and a client
-//! ([`client`]) that scores episodes on toprl servers or OpenAI-compatible ones (vLLM, SGLang).
+//! ([`client`]) that scores episodes on toprl servers or OpenAI-compatible ones (vLLM; SGLang untested).
 //!
 //! Native endpoint `POST /v1/topreward/score` takes lossless frames (PNG or raw RGB, base64) and returns the
 //! JSON `topreward score --json` prints ([`episode_json`]). The OpenAI-compatible `POST /v1/chat/completions`

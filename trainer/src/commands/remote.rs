@@ -21,7 +21,7 @@ pub struct RemoteArgs {
     #[arg(long = "endpoint")]
     pub endpoints: Vec<String>,
     /// What the endpoints speak: toprl (`topreward serve`'s native endpoint, lossless frames) or openai
-    /// (chat completions with log-probs: vLLM, SGLang, or `topreward serve`).
+    /// (chat completions with log-probs: vLLM or `topreward serve`; SGLang untested).
     #[arg(long, default_value_t = Api::Toprl)]
     pub api: Api,
     /// Requests in flight per endpoint (openai: prefixes of one episode).
