@@ -402,6 +402,20 @@ impl StepLogProbs {
     }
 }
 
+/// What [`Session::prefill_many`] gives: one result per prompt, in order, and how many prompts were prefilled
+/// in a pass shared with others.
+#[derive(Debug)]
+pub struct PackedPrefill<'a> {
+    pub results: Vec<Result<(Session<'a>, StepLogProbs), MultimodalError>>,
+    pub shared: usize,
+}
+
+/// Full-vocabulary log-softmax of the next token after each hidden row `(rows, hidden)`.
+fn step_log_probs(model: &Qwen3VL, hidden: &Tensor) -> Result<Vec<StepLogProbs>, MultimodalError> {
+    let lp = candle_nn::ops::log_softmax(&model.text.logits(hidden)?, D::Minus1)?;
+    Ok(lp.to_vec2::<f32>()?.into_iter().map(StepLogProbs).collect())
+}
+
 impl<'a> Session<'a> {
     /// Prefill the prompt; returns the session and the log-probs of the next token.
     pub fn prefill(
@@ -457,7 +471,7 @@ impl<'a> Session<'a> {
         inputs: &[&MultimodalInput],
         max_tokens: usize,
         pass_tokens: usize,
-    ) -> Vec<Result<(Self, StepLogProbs), MultimodalError>> {
+    ) -> PackedPrefill<'a> {
         let mut results: Vec<Option<Result<(Self, StepLogProbs), MultimodalError>>> = inputs
             .iter()
             .map(|i| {
@@ -487,6 +501,7 @@ impl<'a> Session<'a> {
         if !pass.is_empty() {
             passes.push(pass);
         }
+        let mut shared = 0;
         for pass in passes {
             let members: Vec<&MultimodalInput> = pass.iter().map(|&i| inputs[i]).collect();
             match model
@@ -494,6 +509,9 @@ impl<'a> Session<'a> {
                 .with_context(|| Self::prefill_packed(model, &members))
             {
                 Ok(sessions) => {
+                    if pass.len() > 1 {
+                        shared += pass.len();
+                    }
                     for (&i, s) in pass.iter().zip(sessions) {
                         results[i] = Some(Ok(s));
                     }
@@ -506,10 +524,11 @@ impl<'a> Session<'a> {
                 Err(e) => results[pass[0]] = Some(Err(e)),
             }
         }
-        results
+        let results = results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(MultimodalError::Encode("a prompt was never run".into()))))
-            .collect()
+            .collect();
+        PackedPrefill { results, shared }
     }
 
     fn prefill_packed(
@@ -546,7 +565,7 @@ impl<'a> Session<'a> {
             .collect();
         let n = last.len();
         let last = hidden.index_select(&Tensor::from_vec(last, n, hidden.device())?, 0)?;
-        let lps = candle_nn::ops::log_softmax(&model.text.logits(&last)?, D::Minus1)?.to_vec2::<f32>()?;
+        let lps = step_log_probs(model, &last)?;
         spans
             .iter()
             .zip(lps)
@@ -558,16 +577,16 @@ impl<'a> Session<'a> {
                         next_position,
                         len,
                     },
-                    StepLogProbs(lp),
+                    lp,
                 ))
             })
             .collect()
     }
 
     fn log_probs(&self, row: &Tensor) -> Result<StepLogProbs, MultimodalError> {
-        let logits = self.model.text.logits(&row.unsqueeze(0)?)?;
-        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        Ok(StepLogProbs(lp.squeeze(0)?.to_vec1::<f32>()?))
+        let mut lp = step_log_probs(self.model, &row.unsqueeze(0)?)?;
+        lp.pop()
+            .ok_or_else(|| MultimodalError::Encode("no log-probs for a row".into()))
     }
 
     /// Feed one token (text position after the last); returns the log-probs of the next.

@@ -69,7 +69,7 @@ fn packed_prefill_equals_prefill_one_by_one_and_decodes_on() {
         .collect();
     // One pass for all, and passes of about one prompt each.
     for pass_tokens in [usize::MAX, 1] {
-        let packed = Session::prefill_many(&model, &refs, 100_000, pass_tokens);
+        let packed = Session::prefill_many(&model, &refs, 100_000, pass_tokens).results;
         assert_eq!(packed.len(), inputs.len());
         for (k, (result, (single, single_lp))) in packed.into_iter().zip(&alone).enumerate() {
             let (mut session, lp) = result.expect("packed prefill");
@@ -103,7 +103,7 @@ fn a_prompt_over_the_limit_fails_alone() {
     let inputs = inputs();
     let refs: Vec<&MultimodalInput> = inputs.iter().collect();
     let limit = inputs[2].input_ids.len();
-    let results = Session::prefill_many(&model, &refs, limit, usize::MAX);
+    let results = Session::prefill_many(&model, &refs, limit, usize::MAX).results;
     for (input, result) in inputs.iter().zip(results) {
         match result {
             Ok((session, _)) => {

@@ -603,9 +603,8 @@ pub fn run_chats(
     let inputs: Vec<Result<MultimodalInput, HttpError>> =
         jobs.iter().map(|job| chat_input(engine, job)).collect();
     let ready: Vec<&MultimodalInput> = inputs.iter().filter_map(|i| i.as_ref().ok()).collect();
-    let shared = if ready.len() > 1 { ready.len() } else { 0 };
-    let mut prefills =
-        Session::prefill_many(&engine.model, &ready, engine.max_tokens, batch_tokens).into_iter();
+    let packed = Session::prefill_many(&engine.model, &ready, engine.max_tokens, batch_tokens);
+    let mut prefills = packed.results.into_iter();
     let answers = jobs
         .iter()
         .zip(&inputs)
@@ -618,7 +617,7 @@ pub fn run_chats(
             decode_chat(engine, job, input, session, lp)
         })
         .collect();
-    (answers, shared)
+    (answers, packed.shared)
 }
 
 fn chat_error(e: MultimodalError) -> HttpError {
