@@ -114,12 +114,7 @@ pub fn chunked_attention(
         outs.push(probs.matmul(&vc)?.reshape((batch, rep, c, hd))?);
         start += c;
     }
-    if outs.len() == 1 {
-        return outs
-            .pop()
-            .ok_or_else(|| candle_core::Error::Msg("no attention chunk".into()));
-    }
-    Tensor::cat(&outs, 2)
+    join_query_chunks(outs)
 }
 
 /// A packed tree, one run of queries with the same [`TreeRow`] (a branch) at a time: the run's keys are its part
@@ -162,6 +157,11 @@ fn tree_attention(
         )?);
         first += len;
     }
+    join_query_chunks(outs)
+}
+
+/// The outputs of consecutive query chunks `(batch, rep, c, hd)` as one `(batch, rep, l, hd)` (no copy for one).
+fn join_query_chunks(mut outs: Vec<Tensor>) -> Result<Tensor> {
     if outs.len() == 1 {
         return outs
             .pop()

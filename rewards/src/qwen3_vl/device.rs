@@ -4,8 +4,6 @@
 //! toprl-rewards (and toprl-trainer), off by default. Asking for a GPU in a build without the feature is a
 //! clear error, not a silent CPU fallback.
 
-use std::path::Path;
-
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
@@ -153,30 +151,6 @@ impl Precision {
     }
 }
 
-/// The most common floating-point dtype among the tensors of safetensors files (read from their headers).
-pub fn stored_dtype(weights: &[impl AsRef<Path>]) -> Result<DType, candle_core::Error> {
-    // SAFETY: the files are memory-mapped read-only for the header scan and not modified meanwhile.
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(weights)? };
-    let mut counts: Vec<(DType, usize)> = Vec::new();
-    for (_, view) in st.tensors() {
-        let Ok(dtype) = DType::try_from(view.dtype()) else {
-            continue;
-        };
-        if !dtype.is_float() {
-            continue;
-        }
-        match counts.iter_mut().find(|(d, _)| *d == dtype) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((dtype, 1)),
-        }
-    }
-    Ok(counts
-        .into_iter()
-        .max_by_key(|(_, n)| *n)
-        .map(|(d, _)| d)
-        .unwrap_or(DType::F32))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -222,6 +196,7 @@ mod tests {
     fn the_tiny_fixture_is_stored_in_bf16() {
         let w =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/qwen3vl-tiny/model.safetensors");
-        assert_eq!(stored_dtype(&[w]).unwrap(), DType::BF16);
+        let reader = crate::qwen3_vl::weights::SafetensorsReader::open(&[w]).unwrap();
+        assert_eq!(reader.stored_dtype(), DType::BF16);
     }
 }

@@ -344,39 +344,48 @@ impl Qwen3VL {
         precision: Precision,
     ) -> Result<(Self, DType), ModelError> {
         // The config first: a wrong architecture is reported as such, before any weight is opened.
-        read_config(&files.config)?;
+        let cfg = read_config(&files.config)?;
         let dev = device.open().map_err(ModelError::Device)?;
-        for w in &files.weights {
-            if !w.is_file() {
-                return Err(ModelError::MissingWeights(w.clone()));
-            }
-        }
-        let stored = device::stored_dtype(&files.weights).map_err(|e| ModelError::Weights {
-            dir: files.dir.clone(),
-            source: e,
-        })?;
-        let dtype = precision.resolve(&device, stored);
-        Ok((Self::load(files, &dev, dtype)?, dtype))
+        let reader = Self::open_weights(files)?;
+        let dtype = precision.resolve(&device, reader.stored_dtype());
+        Ok((Self::from_reader(&cfg, reader, files, &dev, dtype)?, dtype))
     }
 
     /// Load a checkpoint (local directory or hub id) in `dtype`. The safetensors are read tensor by tensor
     /// ([`weights::SafetensorsReader`]); a tensor stored in another dtype is converted on load.
     pub fn load(files: &CheckpointFiles, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         let cfg = read_config(&files.config)?;
+        let reader = Self::open_weights(files)?;
+        Self::from_reader(&cfg, reader, files, device, dtype)
+    }
+
+    /// The checkpoint's weight files, their headers validated (no tensor read yet).
+    fn open_weights(files: &CheckpointFiles) -> Result<weights::SafetensorsReader, ModelError> {
         for w in &files.weights {
             if !w.is_file() {
                 return Err(ModelError::MissingWeights(w.clone()));
             }
         }
-        let werr = |e: candle_core::Error| ModelError::Weights {
+        weights::SafetensorsReader::open(&files.weights).map_err(|e| ModelError::Weights {
             dir: files.dir.clone(),
             source: e,
-        };
+        })
+    }
+
+    fn from_reader(
+        cfg: &Config,
+        reader: weights::SafetensorsReader,
+        files: &CheckpointFiles,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
         // Tensor by tensor with positioned reads: the peak is the model plus its largest tensor, not the
         // model twice as with a memory map (see `weights`).
-        let reader = weights::SafetensorsReader::open(&files.weights).map_err(werr)?;
         let vb = VarBuilder::from_backend(Box::new(reader), dtype, device.clone());
-        Self::new(&cfg, vb).map_err(werr)
+        Self::new(cfg, vb).map_err(|e| ModelError::Weights {
+            dir: files.dir.clone(),
+            source: e,
+        })
     }
 
     pub fn config(&self) -> &Config {

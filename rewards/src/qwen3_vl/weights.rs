@@ -86,6 +86,21 @@ impl SafetensorsReader {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// The most common floating-point dtype among the tensors (f32 when there is none).
+    pub fn stored_dtype(&self) -> DType {
+        let mut counts: Vec<(DType, usize)> = Vec::new();
+        for dtype in self.tensors.values().map(|e| e.dtype).filter(|d| d.is_float()) {
+            match counts.iter_mut().find(|(d, _)| *d == dtype) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((dtype, 1)),
+            }
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map_or(DType::F32, |(d, _)| d)
+    }
+
     /// Read tensor `name` as stored, on the CPU.
     pub fn read(&self, name: &str) -> Result<Tensor> {
         use std::io::{Read, Seek, SeekFrom};

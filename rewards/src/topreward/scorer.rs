@@ -76,6 +76,18 @@ pub struct PrefixInput {
     pub group_frames: Vec<(usize, usize)>,
 }
 
+impl PrefixInput {
+    /// Patch rows of temporal group `g` and their one-group grid: a group's vision features depend on its own
+    /// patches only (attention within the group), so a group can be encoded alone.
+    pub(crate) fn group_pixels(&self, g: usize) -> candle_core::Result<(Tensor, GridThw)> {
+        let hw = self.grid.h * self.grid.w;
+        Ok((
+            self.pixel_values.narrow(0, g * hw, hw)?,
+            GridThw::new(1, self.grid.h, self.grid.w),
+        ))
+    }
+}
+
 /// Score of one prefix.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PrefixScore {
@@ -263,6 +275,19 @@ pub(crate) enum TokenKey {
     },
 }
 
+/// Identity of an encoded frame group: its source frames and merged grid (as [`TokenKey::Visual`]).
+pub(crate) type GroupKey = ((usize, usize), usize, usize);
+
+/// A run of consecutive visual tokens of one frame group.
+pub(crate) struct VisualRun {
+    pub key: GroupKey,
+    /// Index of the group in the prefix.
+    pub group: usize,
+    /// First token of the run within the group's tokens.
+    pub offset: usize,
+    pub len: usize,
+}
+
 /// What each token of a prefix (up to its score position) is: its cache key, its MRoPE position, and for a
 /// visual token its (group, offset within the group). Shared by the KV-cache session and the prefix tree.
 pub(crate) struct TokenLayout {
@@ -325,6 +350,29 @@ impl TokenLayout {
             visual_of,
         })
     }
+
+    /// The runs of visual tokens among tokens `from..` of `input`, in order.
+    pub fn visual_runs(&self, input: &PrefixInput, from: usize) -> Vec<VisualRun> {
+        let end = self.visual_of.len();
+        let mut runs = Vec::new();
+        let mut i = from;
+        while i < end {
+            let Some((group, offset)) = self.visual_of[i] else {
+                i += 1;
+                continue;
+            };
+            let (gh, gw) = self.groups[group];
+            let len = (gh * gw - offset).min(end - i);
+            runs.push(VisualRun {
+                key: (input.group_frames[group], gh, gw),
+                group,
+                offset,
+                len,
+            });
+            i += len;
+        }
+        runs
+    }
 }
 
 /// Incremental scoring of growing prefixes: reuses the KV cache of the longest shared token prefix and the
@@ -333,7 +381,7 @@ pub struct IncrementalSession<'a> {
     m: &'a TopRewardModel,
     cache: KvCache,
     keys: Vec<TokenKey>,
-    groups: HashMap<((usize, usize), usize, usize), VisionOutput>,
+    groups: HashMap<GroupKey, VisionOutput>,
     computed_tokens: usize,
 }
 
@@ -369,16 +417,11 @@ impl IncrementalSession<'_> {
         let model = &m.model;
         // Tokens after the score position (the answer " True") cannot change its logits: stop there.
         let ids = &input.input_ids[..input.score_position + 1];
-        let TokenLayout {
-            groups,
-            positions,
-            keys,
-            visual_of,
-        } = TokenLayout::new(model, input, ids)?;
+        let layout = TokenLayout::new(model, input, ids)?;
         let mut common = self
             .keys
             .iter()
-            .zip(&keys)
+            .zip(&layout.keys)
             .take_while(|(a, b)| a == b)
             .count()
             .min(self.cache.len());
@@ -387,36 +430,21 @@ impl IncrementalSession<'_> {
         }
         self.cache.truncate(common)?;
         // Vision features of the visual tokens in the new chunk, from cached or newly encoded groups.
-        let hw = input.grid.h * input.grid.w;
         let mut parts = Vec::new();
-        let mut i = common;
-        while i < ids.len() {
-            let Some((g, off)) = visual_of[i] else {
-                i += 1;
-                continue;
-            };
-            let (gh, gw) = groups[g];
-            let n = (gh * gw - off).min(ids.len() - i);
-            let key = (input.group_frames[g], gh, gw);
-            let out = match self.groups.entry(key) {
+        for run in layout.visual_runs(input, common) {
+            let out = match self.groups.entry(run.key) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => {
-                    // A group's features depend on its own patches only (attention within the group).
-                    let pv = input.pixel_values.narrow(0, g * hw, hw)?;
-                    e.insert(
-                        model
-                            .visual
-                            .forward(&pv, &[GridThw::new(1, input.grid.h, input.grid.w)])?,
-                    )
+                    let (pixels, grid) = input.group_pixels(run.group)?;
+                    e.insert(model.visual.forward(&pixels, &[grid])?)
                 }
             };
-            parts.push(out.narrow(off, n)?);
-            i += n;
+            parts.push(out.narrow(run.offset, run.len)?);
         }
         let vis = VisionOutput::cat(&parts)?;
         let hidden = match model.forward_tokens(
             &ids[common..],
-            &positions[common..],
+            &layout.positions[common..],
             vis.as_ref(),
             &mut self.cache,
         ) {
@@ -431,7 +459,7 @@ impl IncrementalSession<'_> {
         self.computed_tokens += ids.len() - common;
         let last = hidden.dim(0)? - 1;
         let log_prob = m.log_prob(&hidden.get(last)?, input.target_token_id)?;
-        self.keys = keys;
+        self.keys = layout.keys;
         Ok(PrefixScore {
             log_prob,
             num_tokens: input.input_ids.len(),

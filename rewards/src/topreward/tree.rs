@@ -18,15 +18,14 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
-use super::scorer::{PrefixInput, PrefixScore, TokenKey, TokenLayout, TopRewardError, TopRewardModel};
+use super::scorer::{
+    GroupKey, PrefixInput, PrefixScore, TokenKey, TokenLayout, TopRewardError, TopRewardModel,
+};
 use crate::qwen3_vl::{GridThw, KvCache, Position3, TreeRow, VisionOutput};
 
 /// Branch tokens per decoder pass (the default of [`PrefixTree::with_pass_tokens`]): large enough that the
 /// matrix products run at full speed, small enough that a pass's activations stay well below the weights.
 pub const DEFAULT_PASS_TOKENS: usize = 2048;
-
-/// Identity of an encoded frame group: its source frames and merged grid (as [`TokenKey::Visual`]).
-type GroupKey = ((usize, usize), usize, usize);
 
 /// A prefix waiting for the next pass: its tokens after the branch point.
 struct Branch {
@@ -146,25 +145,14 @@ impl<'a> PrefixTree<'a> {
         shared: usize,
     ) -> Result<usize, TopRewardError> {
         let ids = &input.input_ids[..input.score_position + 1];
-        let hw = input.grid.h * input.grid.w;
         let mut visual = Vec::new();
-        let mut i = shared;
-        while i < ids.len() {
-            let Some((g, off)) = layout.visual_of[i] else {
-                i += 1;
-                continue;
-            };
-            let (gh, gw) = layout.groups[g];
-            let n = (gh * gw - off).min(ids.len() - i);
-            let key = (input.group_frames[g], gh, gw);
-            if !self.groups.contains_key(&key) && !self.new_groups.iter().any(|(k, ..)| *k == key) {
-                // A group's features depend on its own patches only: keep just its pixel rows.
-                let rows = input.pixel_values.narrow(0, g * hw, hw)?.contiguous()?;
-                self.new_groups
-                    .push((key, rows, GridThw::new(1, input.grid.h, input.grid.w)));
+        for run in layout.visual_runs(input, shared) {
+            if !self.groups.contains_key(&run.key) && !self.new_groups.iter().any(|(k, ..)| *k == run.key) {
+                // Keep just the group's pixel rows until the pass encodes it.
+                let (pixels, grid) = input.group_pixels(run.group)?;
+                self.new_groups.push((run.key, pixels.contiguous()?, grid));
             }
-            visual.push((key, off, n));
-            i += n;
+            visual.push((run.key, run.offset, run.len));
         }
         let index = self.rows.len();
         self.rows.push(None);
