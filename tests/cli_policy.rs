@@ -155,19 +155,7 @@ fn predicts_native_checkpoints_as_the_library_does() {
         let dir = tmp.path().join(name);
         trained_checkpoint(cfg, &dir);
         let obs_arg = if images { &obs_path } else { &state_only };
-        let out = so101(&[
-            "policy",
-            "predict",
-            "--policy",
-            dir.to_str().expect("utf8"),
-            "--observation",
-            obs_arg.to_str().expect("utf8"),
-            "--task",
-            "pick the cube",
-            "--seed",
-            "5",
-            "--json",
-        ]);
+        let out = predict(&dir, obs_arg, &["--task", "pick the cube", "--seed", "5"]);
         let got = actions_of(&out);
         let mut policy = load_policy(&dir, &cpu_device()).expect("load").with_seed(5);
         let observation = Observation {
@@ -200,7 +188,6 @@ fn predicts_native_checkpoints_as_the_library_does() {
     // --noise on a native checkpoint. Each exits non-zero naming the tensor.
     let flow = tmp.path().join("flow");
     let bad = tmp.path().join("bad.safetensors");
-    let flow_arg = flow.to_str().expect("utf8");
     let bad_arg = bad.to_str().expect("utf8");
     let cases: Vec<(Vec<Named>, Vec<&str>, &str)> = vec![
         (
@@ -234,17 +221,7 @@ fn predicts_native_checkpoints_as_the_library_does() {
     ];
     for (tensors, extra, expected) in cases {
         write_tensors(&bad, &tensors);
-        let mut args = vec![
-            "policy",
-            "predict",
-            "--policy",
-            flow_arg,
-            "--observation",
-            bad_arg,
-            "--json",
-        ];
-        args.extend(extra);
-        let out = so101(&args);
+        let out = predict(&flow, &bad, &extra);
         assert!(!out.status.success(), "accepted: {expected}");
         assert!(
             stderr(&out).contains(expected),
@@ -309,19 +286,11 @@ fn predicts_the_smolvla_fixture_as_lerobot_does() {
         fx.join("predict_observation.safetensors"),
         fx.join("predict_noise.safetensors"),
     );
-    let out = so101(&[
-        "policy",
-        "predict",
-        "--policy",
-        ckpt.to_str().expect("utf8"),
-        "--observation",
-        obs.to_str().expect("utf8"),
-        "--noise",
-        noise.to_str().expect("utf8"),
-        "--task",
-        &task,
-        "--json",
-    ]);
+    let out = predict(
+        &ckpt,
+        &obs,
+        &["--noise", noise.to_str().expect("utf8"), "--task", &task],
+    );
     let got = actions_of(&out);
     let want = lerobot_predict(&ckpt, &obs, &noise, &task);
     assert_eq!((got.len(), got[0].len()), (6, 5), "chunk_size x action_dim");
